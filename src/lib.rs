@@ -1,0 +1,22 @@
+//! oomguard: runs worker instances in cgroup v2 groups and restarts them gracefully before the
+//! kernel's OOM killer would act.
+//!
+//! Layout, from the outside in:
+//! - `cli` parses the command line; `main.rs` only calls it.
+//! - `policy` and `units` turn YAML into a validated [`policy::Policy`]; nothing else sees raw YAML.
+//! - `engine` is the pure decision core: numbers and events in, decisions out. No I/O, no clock.
+//! - `cgroupfs`, `psi` and `spawn` are the only code that touches the kernel (the OS seam).
+//! - `supervisor` runs one task per instance and carries out the engine's decisions.
+//! - `daemon` wires it together; `server`, `client` and `protocol` are the unix-socket surface.
+
+pub mod cgroupfs;
+pub mod cli;
+pub mod daemon;
+pub mod engine;
+pub mod hostcheck;
+pub mod policy;
+pub mod protocol;
+pub mod psi;
+pub mod spawn;
+pub mod supervisor;
+pub mod units;
