@@ -91,3 +91,25 @@ pub struct RestartPolicy {
     pub limit_count: u32,
     pub limit_within: Duration,
 }
+
+/// A problem in a policy file, naming the file and the key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+    }
+}
+
+// TEMPORARY stubs until the policy branch lands.
+pub fn load_dir(_dir: &std::path::Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    unimplemented!()
+}
+pub fn load_paths(_paths: &[PathBuf]) -> (Vec<Policy>, Vec<PolicyError>) {
+    unimplemented!()
+}

@@ -1,1 +1,131 @@
-//! TODO
+//! Starting a worker: already inside its cgroup, as the policy's user, with a clean environment.
+//!
+//! The child moves itself into the instance's group between fork and exec, so the worker's program
+//! never runs an instruction outside its group and every page it touches is charged to it. Only
+//! async-signal-safe calls happen there (write, setgroups, setgid, setuid, setsid): everything that
+//! reads /etc/passwd or allocates is done in the parent first.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use nix::unistd::{Gid, Group as UnixGroup, Uid, User};
+
+use crate::cgroupfs::{Group, CGROUP_PROCS};
+use crate::policy::Run;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("user {0:?} does not exist on this host")]
+    NoUser(String),
+    #[error("group {0:?} does not exist on this host")]
+    NoGroup(String),
+    #[error("cannot look up user or group {name:?}: {source}")]
+    Lookup { name: String, source: nix::Error },
+    #[error("cannot open {path} to place the worker: {source}")]
+    OpenProcs { path: PathBuf, source: std::io::Error },
+    #[error("cannot start {command:?}: {source}")]
+    Exec { command: String, source: std::io::Error },
+}
+
+/// Who the worker runs as, resolved in the parent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+/// Resolves `run.user` / `run.group`. `None` when the worker keeps the daemon's identity (root).
+pub fn resolve_identity(run: &Run) -> Result<Option<Identity>, SpawnError> {
+    let group = match &run.group {
+        Some(name) => {
+            Some(UnixGroup::from_name(name).map_err(|source| SpawnError::Lookup { name: name.clone(), source })?.ok_or_else(|| SpawnError::NoGroup(name.clone()))?)
+        }
+        None => None,
+    };
+    let Some(name) = &run.user else {
+        return Ok(group.map(|g| Identity {
+            uid: Uid::current().as_raw(),
+            gid: g.gid.as_raw(),
+            groups: vec![g.gid.as_raw()],
+            name: "root".into(),
+            home: "/root".into(),
+        }));
+    };
+    let user = User::from_name(name).map_err(|source| SpawnError::Lookup { name: name.clone(), source })?.ok_or_else(|| SpawnError::NoUser(name.clone()))?;
+    let gid = group.map_or(user.gid, |g| g.gid);
+    let cname = CString::new(name.as_str()).map_err(|_| SpawnError::NoUser(name.clone()))?;
+    let mut groups: Vec<u32> =
+        nix::unistd::getgrouplist(&cname, gid).map_err(|source| SpawnError::Lookup { name: name.clone(), source })?.into_iter().map(Gid::as_raw).collect();
+    if !groups.contains(&gid.as_raw()) {
+        groups.push(gid.as_raw());
+    }
+    Ok(Some(Identity { uid: user.uid.as_raw(), gid: gid.as_raw(), groups, name: name.clone(), home: user.dir }))
+}
+
+/// Builds and starts the worker inside `group`. `instance` ("celery/0") is passed in the
+/// environment as OOMGUARD_INSTANCE so a worker can log which instance it is.
+pub fn spawn(
+    run: &Run,
+    identity: Option<&Identity>,
+    group: &Group,
+    instance: &str,
+) -> Result<tokio::process::Child, SpawnError> {
+    let procs_path = group.file(CGROUP_PROCS);
+    // Opened in the parent: the child only write()s to it. CLOEXEC closes it at exec.
+    let procs: OwnedFd = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&procs_path)
+        .map_err(|source| SpawnError::OpenProcs { path: procs_path.clone(), source })?
+        .into();
+
+    let mut cmd = tokio::process::Command::new(&run.command[0]);
+    cmd.args(&run.command[1..]).stdin(Stdio::null()).kill_on_drop(false);
+    // A clean environment: the daemon's own (NOTIFY_SOCKET, RUST_LOG, ...) is not the worker's.
+    cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    if let Ok(lang) = std::env::var("LANG") {
+        cmd.env("LANG", lang);
+    }
+    if let Some(id) = identity {
+        cmd.env("USER", &id.name).env("LOGNAME", &id.name).env("HOME", &id.home);
+    }
+    cmd.env("OOMGUARD_INSTANCE", instance);
+    cmd.envs(&run.env);
+    if let Some(dir) = &run.workdir {
+        cmd.current_dir(dir);
+    }
+
+    let fd = procs.as_raw_fd();
+    let creds = identity.map(|id| (id.uid, id.gid, id.groups.clone()));
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
+    // calls on memory prepared before the fork (the fd and the credential vector).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own session: a Ctrl-C at the daemon's terminal is not the workers'.
+            libc::setsid();
+            let zero = b"0";
+            if libc::write(fd, zero.as_ptr().cast(), zero.len()) != zero.len() as isize {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &creds {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec { command: run.command.join(" "), source })?;
+    drop(procs);
+    Ok(child)
+}

@@ -38,3 +38,15 @@ impl Limit {
 /// A duration written the humantime way: "150ms", "1s", "30s", "5m", "1h".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
+
+/// Bytes in the largest binary unit that keeps one decimal: "47.9M", "1.5G", "512K".
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (suffix, size) in UNITS {
+        if b >= size {
+            let v = b as f64 / size as f64;
+            return if v.fract() < 0.05 { format!("{v:.0}{suffix}") } else { format!("{v:.1}{suffix}") };
+        }
+    }
+    format!("{b}")
+}

@@ -1,0 +1,658 @@
+//! One task per worker instance: it owns the instance's state, spawns the worker in its group,
+//! feeds kernel wake-ups to the engine and carries out what the engine decided. This is where a
+//! restart happens (see [`Instance::restart`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::{error, info, warn};
+
+use crate::cgroupfs::{CgroupError, Group, CGROUP_EVENTS, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK};
+use crate::engine::{AfterExit, Offence, Tracker};
+use crate::events::{now_ms, EventLog};
+use crate::policy::{Mode, Policy};
+use crate::protocol::{Ending, EventRecord, InstanceState, Reason};
+use crate::psi::{FileWatch, PsiTrigger};
+use crate::spawn::{self, Identity};
+use crate::units::human_bytes;
+
+/// How long observe mode stays quiet about one instance after reporting it.
+const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
+/// How long to wait for an emptied group after cgroup.kill before saying so.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Requests to an instance task.
+#[derive(Debug)]
+pub enum Command {
+    /// Graceful restart; the reply comes once the new worker runs.
+    Restart(oneshot::Sender<Result<String, String>>),
+    /// Graceful stop; the task ends after replying.
+    Stop(oneshot::Sender<String>),
+    /// A reloaded policy: new limits and triggers apply to the running worker.
+    Update(Arc<Policy>),
+}
+
+/// What the instance task publishes for status and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    pub state: InstanceState,
+    pub main_pid: Option<u32>,
+    pub restarts: u32,
+    pub restarts_by_reason: BTreeMap<Reason, u32>,
+    pub last_restart_reason: Option<Reason>,
+    pub last_restart_at: Option<u64>,
+    pub oom_kills: u64,
+}
+
+/// A running worker.
+struct Worker {
+    child: tokio::process::Child,
+    pid: u32,
+    started: Instant,
+    psi: Option<PsiTrigger>,
+    memory_events: Option<FileWatch>,
+    /// memory.events at start, to report deltas and notice OOM kills.
+    events_at_start: BTreeMap<String, u64>,
+    /// OOM kills already counted for this worker.
+    oom_kills_seen: u64,
+}
+
+/// Why the watch over a running worker ended.
+enum Outcome {
+    Offence(Offence, Instant),
+    Manual(oneshot::Sender<Result<String, String>>),
+    Exited(std::process::ExitStatus),
+    Stop(oneshot::Sender<String>),
+}
+
+pub struct Instance {
+    pub id: String,
+    policy: Arc<Policy>,
+    group: Group,
+    identity: Option<Identity>,
+    tracker: Tracker,
+    view: View,
+    view_tx: watch::Sender<View>,
+    commands: mpsc::Receiver<Command>,
+    /// One restart at a time per policy.
+    restart_lock: Arc<Semaphore>,
+    events: Arc<EventLog>,
+}
+
+impl Instance {
+    pub fn new(
+        id: String,
+        policy: Arc<Policy>,
+        group: Group,
+        identity: Option<Identity>,
+        commands: mpsc::Receiver<Command>,
+        restart_lock: Arc<Semaphore>,
+        events: Arc<EventLog>,
+    ) -> (Instance, watch::Receiver<View>) {
+        let view = View {
+            state: InstanceState::Starting,
+            main_pid: None,
+            restarts: 0,
+            restarts_by_reason: BTreeMap::new(),
+            last_restart_reason: None,
+            last_restart_at: None,
+            oom_kills: 0,
+        };
+        let (view_tx, view_rx) = watch::channel(view.clone());
+        let instance = Instance {
+            id,
+            policy,
+            group,
+            identity,
+            tracker: Tracker::new(),
+            view,
+            view_tx,
+            commands,
+            restart_lock,
+            events,
+        };
+        (instance, view_rx)
+    }
+
+    fn set_state(&mut self, state: InstanceState, pid: Option<u32>) {
+        self.view.state = state;
+        self.view.main_pid = pid;
+        self.view_tx.send_replace(self.view.clone());
+    }
+
+    fn count_restart(&mut self, reason: Reason) {
+        self.view.restarts += 1;
+        *self.view.restarts_by_reason.entry(reason).or_default() += 1;
+        self.view.last_restart_reason = Some(reason);
+        self.view.last_restart_at = Some(now_ms() / 1000);
+        self.view_tx.send_replace(self.view.clone());
+    }
+
+    /// The task body: start, watch, restart or respawn, until stopped.
+    pub async fn run(mut self) {
+        loop {
+            let worker = match self.start() {
+                Ok(w) => w,
+                Err(e) => {
+                    error!(instance = %self.id, "cannot start worker: {e}");
+                    if self.after_unplanned_exit(Duration::ZERO, Reason::Exited, e.to_string()).await {
+                        continue;
+                    }
+                    return;
+                }
+            };
+            let mut worker = worker;
+            match self.watch(&mut worker).await {
+                Outcome::Offence(offence, woke) => {
+                    let _permit = self.restart_lock.clone().acquire_owned().await;
+                    self.restart(worker, offence.reason, Some(woke), describe(&offence, &self.policy)).await;
+                }
+                Outcome::Manual(reply) => {
+                    let _permit = self.restart_lock.clone().acquire_owned().await;
+                    self.restart(worker, Reason::Manual, None, "requested by an operator".into()).await;
+                    let _ = reply.send(Ok(format!("{} restarted", self.id)));
+                }
+                Outcome::Stop(reply) => {
+                    self.stop(worker).await;
+                    let _ = reply.send(format!("{} stopped", self.id));
+                    return;
+                }
+                Outcome::Exited(status) => {
+                    let ran_for = worker.started.elapsed();
+                    let oom = self.finish_group(&mut worker).await;
+                    let reason = if oom { Reason::OomKilled } else { Reason::Exited };
+                    let ending = if oom {
+                        Ending::OomKilled
+                    } else {
+                        Ending::Exited { code: status.code(), signal: exit_signal(&status), after_ms: ms(ran_for) }
+                    };
+                    let what = format!("worker pid {} ended on its own after {} ({status})", worker.pid, fmt_dur(ran_for));
+                    self.record_ending(&worker, reason, ending, &what);
+                    if !self.after_unplanned_exit(ran_for, reason, what).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates the group, sets and verifies the limits, spawns the worker inside it and arms the
+    /// triggers.
+    fn start(&mut self) -> Result<Worker, String> {
+        self.set_state(InstanceState::Starting, None);
+        let mem = self.policy.memory;
+        self.group.create().map_err(|e| e.to_string())?;
+        self.group.set_limits(mem.high, mem.max, mem.swap_max).map_err(|e| e.to_string())?;
+        let events_at_start = self.group.memory_events().unwrap_or_default();
+        let child = spawn::spawn(&self.policy.run, self.identity.as_ref(), &self.group, &self.id)
+            .map_err(|e| e.to_string())?;
+        let pid = child.id().unwrap_or(0);
+        let psi = self.policy.triggers.pressure.as_ref().and_then(|t| {
+            PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
+                .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
+                .ok()
+        });
+        let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS))
+            .map_err(|e| warn!(instance = %self.id, "not watching memory.events: {e}"))
+            .ok();
+        self.tracker.started();
+        self.set_state(InstanceState::Running, Some(pid));
+        info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
+        Ok(Worker { child, pid, started: Instant::now(), psi, memory_events, events_at_start, oom_kills_seen: 0 })
+    }
+
+    /// Waits for the first thing that ends this worker's run: an offence (enforce mode), an
+    /// operator's request, or the worker's own exit.
+    async fn watch(&mut self, w: &mut Worker) -> Outcome {
+        loop {
+            let memory_due = self.memory_sample_due();
+            tokio::select! {
+                fired = wait_psi(&mut w.psi) => {
+                    let woke = Instant::now();
+                    if let Err(e) = fired {
+                        warn!(instance = %self.id, "pressure trigger stopped: {e}");
+                        w.psi = None;
+                        continue;
+                    }
+                    let Some(t) = self.policy.triggers.pressure else { continue };
+                    if let Some(offence) = self.tracker.on_pressure(woke, &t) {
+                        if let Some(out) = self.offence(offence, woke) {
+                            return out;
+                        }
+                    }
+                }
+                changed = wait_file(&mut w.memory_events) => {
+                    match changed {
+                        Ok(text) => self.on_memory_events(w, &text),
+                        Err(_) => w.memory_events = None,
+                    }
+                    if let Some(out) = self.sample_memory() {
+                        return out;
+                    }
+                }
+                _ = sleep_until_opt(memory_due) => {
+                    if let Some(out) = self.sample_memory() {
+                        return out;
+                    }
+                }
+                status = w.child.wait() => {
+                    return match status {
+                        Ok(s) => Outcome::Exited(s),
+                        Err(e) => {
+                            error!(instance = %self.id, "waiting for pid {}: {e}", w.pid);
+                            Outcome::Exited(std::os::unix::process::ExitStatusExt::from_raw(0))
+                        }
+                    };
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Restart(reply)) => return Outcome::Manual(reply),
+                    Some(Command::Stop(reply)) => return Outcome::Stop(reply),
+                    Some(Command::Update(policy)) => self.update(policy, w),
+                    // The supervisor is gone: the daemon is exiting without stopping workers.
+                    None => std::future::pending::<()>().await,
+                },
+            }
+        }
+    }
+
+    /// In enforce mode an offence ends the watch; in observe mode it is reported and ignored.
+    fn offence(&mut self, offence: Offence, woke: Instant) -> Option<Outcome> {
+        if self.policy.mode == Mode::Enforce {
+            return Some(Outcome::Offence(offence, woke));
+        }
+        let what = format!("would restart (observe mode): {}", describe(&offence, &self.policy));
+        info!(instance = %self.id, reason = offence.reason.as_str(), "{what}");
+        let numbers = self.numbers();
+        let mut ev = self.event(offence.reason, "would_restart", &what);
+        fill_numbers(&mut ev, &numbers);
+        self.events.push(ev);
+        self.tracker.reported(woke, OBSERVE_COOLDOWN);
+        None
+    }
+
+    /// When the memory trigger next needs a sample. No kernel notification exists for an
+    /// arbitrary threshold, so with a memory trigger memory.current is also read once a second
+    /// (and on every memory.events change); without one, never.
+    fn memory_sample_due(&self) -> Option<Instant> {
+        let t = self.policy.triggers.memory.as_ref()?;
+        let tick = Instant::now() + Duration::from_secs(1);
+        Some(self.tracker.memory_deadline(t).map_or(tick, |d| d.min(tick)))
+    }
+
+    fn sample_memory(&mut self) -> Option<Outcome> {
+        let t = self.policy.triggers.memory?;
+        let current = self.group.number(MEMORY_CURRENT).ok()?;
+        let now = Instant::now();
+        let offence = self.tracker.on_memory(now, current, &t)?;
+        self.offence(offence, now)
+    }
+
+    /// Counts kernel OOM kills as they happen (the worker may survive one that hit a child).
+    fn on_memory_events(&mut self, w: &mut Worker, text: &str) {
+        let now = crate::cgroupfs::parse_keyed(text);
+        let kills = now.get("oom_kill").copied().unwrap_or(0).saturating_sub(w.events_at_start.get("oom_kill").copied().unwrap_or(0));
+        if kills > w.oom_kills_seen {
+            let new = kills - w.oom_kills_seen;
+            w.oom_kills_seen = kills;
+            self.view.oom_kills += new;
+            self.view_tx.send_replace(self.view.clone());
+            let what = format!("the kernel OOM killer killed {new} process(es) in the group (limit memory.max {})", self.policy.memory.max.to_kernel());
+            warn!(instance = %self.id, "{what}");
+            let numbers = self.numbers();
+            let mut ev = self.event(Reason::OomKilled, "oom_kill", &what);
+            fill_numbers(&mut ev, &numbers);
+            ev.memory_events_delta = delta(&w.events_at_start, &now);
+            self.events.push(ev);
+        }
+    }
+
+    /// Applies a reloaded policy to the running worker: limits at once, the trigger re-armed.
+    fn update(&mut self, policy: Arc<Policy>, w: &mut Worker) {
+        let mem = policy.memory;
+        match self.group.set_limits(mem.high, mem.max, mem.swap_max) {
+            Ok(()) => info!(instance = %self.id, "limits now memory.high {} memory.max {}", mem.high.to_kernel(), mem.max.to_kernel()),
+            Err(e) => error!(instance = %self.id, "reload: cannot apply limits: {e}"),
+        }
+        if policy.triggers.pressure != self.policy.triggers.pressure {
+            w.psi = None; // closing the fd removes the old trigger before the new one is armed
+            w.psi = policy.triggers.pressure.as_ref().and_then(|t| {
+                PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
+                    .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
+                    .ok()
+            });
+        }
+        self.policy = policy;
+        self.tracker.started();
+    }
+
+    /// The graceful restart: lift memory.high so a throttled worker can finish its job, send the
+    /// worker's own shutdown signal, wait up to the grace period for the group to empty, then
+    /// cgroup.kill; restore the limits. The caller respawns at once.
+    async fn restart(&mut self, mut w: Worker, reason: Reason, woke: Option<Instant>, why: String) {
+        self.count_restart(reason);
+        let numbers = self.numbers();
+        self.set_state(InstanceState::Restarting, Some(w.pid));
+        let (ending, to_signal, to_exit) = self.shut_down(&mut w, woke).await;
+        let how = describe_ending(&ending, self.policy.restart.signal);
+        let what = format!(
+            "restart ({}): {why}; memory {} (high {}, max {}), psi some avg10 {:.1}%; {how}",
+            reason.as_str(),
+            numbers.current.map_or("?".into(), human_bytes),
+            self.policy.memory.high.to_kernel(),
+            self.policy.memory.max.to_kernel(),
+            numbers.some_avg10.unwrap_or(0.0),
+        );
+        info!(instance = %self.id, reason = reason.as_str(), pid = w.pid, "{what}");
+        let mut ev = self.event(reason, "restart", &what);
+        fill_numbers(&mut ev, &numbers);
+        ev.ending = Some(ending);
+        ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
+        ev.signal_to_exit_ms = to_exit.map(ms);
+        ev.memory_events_delta = delta(&w.events_at_start, &self.group.memory_events().unwrap_or_default());
+        self.events.push(ev);
+    }
+
+    async fn stop(&mut self, mut w: Worker) {
+        self.set_state(InstanceState::Restarting, Some(w.pid));
+        let (ending, _, _) = self.shut_down(&mut w, None).await;
+        info!(instance = %self.id, pid = w.pid, "stopped: {}", describe_ending(&ending, self.policy.restart.signal));
+        let _ = self.group.remove();
+        self.set_state(InstanceState::Stopped, None);
+    }
+
+    /// Signal, grace, kill. Returns how the worker ended, the time from the decision's wake-up to
+    /// the signal, and from the signal to the group being empty.
+    async fn shut_down(&mut self, w: &mut Worker, woke: Option<Instant>) -> (Ending, Option<Duration>, Option<Duration>) {
+        let p = self.policy.clone();
+        // Drop the trigger first: no more events about a worker that is on its way out.
+        w.psi = None;
+        if let Err(e) = self.group.set_high(crate::units::Limit::Max) {
+            warn!(instance = %self.id, "cannot lift memory.high for the grace period: {e}");
+        }
+        let signal = Signal::try_from(p.restart.signal).unwrap_or(Signal::SIGTERM);
+        let sent = kill(Pid::from_raw(w.pid as i32), signal);
+        let signalled = Instant::now();
+        let to_signal = woke.map(|t| signalled.duration_since(t));
+        if let Err(e) = sent {
+            warn!(instance = %self.id, pid = w.pid, "cannot send {signal}: {e}");
+        }
+        let grace = p.restart.grace;
+        let exited = tokio::time::timeout(grace, async {
+            let status = w.child.wait().await.ok();
+            wait_empty(&self.group, grace).await;
+            status
+        })
+        .await;
+        let ending = match exited {
+            Ok(status) if !self.group.populated().unwrap_or(false) => {
+                let status = status.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(0));
+                Ending::Exited { code: status.code(), signal: exit_signal(&status), after_ms: ms(signalled.elapsed()) }
+            }
+            _ => {
+                self.kill_group().await;
+                let _ = w.child.wait().await;
+                Ending::KilledAfterGrace { after_ms: ms(signalled.elapsed()) }
+            }
+        };
+        let to_exit = signalled.elapsed();
+        let ending = if self.oom_killed_since_start(w) { Ending::OomKilled } else { ending };
+        if let Err(e) = self.group.set_high(p.memory.high) {
+            warn!(instance = %self.id, "cannot restore memory.high: {e}");
+        }
+        (ending, to_signal, Some(to_exit))
+    }
+
+    /// cgroup.kill, repeated until the group is empty.
+    async fn kill_group(&self) {
+        let deadline = Instant::now() + KILL_WAIT;
+        while Instant::now() < deadline {
+            match self.group.kill() {
+                Ok(()) | Err(CgroupError::Gone { .. }) => {}
+                Err(e) => warn!(instance = %self.id, "cgroup.kill: {e}"),
+            }
+            if wait_empty(&self.group, Duration::from_secs(1)).await {
+                return;
+            }
+        }
+        error!(instance = %self.id, "group still has processes {:?} {}s after cgroup.kill", self.group.procs().unwrap_or_default(), KILL_WAIT.as_secs());
+    }
+
+    /// After the main process exited on its own: kill what it left behind in the group, and say
+    /// whether the kernel OOM killer was involved.
+    async fn finish_group(&mut self, w: &mut Worker) -> bool {
+        if self.group.populated().unwrap_or(false) {
+            self.kill_group().await;
+        }
+        self.oom_killed_since_start(w)
+    }
+
+    fn oom_killed_since_start(&mut self, w: &mut Worker) -> bool {
+        if let Ok(text) = self.group.read(MEMORY_EVENTS) {
+            self.on_memory_events(w, &text);
+        }
+        w.oom_kills_seen > 0
+    }
+
+    /// Backoff or failed after an unplanned exit. Returns false when the task should end.
+    async fn after_unplanned_exit(&mut self, ran_for: Duration, reason: Reason, what: String) -> bool {
+        self.count_restart(reason);
+        match self.tracker.on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart) {
+            AfterExit::Respawn { after } => {
+                info!(instance = %self.id, reason = reason.as_str(), "respawning in {}: {what}", fmt_dur(after));
+                self.set_state(InstanceState::Backoff, None);
+                tokio::select! {
+                    _ = tokio::time::sleep(after) => true,
+                    cmd = self.commands.recv() => self.command_while_down(cmd),
+                }
+            }
+            AfterExit::Fail { exits } => {
+                let r = &self.policy.restart;
+                let msg = format!(
+                    "failed: {exits} unplanned exits within {} (restart.limit {} within {}); left stopped until `oomguard restart {}`",
+                    fmt_dur(r.limit_within), r.limit_count, fmt_dur(r.limit_within), self.id
+                );
+                error!(instance = %self.id, "{msg}");
+                self.events.push(self.event(reason, "failed", &msg));
+                self.set_state(InstanceState::Failed, None);
+                loop {
+                    let cmd = self.commands.recv().await;
+                    if matches!(cmd, Some(Command::Update(_))) {
+                        self.command_while_down(cmd);
+                        continue;
+                    }
+                    self.tracker.reset_limit();
+                    return self.command_while_down(cmd);
+                }
+            }
+        }
+    }
+
+    /// A command while no worker runs (backoff or failed). Returns whether to start a worker.
+    fn command_while_down(&mut self, cmd: Option<Command>) -> bool {
+        match cmd {
+            Some(Command::Restart(reply)) => {
+                let _ = reply.send(Ok(format!("{} starting", self.id)));
+                true
+            }
+            Some(Command::Stop(reply)) => {
+                let _ = self.group.remove();
+                self.set_state(InstanceState::Stopped, None);
+                let _ = reply.send(format!("{} stopped", self.id));
+                false
+            }
+            Some(Command::Update(policy)) => {
+                self.policy = policy;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The event for a worker that ended on its own.
+    fn record_ending(&self, w: &Worker, reason: Reason, ending: Ending, what: &str) {
+        let mut ev = self.event(reason, "exit", what);
+        fill_numbers(&mut ev, &self.numbers());
+        ev.ending = Some(ending);
+        ev.memory_events_delta = delta(&w.events_at_start, &self.group.memory_events().unwrap_or_default());
+        self.events.push(ev);
+    }
+
+    fn event(&self, reason: Reason, action: &str, message: &str) -> EventRecord {
+        EventRecord {
+            seq: 0,
+            time_ms: 0,
+            instance: self.id.clone(),
+            reason,
+            action: action.into(),
+            memory_current: None,
+            memory_peak: None,
+            memory_events_delta: BTreeMap::new(),
+            psi_some_avg10: None,
+            psi_full_avg10: None,
+            ending: None,
+            trigger_to_signal_us: None,
+            signal_to_exit_ms: None,
+            message: message.into(),
+        }
+    }
+
+    fn numbers(&self) -> Numbers {
+        let pressure = self.group.pressure().ok();
+        Numbers {
+            current: self.group.number(MEMORY_CURRENT).ok(),
+            peak: self.group.number(MEMORY_PEAK).ok(),
+            some_avg10: pressure.map(|p| p.some_avg10),
+            full_avg10: pressure.map(|p| p.full_avg10),
+        }
+    }
+}
+
+/// The numbers recorded with a decision.
+struct Numbers {
+    current: Option<u64>,
+    peak: Option<u64>,
+    some_avg10: Option<f64>,
+    full_avg10: Option<f64>,
+}
+
+fn fill_numbers(ev: &mut EventRecord, n: &Numbers) {
+    ev.memory_current = n.current;
+    ev.memory_peak = n.peak;
+    ev.psi_some_avg10 = n.some_avg10;
+    ev.psi_full_avg10 = n.full_avg10;
+}
+
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
+fn describe(offence: &Offence, policy: &Policy) -> String {
+    match offence.reason {
+        Reason::Pressure => {
+            let t = policy.triggers.pressure.expect("a pressure offence needs a pressure trigger");
+            format!(
+                "memory pressure held {} (trigger {:?} {}/{} for {})",
+                fmt_dur(offence.held_for),
+                t.kind,
+                fmt_dur(t.stall),
+                fmt_dur(t.window),
+                fmt_dur(t.sustain)
+            )
+        }
+        Reason::Memory => {
+            let t = policy.triggers.memory.expect("a memory offence needs a memory trigger");
+            format!(
+                "memory.current {} above {} for {} (trigger for {})",
+                offence.memory_current.map_or("?".into(), human_bytes),
+                human_bytes(t.above),
+                fmt_dur(offence.held_for),
+                fmt_dur(t.sustain)
+            )
+        }
+        other => other.as_str().to_string(),
+    }
+}
+
+fn describe_ending(ending: &Ending, signal: i32) -> String {
+    let sig = Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.to_string());
+    match ending {
+        Ending::Exited { code, signal, after_ms } => match (code, signal) {
+            (Some(c), _) => format!("exited by itself {after_ms} ms after {sig} (code {c})"),
+            (_, Some(s)) => format!("ended by signal {s} {after_ms} ms after {sig}"),
+            _ => format!("ended {after_ms} ms after {sig}"),
+        },
+        Ending::KilledAfterGrace { after_ms } => format!("still running after the grace period: killed the group {after_ms} ms after {sig}"),
+        Ending::OomKilled => "OOM-killed by the kernel during the grace period".into(),
+    }
+}
+
+fn exit_signal(status: &std::process::ExitStatus) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(status)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub fn fmt_dur(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(120) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+async fn wait_psi(psi: &mut Option<PsiTrigger>) -> Result<(), crate::psi::PsiError> {
+    match psi {
+        Some(p) => p.fired().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_file(w: &mut Option<FileWatch>) -> Result<String, crate::psi::PsiError> {
+    match w {
+        Some(f) => f.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until cgroup.events says the group is empty, woken by the kernel. True if it emptied
+/// (or is gone) within `limit`.
+pub async fn wait_empty(group: &Group, limit: Duration) -> bool {
+    let watch = FileWatch::open(&group.file(CGROUP_EVENTS));
+    let Ok(mut watch) = watch else { return true };
+    let check = |text: &str| crate::cgroupfs::parse_keyed(text).get("populated").copied().unwrap_or(0) == 0;
+    match watch.read() {
+        Ok(t) if check(&t) => return true,
+        Err(_) => return true,
+        _ => {}
+    }
+    tokio::time::timeout(limit, async {
+        loop {
+            match watch.changed().await {
+                Ok(t) if check(&t) => return true,
+                Err(_) => return true,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
