@@ -1,10 +1,13 @@
-//! `oomguard run`: start-up checks, the cgroup subtree, the fleet, the socket and signals.
+//! `oomguard run`: start-up checks, the cgroup subtree, the fleet, the socket, signals, reloads,
+//! the systemd watchdog and the state kept across daemon restarts.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -12,7 +15,7 @@ use crate::cgroupfs::Group;
 use crate::events::EventLog;
 use crate::hostcheck;
 use crate::policy::{self, Mode};
-use crate::supervisor::{Fleet, CONTROLLERS};
+use crate::supervisor::{Fleet, ReloadSummary, SavedState, CONTROLLERS};
 
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_POLICIES: &str = "/etc/oomguard/policies.d";
@@ -28,7 +31,8 @@ pub struct Options {
     pub dry_run: bool,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then stops the workers gracefully.
+/// Runs the daemon until SIGTERM/SIGINT (stop the workers gracefully) or SIGUSR2 (leave them
+/// running for the next daemon to adopt).
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("oomguard run must run as root: it creates cgroups and starts workers as other users");
@@ -37,8 +41,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let root = cgroup_root(mount, opts.cgroup_root.as_deref())?;
     let parent = root.parent().context("the cgroup root has no parent")?;
     hostcheck::check_host(mount, parent)?;
-
-    let mut policies = match policy::load_dir(&opts.policies) {
+    let policies = match load_policies(&opts) {
         Ok(p) => p,
         Err(errors) => {
             for e in &errors {
@@ -55,38 +58,111 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if policies.is_empty() {
         warn!("no policies in {}: nothing to guard until a reload adds one", opts.policies.display());
     }
-    if opts.dry_run {
-        info!("dry run: every policy runs in observe mode, nothing is signalled");
-        for p in &mut policies {
-            p.mode = Mode::Observe;
-        }
-    }
 
     let root = prepare_root(mount, &root)?;
+    let state_file = state_path(&opts.socket);
+    let saved = load_state(&state_file);
     let fleet = Arc::new(Fleet::new(root, Arc::new(EventLog::new())));
     for p in policies {
         let name = p.name.clone();
-        if let Err(e) = fleet.start_policy(p) {
+        if let Err(e) = fleet.start_policy(p, &saved) {
             error!(policy = %name, "not started: {e}");
         }
     }
     info!(root = %fleet.root().path().display(), socket = %opts.socket.display(), "oomguard {} running", env!("CARGO_PKG_VERSION"));
+    notify(&[NotifyState::Ready, NotifyState::Status("guarding")]);
 
-    wait_for_shutdown().await?;
-    info!("shutting down: stopping workers gracefully (a second SIGTERM exits at once)");
-    fleet.stop_all().await;
-    let _ = fleet.root().remove();
-    info!("all workers stopped");
+    let exit = main_loop(&fleet, &opts, &state_file).await?;
+    notify(&[NotifyState::Stopping]);
+    match exit {
+        Exit::Stop => {
+            info!("shutting down: stopping workers gracefully (a second SIGTERM exits at once)");
+            arm_second_signal()?;
+            fleet.stop_all().await;
+            let _ = fleet.root().remove();
+            let _ = std::fs::remove_file(&state_file);
+            info!("all workers stopped");
+        }
+        Exit::Detach => {
+            save_state(&state_file, &fleet);
+            info!("exiting on SIGUSR2, leaving workers running for the next daemon to adopt ({})", state_file.display());
+        }
+    }
     Ok(())
 }
 
-async fn wait_for_shutdown() -> anyhow::Result<()> {
+/// Loads and validates the policy directory; `--dry-run` turns every policy to observe mode.
+fn load_policies(opts: &Options) -> Result<Vec<policy::Policy>, Vec<String>> {
+    let mut policies = policy::load_dir(&opts.policies).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    if opts.dry_run {
+        info!("dry run: every policy runs in observe mode, nothing is signalled");
+        policies.iter_mut().for_each(|p| p.mode = Mode::Observe);
+    }
+    Ok(policies)
+}
+
+enum Exit {
+    /// SIGTERM / SIGINT: stop every worker gracefully, then exit.
+    Stop,
+    /// SIGUSR2 (systemd's RestartKillSignal): exit and leave the workers running.
+    Detach,
+}
+
+/// Signals, reloads, the watchdog and state saving, until it is time to exit.
+async fn main_loop(fleet: &Arc<Fleet>, opts: &Options, state_file: &Path) -> anyhow::Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
+    let mut events = fleet.events().subscribe();
+    // Half the watchdog interval, as sd_watchdog_enabled(3) advises; a day when there is none.
+    let period = sd_notify::watchdog_enabled().map_or(Duration::from_secs(86_400), |d| d / 2);
+    let mut watchdog = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(Exit::Stop),
+            _ = int.recv() => return Ok(Exit::Stop),
+            _ = usr2.recv() => return Ok(Exit::Detach),
+            _ = hup.recv() => {
+                if let Err(errors) = reload(fleet, opts).await {
+                    error!("reload refused, nothing changed: {}", errors.join("; "));
+                }
+            }
+            // Every decision changes counters worth keeping across a daemon restart.
+            _ = events.recv() => save_state(state_file, fleet),
+            _ = watchdog.tick() => notify(&[NotifyState::Watchdog]),
+        }
     }
+}
+
+/// Re-reads and validates every policy first; only a fully valid set is applied, so a bad file
+/// changes nothing.
+pub async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadSummary, Vec<String>> {
+    let mut reloading = vec![NotifyState::Reloading];
+    // systemd >= 253 wants the monotonic time with RELOADING=1 (Type=notify-reload).
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        reloading.push(now);
+    }
+    notify(&reloading);
+    let result = match load_policies(opts) {
+        Err(errors) => Err(errors),
+        Ok(policies) => {
+            let summary = fleet.reload(policies).await;
+            info!(added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed, "reloaded {}", opts.policies.display());
+            Ok(summary)
+        }
+    };
+    notify(&[NotifyState::Ready]);
+    result
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("sd_notify: {e}");
+    }
+}
+
+fn arm_second_signal() -> anyhow::Result<()> {
     // A second SIGTERM or SIGINT while workers are being stopped exits at once, leaving them
     // running; signal-hook's conditional shutdown does exactly that once the flag is set.
     let stopping = Arc::new(AtomicBool::new(true));
@@ -95,6 +171,33 @@ async fn wait_for_shutdown() -> anyhow::Result<()> {
     }
     stopping.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// state.json lives beside the socket (RuntimeDirectory= under systemd).
+pub fn state_path(socket: &Path) -> PathBuf {
+    socket.parent().unwrap_or(Path::new("/run")).join("state.json")
+}
+
+fn load_state(path: &Path) -> SavedState {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            warn!("ignoring unreadable {}: {e}", path.display());
+            SavedState::new()
+        }),
+        Err(_) => SavedState::new(),
+    }
+}
+
+/// Written to a temporary file and renamed, so a crash never leaves half a file.
+fn save_state(path: &Path, fleet: &Fleet) {
+    let tmp = path.with_extension("json.tmp");
+    let result = serde_json::to_vec(&fleet.saved_state())
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        warn!("cannot save {}: {e}", path.display());
+    }
 }
 
 /// The cgroup every policy's group goes under. Under systemd with `Delegate=`, the daemon's own

@@ -37,7 +37,7 @@ pub enum Command {
 }
 
 /// What the instance task publishes for status and metrics.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct View {
     pub state: InstanceState,
     pub main_pid: Option<u32>,
@@ -50,7 +50,9 @@ pub struct View {
 
 /// A running worker.
 struct Worker {
-    child: tokio::process::Child,
+    /// Our child, or None for a worker adopted from a previous daemon (watched through `pidfd`).
+    child: Option<tokio::process::Child>,
+    pidfd: Option<crate::psi::PidWatch>,
     pid: u32,
     started: Instant,
     psi: Option<PsiTrigger>,
@@ -65,7 +67,8 @@ struct Worker {
 enum Outcome {
     Offence(Offence, Instant),
     Manual(oneshot::Sender<Result<String, String>>),
-    Exited(std::process::ExitStatus),
+    /// None for an adopted worker, whose status went to its new parent.
+    Exited(Option<std::process::ExitStatus>),
     Stop(oneshot::Sender<String>),
 }
 
@@ -92,8 +95,9 @@ impl Instance {
         commands: mpsc::Receiver<Command>,
         restart_lock: Arc<Semaphore>,
         events: Arc<EventLog>,
+        restored: Option<View>,
     ) -> (Instance, watch::Receiver<View>) {
-        let view = View {
+        let view = restored.unwrap_or(View {
             state: InstanceState::Starting,
             main_pid: None,
             restarts: 0,
@@ -101,7 +105,7 @@ impl Instance {
             last_restart_reason: None,
             last_restart_at: None,
             oom_kills: 0,
-        };
+        });
         let (view_tx, view_rx) = watch::channel(view.clone());
         let instance = Instance {
             id,
@@ -133,9 +137,16 @@ impl Instance {
     }
 
     /// The task body: start, watch, restart or respawn, until stopped.
-    pub async fn run(mut self) {
+    pub async fn run(mut self, mut adopt: Option<u32>) {
         loop {
-            let worker = match self.start() {
+            let started = match adopt.take() {
+                Some(pid) => self.adopt(pid).or_else(|e| {
+                    warn!(instance = %self.id, "cannot adopt pid {pid}, starting anew: {e}");
+                    self.start()
+                }),
+                None => self.start(),
+            };
+            let worker = match started {
                 Ok(w) => w,
                 Err(e) => {
                     error!(instance = %self.id, "cannot start worker: {e}");
@@ -168,9 +179,14 @@ impl Instance {
                     let ending = if oom {
                         Ending::OomKilled
                     } else {
-                        Ending::Exited { code: status.code(), signal: exit_signal(&status), after_ms: ms(ran_for) }
+                        Ending::Exited {
+                            code: status.and_then(|s| s.code()),
+                            signal: status.as_ref().and_then(exit_signal),
+                            after_ms: ms(ran_for),
+                        }
                     };
-                    let what = format!("worker pid {} ended on its own after {} ({status})", worker.pid, fmt_dur(ran_for));
+                    let how = status.map_or("exit status unknown: adopted".into(), |s| s.to_string());
+                    let what = format!("worker pid {} ended on its own after {} ({how})", worker.pid, fmt_dur(ran_for));
                     self.record_ending(&worker, reason, ending, &what);
                     if !self.after_unplanned_exit(ran_for, reason, what).await {
                         return;
@@ -202,7 +218,25 @@ impl Instance {
         self.tracker.started();
         self.set_state(InstanceState::Running, Some(pid));
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
-        Ok(Worker { child, pid, started: Instant::now(), psi, memory_events, events_at_start, oom_kills_seen: 0 })
+        Ok(Worker { child: Some(child), pidfd: None, pid, started: Instant::now(), psi, memory_events, events_at_start, oom_kills_seen: 0 })
+    }
+
+    /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
+    fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
+        let pidfd = crate::psi::PidWatch::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        let mem = self.policy.memory;
+        self.group.set_limits(mem.high, mem.max, mem.swap_max).map_err(|e| e.to_string())?;
+        let psi = self.policy.triggers.pressure.as_ref().and_then(|t| {
+            PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
+                .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
+                .ok()
+        });
+        let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS)).ok();
+        let events_at_start = self.group.memory_events().unwrap_or_default();
+        self.tracker.started();
+        self.set_state(InstanceState::Running, Some(pid));
+        info!(instance = %self.id, pid, "adopted the running worker");
+        Ok(Worker { child: None, pidfd: Some(pidfd), pid, started: Instant::now(), psi, memory_events, events_at_start, oom_kills_seen: 0 })
     }
 
     /// Waits for the first thing that ends this worker's run: an offence (enforce mode), an
@@ -239,15 +273,7 @@ impl Instance {
                         return out;
                     }
                 }
-                status = w.child.wait() => {
-                    return match status {
-                        Ok(s) => Outcome::Exited(s),
-                        Err(e) => {
-                            error!(instance = %self.id, "waiting for pid {}: {e}", w.pid);
-                            Outcome::Exited(std::os::unix::process::ExitStatusExt::from_raw(0))
-                        }
-                    };
-                }
+                status = wait_main(&mut w.child, &w.pidfd) => return Outcome::Exited(status),
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Restart(reply)) => return Outcome::Manual(reply),
                     Some(Command::Stop(reply)) => return Outcome::Stop(reply),
@@ -382,19 +408,20 @@ impl Instance {
         }
         let grace = p.restart.grace;
         let exited = tokio::time::timeout(grace, async {
-            let status = w.child.wait().await.ok();
+            let status = wait_worker(w).await;
             wait_empty(&self.group, grace).await;
             status
         })
         .await;
         let ending = match exited {
-            Ok(status) if !self.group.populated().unwrap_or(false) => {
-                let status = status.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(0));
-                Ending::Exited { code: status.code(), signal: exit_signal(&status), after_ms: ms(signalled.elapsed()) }
-            }
+            Ok(status) if !self.group.populated().unwrap_or(false) => Ending::Exited {
+                code: status.and_then(|s| s.code()),
+                signal: status.as_ref().and_then(exit_signal),
+                after_ms: ms(signalled.elapsed()),
+            },
             _ => {
                 self.kill_group().await;
-                let _ = w.child.wait().await;
+                let _ = wait_worker(w).await;
                 Ending::KilledAfterGrace { after_ms: ms(signalled.elapsed()) }
             }
         };
@@ -610,6 +637,24 @@ pub fn fmt_dur(d: Duration) -> String {
     } else {
         humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
     }
+}
+
+/// Waits for the worker's main process to end.
+async fn wait_worker(w: &mut Worker) -> Option<std::process::ExitStatus> {
+    wait_main(&mut w.child, &w.pidfd).await
+}
+
+async fn wait_main(
+    child: &mut Option<tokio::process::Child>,
+    pidfd: &Option<crate::psi::PidWatch>,
+) -> Option<std::process::ExitStatus> {
+    if let Some(child) = child.as_mut() {
+        return child.wait().await.ok();
+    }
+    if let Some(fd) = pidfd {
+        fd.exited().await;
+    }
+    None
 }
 
 async fn wait_psi(psi: &mut Option<PsiTrigger>) -> Result<(), crate::psi::PsiError> {

@@ -160,3 +160,30 @@ mod tests {
         assert!(err.to_string().contains("memory.pressure"), "{err}");
     }
 }
+
+/// A process that is not our child (a worker adopted from a previous daemon): its pidfd becomes
+/// readable when it exits (pidfd_open, Linux 5.3). Its exit status is not ours to collect.
+pub struct PidWatch {
+    fd: AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl PidWatch {
+    pub fn open(pid: u32) -> std::io::Result<PidWatch> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as i32) };
+        // SAFETY: the AsyncFd owns the fd for its whole lifetime.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }.map_err(std::io::Error::from)?;
+        Ok(PidWatch { fd })
+    }
+
+    pub async fn exited(&self) {
+        // Readable means the process is gone; an error means the same for our purpose.
+        let _ = self.fd.readable().await;
+    }
+}

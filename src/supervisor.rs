@@ -16,7 +16,7 @@ use crate::events::EventLog;
 use crate::instance::{Command, Instance, View};
 use crate::policy::Policy;
 use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, StatusReport};
-use crate::spawn;
+use crate::spawn::{self, Identity};
 
 /// Controllers every level of oomguard's subtree enables for the next.
 pub const CONTROLLERS: &[&str] = &["memory", "pids"];
@@ -35,12 +35,27 @@ struct Handle {
     group: Group,
     commands: mpsc::Sender<Command>,
     view: watch::Receiver<View>,
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
+
+/// What a reload did, by policy name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// Persisted across daemon restarts (state.json): each instance's counters and main pid.
+pub type SavedState = BTreeMap<String, View>;
 
 struct PolicyRun {
     policy: Arc<Policy>,
+    /// One restart at a time per policy, shared by its instance tasks.
+    lock: Arc<Semaphore>,
+    identity: Option<Identity>,
     instances: Vec<Handle>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 pub struct Fleet {
@@ -63,30 +78,110 @@ impl Fleet {
         &self.root
     }
 
-    /// Starts every instance of `policy`. Fails (starting nothing) when the policy's group cannot
-    /// be prepared or its user does not exist.
-    pub fn start_policy(&self, policy: Policy) -> Result<(), FleetError> {
+    /// Starts every instance of `policy`, adopting workers a previous daemon left running (found
+    /// in `saved` and still in their group). Fails, starting nothing, when the policy's group
+    /// cannot be prepared or its user does not exist.
+    pub fn start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group.create().map_err(|e| FleetError::Failed(e.to_string()))?;
         group.enable_controllers(CONTROLLERS).map_err(|e| FleetError::Failed(e.to_string()))?;
         let identity = spawn::resolve_identity(&policy.run).map_err(|e| FleetError::Failed(e.to_string()))?;
-        let lock = Arc::new(Semaphore::new(1));
-        let mut run = PolicyRun { policy: policy.clone(), instances: Vec::new(), tasks: Vec::new() };
+        let mut run = PolicyRun { policy: policy.clone(), lock: Arc::new(Semaphore::new(1)), identity, instances: Vec::new() };
         for index in 0..policy.run.instances {
-            let id = format!("{}/{index}", policy.name);
-            let igroup = group.child(&index.to_string());
-            let (tx, rx) = mpsc::channel(8);
-            let (instance, view) =
-                Instance::new(id.clone(), policy.clone(), igroup.clone(), identity.clone(), rx, lock.clone(), self.events.clone());
-            run.tasks.push(tokio::spawn(instance.run()));
-            run.instances.push(Handle { id, group: igroup, commands: tx, view });
+            let handle = self.spawn_instance(&run, index, saved);
+            run.instances.push(handle);
         }
         info!(policy = %policy.name, mode = ?policy.mode, instances = policy.run.instances, "policy started from {}", policy.source.display());
         self.policies.write().unwrap_or_else(|e| e.into_inner()).insert(policy.name.clone(), run);
         Ok(())
     }
 
+    fn spawn_instance(&self, run: &PolicyRun, index: u32, saved: &SavedState) -> Handle {
+        let id = format!("{}/{index}", run.policy.name);
+        let group = self.root.child(&run.policy.name).child(&index.to_string());
+        let restored = saved.get(&id).cloned();
+        let adopt = find_main_pid(&group, restored.as_ref().and_then(|v| v.main_pid));
+        let (tx, rx) = mpsc::channel(8);
+        let (instance, view) = Instance::new(
+            id.clone(),
+            run.policy.clone(),
+            group.clone(),
+            run.identity.clone(),
+            rx,
+            run.lock.clone(),
+            self.events.clone(),
+            restored,
+        );
+        let task = tokio::spawn(instance.run(adopt));
+        Handle { id, group, commands: tx, view, task: Arc::new(std::sync::Mutex::new(Some(task))) }
+    }
+
+    /// Every instance's counters and main pid, for state.json.
+    pub fn saved_state(&self) -> SavedState {
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        policies.values().flat_map(|r| r.instances.iter()).map(|h| (h.id.clone(), h.view.borrow().clone())).collect()
+    }
+
+    /// Applies a new set of validated policies: new ones start, removed ones stop gracefully,
+    /// changed ones get their limits and triggers live and start or stop instances to match the
+    /// new count. A changed `run` section takes effect at each instance's next start.
+    pub async fn reload(&self, new: Vec<Policy>) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        let current: BTreeMap<String, Arc<Policy>> = self
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, r)| (k.clone(), r.policy.clone()))
+            .collect();
+        let new_names: Vec<String> = new.iter().map(|p| p.name.clone()).collect();
+        for name in current.keys().filter(|n| !new_names.contains(n)) {
+            info!(policy = %name, "reload: policy removed, stopping its instances");
+            self.stop_policy(name.clone()).await;
+            summary.removed.push(name.clone());
+        }
+        for policy in new {
+            let name = policy.name.clone();
+            match current.get(&name) {
+                None => match self.start_policy(policy, &SavedState::new()) {
+                    Ok(()) => summary.added.push(name),
+                    Err(e) => error!(policy = %name, "reload: not started: {e}"),
+                },
+                Some(old) if **old == policy => summary.unchanged.push(name),
+                Some(_) => {
+                    self.change_policy(policy).await;
+                    summary.changed.push(name);
+                }
+            }
+        }
+        summary
+    }
+
+    async fn change_policy(&self, policy: Policy) {
+        let policy = Arc::new(policy);
+        let (to_update, to_stop) = {
+            let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+            let Some(run) = policies.get_mut(&policy.name) else { return };
+            run.policy = policy.clone();
+            if let Ok(id) = spawn::resolve_identity(&policy.run) {
+                run.identity = id;
+            }
+            let keep = policy.run.instances as usize;
+            let to_stop: Vec<Handle> = if run.instances.len() > keep { run.instances.split_off(keep) } else { Vec::new() };
+            let to_update = run.instances.clone();
+            for index in run.instances.len()..keep {
+                let handle = self.spawn_instance(run, index as u32, &SavedState::new());
+                run.instances.push(handle);
+            }
+            (to_update, to_stop)
+        };
+        info!(policy = %policy.name, instances = policy.run.instances, "reload: policy changed");
+        for h in to_update {
+            let _ = h.commands.send(Command::Update(policy.clone())).await;
+        }
+        join_all(to_stop.iter().map(stop_instance)).await;
+    }
     fn handles(&self, target: Option<&str>) -> Result<Vec<(Arc<Policy>, Vec<Handle>)>, FleetError> {
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
         let Some(target) = target else {
@@ -154,20 +249,43 @@ impl Fleet {
     pub async fn stop_policy(&self, name: String) {
         let run = self.policies.write().unwrap_or_else(|e| e.into_inner()).remove(&name);
         let Some(run) = run else { return };
-        let stops = run.instances.iter().map(|h| async move {
-            let (tx, rx) = oneshot::channel();
-            if h.commands.send(Command::Stop(tx)).await.is_ok() {
-                let _ = rx.await;
-            }
-        });
-        join_all(stops).await;
-        for task in run.tasks {
-            let _ = task.await;
-        }
+        join_all(run.instances.iter().map(stop_instance)).await;
         if let Err(e) = self.root.child(&name).remove() {
             error!(policy = %name, "cannot remove the policy's group: {e}");
         }
     }
+}
+
+/// Graceful stop of one instance; returns once its task ended and its group is removed.
+async fn stop_instance(h: &Handle) {
+    let (tx, rx) = oneshot::channel();
+    if h.commands.send(Command::Stop(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+    let task = h.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+}
+
+/// The worker a previous daemon left in `group`: the saved pid if it is still there, else the
+/// process whose parent is outside the group (the workers' own children have parents inside).
+fn find_main_pid(group: &Group, saved: Option<u32>) -> Option<u32> {
+    if !group.populated().unwrap_or(false) {
+        return None;
+    }
+    let procs = group.procs().ok()?;
+    if let Some(pid) = saved.filter(|p| procs.contains(p)) {
+        return Some(pid);
+    }
+    procs.iter().copied().find(|pid| parent_pid(*pid).is_some_and(|ppid| !procs.contains(&ppid)))
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn instance_status(h: &Handle) -> InstanceStatus {
