@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and lints, unit and socket tests on the host, the systemd unit
+# check, then the real-kernel suite in throwaway VMs (tests/vm/run.sh installs what it needs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test (host: parsing, engine, fake cgroup tree, socket)"
+cargo test --all-targets
+if [ -x tests/unit/verify-unit.sh ]; then
+  echo "== systemd unit"
+  tests/unit/verify-unit.sh
+fi
+echo "== real-kernel suite (qemu)"
+tests/vm/run.sh "$@"
