@@ -51,7 +51,9 @@ pub struct Dur(pub Duration);
 /// the message says how to write it instead.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    #[error("empty byte size: write a whole number with an optional K, M, G or T suffix, e.g. 512M")]
+    #[error(
+        "empty byte size: write a whole number with an optional K, M, G or T suffix, e.g. 512M"
+    )]
     Empty,
     #[error("`{value}` is negative: byte sizes are 0 or more")]
     Negative { value: String },
@@ -299,7 +301,9 @@ impl<'de> Deserialize<'de> for Dur {
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Dur, E> {
                 match u64::try_from(n) {
                     Ok(n) => self.visit_u64(n),
-                    Err(_) => Err(E::custom(format!("`{n}` is negative: durations are 0 or more"))),
+                    Err(_) => Err(E::custom(format!(
+                        "`{n}` is negative: durations are 0 or more"
+                    ))),
                 }
             }
             fn visit_f64<E: de::Error>(self, n: f64) -> Result<Dur, E> {
@@ -338,10 +342,16 @@ mod tests {
         assert!(matches!(size("-1"), Err(UnitError::Negative { .. })));
         assert!(matches!(size("-1G"), Err(UnitError::Negative { .. })));
         assert!(matches!(size("1.5G"), Err(UnitError::Fractional { .. })));
-        assert!(matches!(size("18446744073709551616"), Err(UnitError::Overflow { .. })));
+        assert!(matches!(
+            size("18446744073709551616"),
+            Err(UnitError::Overflow { .. })
+        ));
         assert!(matches!(size("16777216T"), Err(UnitError::Overflow { .. })));
         for bad in ["512MB", "2GiB", "1P", "5X", "1 G", "1GG"] {
-            assert!(matches!(size(bad), Err(UnitError::BadSuffix { .. })), "{bad}");
+            assert!(
+                matches!(size(bad), Err(UnitError::BadSuffix { .. })),
+                "{bad}"
+            );
         }
         for bad in ["G", "max", " 1", "+1", "0x10"] {
             assert!(size(bad).is_err(), "{bad}");
@@ -353,14 +363,20 @@ mod tests {
         let msg = size("1.5G").unwrap_err().to_string();
         assert!(msg.contains("`1.5G`") && msg.contains("1536M"), "{msg}");
         let msg = size("2GB").unwrap_err().to_string();
-        assert!(msg.contains("`GB`") && msg.contains("K, M, G or T"), "{msg}");
+        assert!(
+            msg.contains("`GB`") && msg.contains("K, M, G or T"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn limits_parse_max_or_bytes() {
         assert_eq!("max".parse(), Ok(Limit::Max));
         assert_eq!("2G".parse(), Ok(Limit::Bytes(2 << 30)));
-        assert!("MAX".parse::<Limit>().is_err(), "the kernel only writes lower-case max");
+        assert!(
+            "MAX".parse::<Limit>().is_err(),
+            "the kernel only writes lower-case max"
+        );
         assert!("".parse::<Limit>().is_err());
         assert_eq!(Limit::Max.to_kernel(), "max");
         assert_eq!(Limit::Bytes(1536 << 20).to_kernel(), "1610612736");
@@ -409,7 +425,11 @@ mod tests {
         assert_eq!(human_bytes(1610612736), "1.5G");
         assert_eq!(human_bytes(2 << 30), "2G");
         assert_eq!(human_bytes(1000000000), "953.7M");
-        assert_eq!(human_bytes(1024 * 1024 - 1), "1M", "rounding carries into the next unit");
+        assert_eq!(
+            human_bytes(1024 * 1024 - 1),
+            "1M",
+            "rounding carries into the next unit"
+        );
         assert_eq!(human_bytes(u64::MAX), "16777216T");
     }
 
