@@ -15,10 +15,15 @@ use std::time::Duration;
 
 use crate::units::Limit;
 
+mod limits;
+mod load;
 mod raw;
+mod restart;
+mod run;
 mod validate;
 mod yaml;
 
+pub use load::{check_file_permissions, load_dir, load_file, load_paths};
 pub use validate::parse;
 
 /// One problem with one policy file. A bad file yields a list of these, one per problem, so a user
