@@ -23,6 +23,9 @@ mod run;
 mod validate;
 mod yaml;
 
+#[cfg(test)]
+mod testutil;
+
 pub use load::{check_file_permissions, load_dir, load_file, load_paths};
 pub use validate::parse;
 

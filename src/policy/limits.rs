@@ -265,3 +265,217 @@ impl Check<'_> {
         Some(window)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::policy::testutil::{accepts, base_with, errors, rejects};
+    use crate::policy::{MemoryTrigger, StallKind};
+    use crate::units::Limit;
+
+    const LIMITS: &str = "  high: 1536M\n  max: 2G";
+    const PRESSURE: &str = "  pressure: {some: 150ms, window: 1s}";
+
+    fn limits(text: &str) -> String {
+        base_with(LIMITS, text)
+    }
+
+    fn triggers(text: &str) -> String {
+        base_with(PRESSURE, text)
+    }
+
+    #[test]
+    fn high_must_not_be_above_max() {
+        rejects(
+            &limits("  high: 3G\n  max: 2G"),
+            "memory.high",
+            "memory.high (3G) is above memory.max (2G): lower high or raise max",
+        );
+        rejects(
+            &limits("  high: max\n  max: 2G"),
+            "memory.high",
+            "(max) is above",
+        );
+        rejects(
+            &limits("  high: max\n  max: max"),
+            "memory.max",
+            "both \"max\"",
+        );
+        let p = accepts(&limits("  high: 2G\n  max: 2G"));
+        assert_eq!(p.memory.high, p.memory.max);
+        let p = accepts(&limits("  high: 1G\n  max: max"));
+        assert_eq!(p.memory.max, Limit::Max);
+    }
+
+    #[test]
+    fn limits_are_required_nonzero_sizes() {
+        rejects(&limits("  max: 2G"), "memory.high", "missing");
+        rejects(&limits("  high: 1G"), "memory.max", "missing");
+        rejects(&limits("  high: 0\n  max: 2G"), "memory.high", "is 0");
+        rejects(&limits("  high: 1G\n  max: 0"), "memory.max", "is 0");
+        rejects(
+            &limits("  high: 1.5G\n  max: 2G"),
+            "memory.high",
+            "fractional",
+        );
+        rejects(
+            &limits("  high: 1G\n  max: 2GB"),
+            "memory.max",
+            "unknown suffix",
+        );
+        rejects(&limits("  high: -1G\n  max: 2G"), "memory.high", "negative");
+        rejects(&limits("  high: 1G\n  max: \"\""), "memory.max", "empty");
+        rejects(
+            &base_with("memory:\n", "memoryy:\n"),
+            "memoryy",
+            "unknown key",
+        );
+    }
+
+    #[test]
+    fn swap_max_takes_integers_sizes_and_max() {
+        for (text, want) in [
+            ("0", Limit::Bytes(0)),
+            ("512M", Limit::Bytes(512 << 20)),
+            ("max", Limit::Max),
+        ] {
+            let p = accepts(&limits(&format!("{LIMITS}\n  swap_max: {text}")));
+            assert_eq!(p.memory.swap_max, Some(want));
+        }
+        rejects(
+            &limits(&format!("{LIMITS}\n  swap_max: lots")),
+            "memory.swap_max",
+            "not a byte size",
+        );
+    }
+
+    #[test]
+    fn at_least_one_trigger() {
+        rejects(
+            &base_with(&format!("triggers:\n{PRESSURE}\n"), ""),
+            "triggers",
+            "missing",
+        );
+        rejects(
+            &base_with(&format!("triggers:\n{PRESSURE}\n"), "triggers: {}\n"),
+            "triggers",
+            "is empty",
+        );
+    }
+
+    #[test]
+    fn pressure_needs_exactly_one_of_some_and_full() {
+        rejects(
+            &triggers("  pressure: {some: 1ms, full: 1ms, window: 1s}"),
+            "triggers.pressure",
+            "keep one",
+        );
+        rejects(
+            &triggers("  pressure: {window: 1s}"),
+            "triggers.pressure",
+            "needs `some:` or `full:`",
+        );
+        let t = accepts(&triggers("  pressure: {full: 100ms, window: 2s, for: 5s}"))
+            .triggers
+            .pressure
+            .unwrap();
+        assert_eq!(
+            (t.kind, t.stall, t.window, t.sustain),
+            (
+                StallKind::Full,
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+                Duration::from_secs(5)
+            )
+        );
+    }
+
+    #[test]
+    fn pressure_window_and_stall_are_what_the_kernel_accepts() {
+        let key = "triggers.pressure.window";
+        rejects(&triggers("  pressure: {some: 10ms}"), key, "missing");
+        rejects(
+            &triggers("  pressure: {some: 10ms, window: 499ms}"),
+            key,
+            "outside 500ms to 10s",
+        );
+        rejects(
+            &triggers("  pressure: {some: 10ms, window: 11s}"),
+            key,
+            "outside 500ms to 10s",
+        );
+        rejects(
+            &triggers("  pressure: {some: 10ms, window: 1000000500ns}"),
+            key,
+            "finer than a microsecond",
+        );
+        accepts(&triggers("  pressure: {some: 10ms, window: 500ms}"));
+        accepts(&triggers("  pressure: {some: 10ms, window: 10s}"));
+        let key = "triggers.pressure.some";
+        rejects(
+            &triggers("  pressure: {some: 0s, window: 1s}"),
+            key,
+            "must be above 0",
+        );
+        rejects(
+            &triggers("  pressure: {some: 1s, window: 1s}"),
+            key,
+            "must be below triggers.pressure.window",
+        );
+        rejects(
+            &triggers("  pressure: {some: 1500ns, window: 1s}"),
+            key,
+            "finer than a microsecond",
+        );
+        rejects(
+            &triggers("  pressure: {full: soon, window: 1s}"),
+            "triggers.pressure.full",
+            "not a duration",
+        );
+        rejects(
+            &triggers("  pressure: {some: 1ms, window: 1s, for: 2}"),
+            "triggers.pressure.for",
+            "no unit",
+        );
+    }
+
+    #[test]
+    fn memory_trigger_must_fire_below_memory_max() {
+        let p = accepts(&triggers("  memory: {above: 1900M}"));
+        assert_eq!(
+            p.triggers.memory,
+            Some(MemoryTrigger {
+                above: 1900 << 20,
+                sustain: Duration::ZERO
+            })
+        );
+        assert_eq!(p.triggers.pressure, None);
+        rejects(
+            &triggers("  memory: {above: 2G}"),
+            "triggers.memory.above",
+            "is not below memory.max (2G)",
+        );
+        rejects(
+            &triggers("  memory: {above: 0}"),
+            "triggers.memory.above",
+            "is 0",
+        );
+        rejects(
+            &triggers("  memory: {for: 1s}"),
+            "triggers.memory.above",
+            "missing",
+        );
+        rejects(
+            &triggers("  memory: {above: 1G, for: -1s}"),
+            "triggers.memory.for",
+            "not a duration",
+        );
+        // Checked against max even when high is wrong, so both are reported in one pass.
+        let text = triggers("  memory: {above: 3G}").replacen("high: 1536M", "high: 4G", 1);
+        let keys: Vec<String> = errors(&text).into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["memory.high", "triggers.memory.above"]);
+        // With max = "max" the kernel never OOM-kills on the limit, so any level is fine.
+        accepts(&triggers("  memory: {above: 100G}").replacen("max: 2G", "max: max", 1));
+    }
+}

@@ -135,3 +135,135 @@ impl Check<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_signal;
+    use crate::policy::testutil::{accepts, rejects, BASE};
+
+    fn restart(section: &str) -> String {
+        format!("{BASE}restart:\n{section}\n")
+    }
+
+    #[test]
+    fn signals_by_name_with_or_without_sig() {
+        for (text, want) in [
+            ("SIGTERM", libc::SIGTERM),
+            ("TERM", libc::SIGTERM),
+            ("term", libc::SIGTERM),
+            ("SIGINT", libc::SIGINT),
+            ("QUIT", libc::SIGQUIT),
+            ("SIGHUP", libc::SIGHUP),
+            ("USR1", libc::SIGUSR1),
+            ("SIGUSR2", libc::SIGUSR2),
+            ("WINCH", libc::SIGWINCH),
+            ("TSTP", libc::SIGTSTP),
+        ] {
+            assert_eq!(parse_signal(text), Ok(want), "{text}");
+        }
+        for uncatchable in ["KILL", "SIGKILL", "STOP", "SIGSTOP"] {
+            assert!(parse_signal(uncatchable)
+                .unwrap_err()
+                .contains("cannot be caught"));
+        }
+        for unknown in ["", "SIG", "FOO", "SIGTERM2", "15"] {
+            assert!(
+                parse_signal(unknown)
+                    .unwrap_err()
+                    .contains("unknown signal"),
+                "{unknown}"
+            );
+        }
+    }
+
+    #[test]
+    fn signal_key_errors() {
+        assert_eq!(
+            accepts(&restart("  signal: SIGQUIT")).restart.signal,
+            libc::SIGQUIT
+        );
+        rejects(
+            &restart("  signal: SIGKILL"),
+            "restart.signal",
+            "SIGKILL cannot be caught",
+        );
+        rejects(
+            &restart("  signal: SIGSTOP"),
+            "restart.signal",
+            "SIGSTOP cannot be caught",
+        );
+        rejects(&restart("  signal: 15"), "restart.signal", "signal's name");
+        rejects(
+            &restart("  signal: SIGFOO"),
+            "restart.signal",
+            "unknown signal `SIGFOO`",
+        );
+    }
+
+    #[test]
+    fn durations_and_counts_are_positive() {
+        rejects(&restart("  grace: 0s"), "restart.grace", "must be above 0");
+        rejects(&restart("  grace: 30"), "restart.grace", "no unit");
+        rejects(
+            &restart("  backoff: {initial: 0s}"),
+            "restart.backoff.initial",
+            "must be above 0",
+        );
+        rejects(
+            &restart("  backoff: {initial: 1m, max: 30s}"),
+            "restart.backoff.max",
+            "is below restart.backoff.initial (1m)",
+        );
+        rejects(
+            &restart("  backoff: {initial: 10m}"),
+            "restart.backoff.max",
+            "(5m) is below",
+        );
+        rejects(
+            &restart("  limit: {count: 0}"),
+            "restart.limit.count",
+            "use 1 or more",
+        );
+        rejects(
+            &restart("  limit: {count: -3}"),
+            "restart.limit.count",
+            "use 1 or more",
+        );
+        rejects(
+            &restart("  limit: {count: many}"),
+            "restart.limit.count",
+            "whole number",
+        );
+        rejects(
+            &restart("  limit: {within: 0s}"),
+            "restart.limit.within",
+            "must be above 0",
+        );
+        rejects(
+            &restart("  backof: {initial: 1s}"),
+            "restart.backof",
+            "unknown key",
+        );
+    }
+
+    #[test]
+    fn partial_sections_keep_the_other_defaults() {
+        let r = accepts(&restart("  backoff: {max: 1m}\n  limit: {count: 3}")).restart;
+        assert_eq!(
+            (r.backoff_initial, r.backoff_max),
+            (Duration::from_secs(1), Duration::from_secs(60))
+        );
+        assert_eq!(
+            (r.limit_count, r.limit_within),
+            (3, Duration::from_secs(3600))
+        );
+        assert_eq!(
+            (r.signal, r.grace),
+            (libc::SIGTERM, Duration::from_secs(30))
+        );
+        let r = accepts(&restart("  backoff: {initial: 1m, max: 1m}")).restart;
+        assert_eq!(r.backoff_initial, r.backoff_max);
+    }
+}

@@ -177,3 +177,112 @@ impl Check<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::testutil::{accepts, base_with, rejects, BASE};
+
+    const CMD: &str = "  command: [\"/bin/sleep\", \"1000\"]";
+
+    fn run_with(extra: &str) -> String {
+        base_with(CMD, &format!("{CMD}\n{extra}"))
+    }
+
+    #[test]
+    fn command_is_required_absolute_argv() {
+        rejects(&base_with(CMD, "  instances: 1"), "run.command", "missing");
+        rejects(&base_with(CMD, "  command: []"), "run.command", "is empty");
+        rejects(
+            &base_with(CMD, "  command: [celery, worker]"),
+            "run.command[0]",
+            "absolute path",
+        );
+        rejects(
+            &base_with(CMD, "  command: [\"\"]"),
+            "run.command[0]",
+            "absolute path",
+        );
+        rejects(
+            &base_with(CMD, "  command: /bin/sleep 1000"),
+            "run.command",
+            "list of strings",
+        );
+        rejects(
+            &base_with(CMD, "  command: [\"/bin/x\", \"a\\0b\"]"),
+            "run.command[1]",
+            "NUL",
+        );
+        rejects(
+            &BASE.replacen("run:\n  command: [\"/bin/sleep\", \"1000\"]\n", "", 1),
+            "run",
+            "missing",
+        );
+    }
+
+    #[test]
+    fn instances_are_1_to_1000() {
+        for bad in ["0", "1001", "-1"] {
+            rejects(
+                &run_with(&format!("  instances: {bad}")),
+                "run.instances",
+                "use 1 to 1000",
+            );
+        }
+        rejects(
+            &run_with("  instances: two"),
+            "run.instances",
+            "whole number",
+        );
+        assert_eq!(accepts(&run_with("  instances: 1000")).run.instances, 1000);
+        assert_eq!(
+            accepts(&run_with("  instances: 3")).instance_ids(),
+            ["web/0", "web/1", "web/2"]
+        );
+    }
+
+    #[test]
+    fn user_and_group_must_exist() {
+        let p = accepts(&run_with("  user: nobody\n  group: root"));
+        assert_eq!(p.run.user.as_deref(), Some("nobody"));
+        assert_eq!(p.run.group.as_deref(), Some("root"));
+        rejects(
+            &run_with("  user: oomguard-no-such-user"),
+            "run.user",
+            "useradd --system",
+        );
+        rejects(
+            &run_with("  group: oomguard-no-such-group"),
+            "run.group",
+            "groupadd --system",
+        );
+        rejects(&run_with("  user: \"\""), "run.user", "does not exist");
+    }
+
+    #[test]
+    fn workdir_is_absolute() {
+        assert_eq!(
+            accepts(&run_with("  workdir: /srv/app")).run.workdir,
+            Some("/srv/app".into())
+        );
+        rejects(
+            &run_with("  workdir: srv/app"),
+            "run.workdir",
+            "absolute path",
+        );
+    }
+
+    #[test]
+    fn env_names_and_values_are_checked() {
+        let p = accepts(&run_with("  env: {A: \"1\", B_C: x y}"));
+        assert_eq!(p.run.env.get("B_C").map(String::as_str), Some("x y"));
+        rejects(&run_with("  env: {\"A=B\": x}"), "run.env.A=B", "'='");
+        rejects(
+            &run_with("  env: {\"\": x}"),
+            "run.env",
+            "empty variable name",
+        );
+        rejects(&run_with("  env: {\"A\\0\": x}"), "run.env.A\0", "NUL");
+        rejects(&run_with("  env: {A: \"x\\0y\"}"), "run.env.A", "NUL");
+        rejects(&run_with("  env: {PORT: 8000}"), "run.env.PORT", "quote it");
+    }
+}

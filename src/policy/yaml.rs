@@ -25,10 +25,7 @@ pub(super) fn yaml_error(file: &Path, err: &serde_yaml::Error) -> PolicyError {
     // "unknown field `hgh`, expected one of ..." is the common typo: name the key itself.
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some((field, expected)) = rest.split_once('`') {
-            let key = match path {
-                Some(p) => format!("{p}.{field}"),
-                None => field.to_string(),
-            };
+            let key = under(path, field);
             let expected = expected.trim_start_matches(", ");
             return PolicyError::new(
                 file,
@@ -37,7 +34,23 @@ pub(super) fn yaml_error(file: &Path, err: &serde_yaml::Error) -> PolicyError {
             );
         }
     }
+    if let Some(rest) = message.strip_prefix("duplicate field `") {
+        if let Some((field, _)) = rest.split_once('`') {
+            return PolicyError::new(
+                file,
+                under(path, field),
+                format!("{at}is set twice: keep one"),
+            );
+        }
+    }
     PolicyError::new(file, path.unwrap_or("(yaml)"), format!("{at}{message}"))
+}
+
+fn under(path: Option<&str>, field: &str) -> String {
+    match path {
+        Some(p) => format!("{p}.{field}"),
+        None => field.to_string(),
+    }
 }
 
 /// Splits "memory.high: invalid type ..." into the path and the rest. A prefix counts as a path
