@@ -3,7 +3,9 @@
 //!
 //! - `raw`: the serde mirror of the file (`deny_unknown_fields`, every value captured, not yet
 //!   trusted).
-//! - `validate`: [`parse`], which turns raw into [`Policy`] and reports every problem at once.
+//! - `validate`: [`parse`], which turns raw into [`Policy`] and reports every problem at once;
+//!   the rules per section are in `run`, `limits` (memory and triggers) and `restart`.
+//! - `yaml`: serde_norway's syntax and unknown-key errors as a [`PolicyError`] with key and line.
 //! - `load`: files and directories: [`check_file_permissions`], [`load_file`], [`load_dir`],
 //!   [`load_paths`].
 //!
@@ -36,7 +38,7 @@ pub use validate::parse;
 pub struct PolicyError {
     /// The policy file (or directory) the problem is in.
     pub file: PathBuf,
-    /// Dotted key path, e.g. "memory.high" or "run.command[0]"; for problems that are not about
+    /// Dotted key path, e.g. "memory.high" or `run.command[0]`; for problems that are not about
     /// one key: "(file)" (reading), "(permissions)", "(yaml)" (syntax), "(dir)" (listing).
     pub key: String,
     /// What is wrong and what to do about it.
