@@ -106,11 +106,7 @@ pub struct StatusReport {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Ending {
     /// Exited by itself (after the signal, or on its own), with its exit code or signal.
-    Exited {
-        code: Option<i32>,
-        signal: Option<i32>,
-        after_ms: u64,
-    },
+    Exited { code: Option<i32>, signal: Option<i32>, after_ms: u64 },
     /// Still there after the grace period: the group was killed with cgroup.kill.
     KilledAfterGrace { after_ms: u64 },
     /// The kernel OOM killer killed it.
