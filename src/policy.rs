@@ -1,11 +1,72 @@
 //! Policy files: YAML in, a validated [`Policy`] out. The engine and supervisor only ever see a
-//! `Policy` that passed [`validate`]-time checks; raw YAML types stay private to this module.
+//! `Policy` that passed validation; raw YAML types stay private to this module.
+//!
+//! - `raw`: the serde mirror of the file (`deny_unknown_fields`, every value captured, not yet
+//!   trusted).
+//! - `validate`: [`parse`], which turns raw into [`Policy`] and reports every problem at once;
+//!   the rules per section are in `run`, `limits` (memory and triggers) and `restart`.
+//! - `yaml`: serde_norway's syntax and unknown-key errors as a [`PolicyError`] with key and line.
+//! - `load`: files and directories: [`check_file_permissions`], [`load_file`], [`load_dir`],
+//!   [`load_paths`].
+//!
+//! docs/policy.md is the user-facing reference for the file format and its messages.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::units::Limit;
+
+mod limits;
+mod load;
+mod raw;
+mod restart;
+mod run;
+mod validate;
+mod yaml;
+
+#[cfg(test)]
+mod testutil;
+
+pub use load::{check_file_permissions, load_dir, load_file, load_paths};
+pub use validate::parse;
+
+/// One problem with one policy file. A bad file yields a list of these, one per problem, so a user
+/// fixes everything in one pass. Displays as `"{file}: {key}: {message}"`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {key}: {message}", file.display())]
+pub struct PolicyError {
+    /// The policy file (or directory) the problem is in.
+    pub file: PathBuf,
+    /// Dotted key path, e.g. "memory.high" or `run.command[0]`; for problems that are not about
+    /// one key: "(file)" (reading), "(permissions)", "(yaml)" (syntax), "(dir)" (listing).
+    pub key: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl PolicyError {
+    pub(crate) fn new(
+        file: impl Into<PathBuf>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        PolicyError {
+            file: file.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Policy {
+    /// "name/0", "name/1", ...: the instance ids used in status, events and cgroup paths.
+    pub fn instance_ids(&self) -> Vec<String> {
+        (0..self.run.instances)
+            .map(|i| format!("{}/{}", self.name, i))
+            .collect()
+    }
+}
 
 /// One validated policy file.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,26 +151,4 @@ pub struct RestartPolicy {
     /// More than `limit_count` unplanned exits within `limit_within`: state failed.
     pub limit_count: u32,
     pub limit_within: Duration,
-}
-
-/// A problem in a policy file, naming the file and the key.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PolicyError {
-    pub file: PathBuf,
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
-    }
-}
-
-// TEMPORARY stubs until the policy branch lands.
-pub fn load_dir(_dir: &std::path::Path) -> Result<Vec<Policy>, Vec<PolicyError>> {
-    unimplemented!()
-}
-pub fn load_paths(_paths: &[PathBuf]) -> (Vec<Policy>, Vec<PolicyError>) {
-    unimplemented!()
 }
