@@ -58,7 +58,6 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    eprintln!("oomguard: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -9,8 +9,8 @@ use crate::cgroupfs::{Group, CGROUP_CONTROLLERS, MEMORY_PRESSURE};
 pub enum HostError {
     #[error(
         "{mount} is not a cgroup v2 (unified) mount{detail}: oomguard needs the cgroup v2 memory controller. \
-         Boot with systemd.unified_cgroup_hierarchy=1 (and without cgroup_no_v1=/cgroup_disable=memory), \
-         or run a distribution that defaults to cgroup v2"
+         Boot with systemd.unified_cgroup_hierarchy=1 \
+         (and without cgroup_disable=memory), or run a distribution that defaults to cgroup v2"
     )]
     NotUnified { mount: PathBuf, detail: String },
     #[error(

@@ -149,8 +149,10 @@ impl Instance {
             let worker = match started {
                 Ok(w) => w,
                 Err(e) => {
-                    error!(instance = %self.id, "cannot start worker: {e}");
-                    if self.after_unplanned_exit(Duration::ZERO, Reason::Exited, e.to_string()).await {
+                    let what = format!("cannot start the worker: {e}");
+                    error!(instance = %self.id, "{what}");
+                    self.events.push(self.event(Reason::Exited, "start_failed", &what));
+                    if self.after_unplanned_exit(Duration::ZERO, Reason::Exited, what).await {
                         continue;
                     }
                     return;
