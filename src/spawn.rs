@@ -114,6 +114,13 @@ pub fn spawn(
             if libc::write(fd, zero.as_ptr().cast(), zero.len()) != zero.len() as isize {
                 return Err(std::io::Error::last_os_error());
             }
+            // The daemon runs with OOMScoreAdjust=-900 so the kernel spares it; its workers must
+            // not inherit that shield from the system-wide OOM killer.
+            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if adj >= 0 {
+                libc::write(adj, zero.as_ptr().cast(), zero.len());
+                libc::close(adj);
+            }
             if let Some((uid, gid, groups)) = &creds {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(*gid) != 0
