@@ -57,11 +57,15 @@ fn parse_args() -> Result<Options, String> {
             }
             "--job-ms" => {
                 let v = value("--job-ms")?;
-                opts.job_ms = v.parse().map_err(|_| format!("--job-ms: bad number {v:?}"))?;
+                opts.job_ms = v
+                    .parse()
+                    .map_err(|_| format!("--job-ms: bad number {v:?}"))?;
             }
             "--exit-after-jobs" => {
                 let v = value("--exit-after-jobs")?;
-                let n = v.parse().map_err(|_| format!("--exit-after-jobs: bad number {v:?}"))?;
+                let n = v
+                    .parse()
+                    .map_err(|_| format!("--exit-after-jobs: bad number {v:?}"))?;
                 opts.exit_after_jobs = Some(n);
             }
             "--crash" => opts.crash = true,
@@ -96,7 +100,13 @@ struct Ledger(Option<File>);
 impl Ledger {
     fn open(path: Option<&str>) -> std::io::Result<Ledger> {
         let file = match path {
-            Some(p) => Some(OpenOptions::new().create(true).append(true).mode(0o666).open(p)?),
+            Some(p) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o666)
+                    .open(p)?,
+            ),
             None => None,
         };
         Ok(Ledger(file))
@@ -172,7 +182,10 @@ fn main() -> ExitCode {
     let mut ledger = match Ledger::open(opts.ledger.as_deref()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("testworker {pid}: cannot open ledger {:?}: {e}", opts.ledger);
+            eprintln!(
+                "testworker {pid}: cannot open ledger {:?}: {e}",
+                opts.ledger
+            );
             return ExitCode::from(1);
         }
     };
@@ -183,7 +196,11 @@ fn main() -> ExitCode {
         // SAFETY: getuid cannot fail.
         unsafe { libc::getuid() }
     );
-    let mut leak = Leak { mb_per_s: opts.leak_mb_per_s, started: Instant::now(), chunks: Vec::new() };
+    let mut leak = Leak {
+        mb_per_s: opts.leak_mb_per_s,
+        started: Instant::now(),
+        chunks: Vec::new(),
+    };
     let mut said_ignoring = false;
     let mut job = 0u64;
     let term_requested = || TERM_REQUESTED.load(Ordering::SeqCst);
@@ -210,7 +227,10 @@ fn main() -> ExitCode {
         do_job(job, opts.job_ms);
         ledger.record(&format!("done {pid} {job}"));
         if job % 10 == 0 {
-            println!("testworker {pid}: {job} jobs done, {} MiB leaked", leak.chunks.len());
+            println!(
+                "testworker {pid}: {job} jobs done, {} MiB leaked",
+                leak.chunks.len()
+            );
         }
     }
 }
