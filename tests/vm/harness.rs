@@ -144,7 +144,7 @@ impl Daemon {
     pub fn ensure_alive(&mut self) -> Result<()> {
         match self.child.try_wait()? {
             None => Ok(()),
-            Some(status) => bail!("the daemon exited ({status}); see its log below"),
+            Some(status) => bail!("the daemon exited ({status}); its log is printed above"),
         }
     }
 
@@ -487,5 +487,46 @@ pub fn print_daemon_log_tail(lines: usize) {
             println!("LOG | {line}");
         }
         println!("---- end of daemon log ----");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEDGER: &str = "start 10 1\ndone 10 1\nstart 10 2\ndone 10 2\nexit 10 clean\n\
+                          start 11 1\ndone 11 1\nstart 11 2\n\
+                          start 12 1\ndone 12 1\nstart 12 2\n";
+
+    #[test]
+    fn a_running_pid_may_have_one_job_in_flight() {
+        let ledger = Ledger::parse(LEDGER).unwrap();
+        assert_eq!(ledger.completed_jobs(), 4);
+        // 11 is gone: its unfinished job is lost; 12 runs: its last job is in flight.
+        assert_eq!(ledger.lost_jobs(&BTreeSet::from([12])), vec![(11, 2)]);
+        assert_eq!(ledger.lost_jobs(&BTreeSet::new()), vec![(11, 2), (12, 2)]);
+        assert_eq!(ledger.unclean_exits(&BTreeSet::from([12])), vec![11]);
+        assert_eq!(ledger.summary(), "10:2+clean 11:1 12:1");
+    }
+
+    #[test]
+    fn only_the_last_job_of_a_running_pid_is_in_flight() {
+        let ledger = Ledger::parse("start 5 1\nstart 5 2\ndone 5 2\nstart 5 3\n").unwrap();
+        assert_eq!(ledger.lost_jobs(&BTreeSet::from([5])), vec![(5, 1)]);
+    }
+
+    #[test]
+    fn torn_or_unknown_lines_are_errors() {
+        assert!(Ledger::parse("start 5\n").is_err());
+        assert!(Ledger::parse("start 5 1done 5 1\n").is_err());
+        assert!(Ledger::parse("exit 5 dirty\n").is_err());
+        assert!(Ledger::parse("done x 1\n").is_err());
+    }
+
+    #[test]
+    fn flat_keyed_files_parse() {
+        let events = parse_flat_keyed("low 0\nhigh 119\nmax 0\noom_kill 2\n");
+        assert_eq!(events["high"], 119);
+        assert_eq!(events["oom_kill"], 2);
     }
 }
