@@ -8,6 +8,7 @@ mod harness;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -180,8 +181,8 @@ fn healthy_policy() -> String {
 
 // ---- scenarios ----
 
-/// The VM itself, no daemon: cgroup2 with the memory controller, PSI, an armable trigger, the
-/// binaries runnable, and the test worker's leak really charged and throttled by memory.high.
+/// The VM itself, no daemon: cgroup2 with the memory controller, PSI, the binaries runnable, and
+/// the test worker's leak really charged, throttled by memory.high and firing a PSI trigger.
 fn smoke() -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts")?;
     ensure!(
@@ -203,10 +204,8 @@ fn smoke() -> Result<()> {
 
     let probe = root.join("smoke-probe");
     fs::create_dir(&probe).context("cannot create a child cgroup")?;
-    let armed = arm_trigger(&probe.join("memory.pressure"));
-    let throttled = leak_into(&probe);
+    let throttled = leak_under_trigger(&probe);
     fs::remove_dir(&probe).context("cannot remove the probe cgroup")?;
-    armed?;
     throttled?;
 
     let out = run_cmd(OOMGUARD, &["--help"], Duration::from_secs(10))?;
@@ -219,27 +218,26 @@ fn smoke() -> Result<()> {
     Ok(())
 }
 
-/// A PSI trigger can be armed on `file`; a second one on the same fd is refused (EBUSY).
-fn arm_trigger(file: &Path) -> Result<()> {
-    let mut f = OpenOptions::new()
+/// Runs a leaking testworker in `group` (memory.high=16M) under a PSI trigger for 4 s and checks
+/// what leak_restart relies on: the trigger can be armed (a second one on the fd is refused), the
+/// leak is really charged (memory.events `high`, memory.peak) and it makes the trigger fire.
+fn leak_under_trigger(group: &Path) -> Result<()> {
+    let pressure = group.join("memory.pressure");
+    let trigger = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(file)
-        .with_context(|| format!("cannot open {} O_RDWR|O_NONBLOCK", file.display()))?;
-    f.write_all(b"some 150000 1000000")
-        .with_context(|| format!("cannot arm a PSI trigger on {}", file.display()))?;
-    let second = f.write_all(b"some 150000 1000000");
+        .open(&pressure)
+        .with_context(|| format!("cannot open {} O_RDWR|O_NONBLOCK", pressure.display()))?;
+    (&trigger)
+        .write_all(b"some 150000 1000000")
+        .context("cannot arm a PSI trigger on a child group")?;
+    let second = (&trigger).write_all(b"some 150000 1000000");
     evidence(
         "PSI trigger",
-        format!("armed; second write on the same fd: {second:?}"),
+        format!("armed; a second write on the fd: {second:?}"),
     );
-    Ok(())
-}
 
-/// Runs a leaking testworker in `group` with memory.high=16M for 3 s and checks the kernel saw it:
-/// memory.events `high` rose and memory.peak passed the limit. Proves the leak is real memory.
-fn leak_into(group: &Path) -> Result<()> {
     fs::write(group.join("memory.high"), "16M")?;
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec {TESTWORKER} --leak-mb-per-s 20 --job-ms 20",
@@ -249,13 +247,15 @@ fn leak_into(group: &Path) -> Result<()> {
         .args(["-c", &script])
         .stdout(std::process::Stdio::null())
         .spawn()?;
-    sleep(Duration::from_secs(3));
+    let fired = count_trigger_events(&trigger, Duration::from_secs(4));
     let events = parse_flat_keyed(&read_trimmed(&group.join("memory.events"))?);
     let peak = read_trimmed(&group.join("memory.peak"))?;
     let _ = fs::write(group.join("cgroup.kill"), "1");
     let _ = child.wait();
+    drop(trigger);
     evidence("probe memory.events", format!("{events:?}"));
     evidence("probe memory.peak", &peak);
+    evidence("probe PSI trigger events in 4 s", fired);
     ensure!(
         events.get("high").copied().unwrap_or(0) > 0,
         "a 20 MB/s leak never crossed memory.high=16M"
@@ -264,10 +264,37 @@ fn leak_into(group: &Path) -> Result<()> {
         peak.parse::<u64>().unwrap_or(0) >= 16 << 20,
         "memory.peak {peak} stayed below 16M"
     );
+    ensure!(
+        fired > 0,
+        "the PSI trigger never fired while the worker leaked against memory.high"
+    );
     wait_until("the probe group to empty", Duration::from_secs(5), || {
         let events = fs::read_to_string(group.join("cgroup.events")).ok()?;
         events.contains("populated 0").then_some(())
     })
+}
+
+/// POLLPRI wake-ups on an armed trigger fd during `span`.
+fn count_trigger_events(trigger: &fs::File, span: Duration) -> u32 {
+    let deadline = Instant::now() + span;
+    let mut fired = 0;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let mut pfd = libc::pollfd {
+            fd: trigger.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+        if n > 0 && pfd.revents & libc::POLLPRI != 0 {
+            fired += 1;
+        } else if n != 0
+            && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
+            break;
+        }
+    }
+    fired
 }
 
 /// A leaking worker is restarted gracefully on pressure, again and again, while its healthy
