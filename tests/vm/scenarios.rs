@@ -157,15 +157,16 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 // ---- policies shared by several scenarios ----
 
-/// Limits every scenario policy uses: high throttles at 48M, max (the OOM line) at 96M.
-const MEMORY: &str = "memory:\n  high: 48M\n  max: 96M\n";
-const PRESSURE: &str = "triggers:\n  pressure: {some: 100ms, window: 1s, for: 1s}\n";
+/// Limits and trigger every scenario policy uses (`triggers` is a required section): high
+/// throttles at 48M, max (the OOM line) at 96M, restart after 1 s of PSI trigger events.
+const GUARDS: &str = "memory:\n  high: 48M\n  max: 96M\n\
+                      triggers:\n  pressure: {some: 100ms, window: 1s, for: 1s}\n";
 
 /// One instance leaking ~8 MB/s: reaches memory.high in about 6 s.
 fn leaky_policy(mode: &str) -> String {
     let cmd = worker_command(&["--ledger", &ledger_path("leaky"), "--leak-mb-per-s", "8"]);
     format!(
-        "mode: {mode}\nrun:\n  command: {cmd}\n  instances: 1\n  user: worker\n{MEMORY}{PRESSURE}\
+        "mode: {mode}\nrun:\n  command: {cmd}\n  instances: 1\n  user: worker\n{GUARDS}\
          restart:\n  grace: 10s\n"
     )
 }
@@ -174,7 +175,7 @@ fn leaky_policy(mode: &str) -> String {
 fn healthy_policy() -> String {
     let cmd = worker_command(&["--ledger", &ledger_path("healthy")]);
     format!(
-        "mode: enforce\nrun:\n  command: {cmd}\n  instances: 2\n  user: worker\n{MEMORY}{PRESSURE}\
+        "mode: enforce\nrun:\n  command: {cmd}\n  instances: 2\n  user: worker\n{GUARDS}\
          restart:\n  grace: 10s\n"
     )
 }
@@ -460,7 +461,7 @@ fn respawn() -> Result<()> {
         POLICY_DIR,
         "finisher",
         &format!(
-            "run:\n  command: {finisher}\n  instances: 1\n{MEMORY}\
+            "run:\n  command: {finisher}\n  instances: 1\n{GUARDS}\
              restart:\n  grace: 5s\n  limit: {{count: 100, within: 1m}}\n"
         ),
     )?;
@@ -469,7 +470,7 @@ fn respawn() -> Result<()> {
         POLICY_DIR,
         "crasher",
         &format!(
-            "run:\n  command: {crasher}\n  instances: 1\n{MEMORY}restart:\n  grace: 5s\n  \
+            "run:\n  command: {crasher}\n  instances: 1\n{GUARDS}restart:\n  grace: 5s\n  \
              backoff: {{initial: 100ms, max: 1s}}\n  limit: {{count: 3, within: 1h}}\n"
         ),
     )?;
@@ -529,11 +530,11 @@ fn respawn() -> Result<()> {
 /// can write is not trusted.
 fn bad_policy() -> Result<()> {
     let good_yaml = format!(
-        "run:\n  command: {}\n  instances: 1\n{MEMORY}",
+        "run:\n  command: {}\n  instances: 1\n{GUARDS}",
         worker_command(&[])
     );
     let bad_yaml = format!(
-        "run:\n  command: {}\n  instnaces: 2\n{MEMORY}",
+        "run:\n  command: {}\n  instnaces: 2\n{GUARDS}",
         worker_command(&[])
     );
     let dir = "/tmp/bad-policies";
@@ -605,7 +606,7 @@ fn no_memory_controller() -> Result<()> {
         "harness: the memory controller is present; was the VM booted with cgroup_disable=memory?"
     );
     let yaml = format!(
-        "run:\n  command: {}\n  instances: 1\n{MEMORY}",
+        "run:\n  command: {}\n  instances: 1\n{GUARDS}",
         worker_command(&[])
     );
     write_policy(POLICY_DIR, "plain", &yaml)?;
@@ -631,7 +632,7 @@ fn grace_kill() -> Result<()> {
     write_policy(
         POLICY_DIR,
         "ignorer",
-        &format!("run:\n  command: {cmd}\n  instances: 1\n{MEMORY}restart:\n  grace: 2s\n"),
+        &format!("run:\n  command: {cmd}\n  instances: 1\n{GUARDS}restart:\n  grace: 2s\n"),
     )?;
     let grace = Duration::from_secs(2);
     let mut daemon = Daemon::start(POLICY_DIR)?;
