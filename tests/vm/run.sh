@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# The real-kernel test suite, host side: builds one initramfs (busybox, oomguard, testworker,
+# vm-scenarios) and boots a throwaway qemu VM per scenario with Debian's cloud kernel.
+#
+#   tests/vm/run.sh                 every test scenario (not the demo)
+#   tests/vm/run.sh smoke observe   just those
+#   tests/vm/run.sh demo            watch a leaking worker being restarted
+#
+# Console logs: tests/vm/.cache/logs/<scenario>.log. See tests/vm/README.md.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache="$here/.cache"
+logs="$cache/logs"
+mkdir -p "$cache" "$logs"
+
+say() { printf '[vm] %s\n' "$*" >&2; }
+
+# ---- host packages ----
+apt_updated=no
+apt_update_once() {
+  if [ "$apt_updated" = no ]; then
+    say "apt-get update"
+    apt-get update -qq
+    apt_updated=yes
+  fi
+}
+
+ensure_packages() {
+  local missing=()
+  command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+  [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx poweroff || missing+=(busybox-static)
+  command -v cpio >/dev/null || missing+=(cpio)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_update_once
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # A dynamically linked busybox would need its own libraries in the initramfs.
+  if ldd /bin/busybox >/dev/null 2>&1; then
+    echo "/bin/busybox is dynamically linked; install busybox-static" >&2
+    exit 1
+  fi
+}
+
+# ---- kernel: Debian's cloud kernel, cached ----
+ensure_kernel() {
+  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
+  [ -n "$kernel" ] && return
+  local pkg
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}' || true)
+  if [ -z "$pkg" ]; then
+    apt_update_once
+    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  fi
+  [ -n "$pkg" ] || { echo "cannot resolve linux-image-cloud-amd64 to a kernel package" >&2; exit 1; }
+  say "fetching kernel package $pkg"
+  rm -rf "$cache/deb" "$cache/kernel"
+  mkdir -p "$cache/deb"
+  (cd "$cache/deb" && apt-get download -qq -o APT::Sandbox::User=root "$pkg")
+  dpkg -x "$cache"/deb/"$pkg"_*.deb "$cache/kernel"
+  rm -rf "$cache/deb"
+  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* | head -n 1)
+}
+
+# ---- binaries ----
+build_binaries() {
+  say "cargo build --release"
+  (cd "$repo" && cargo build --release --bin oomguard --example testworker --example vm-scenarios)
+  local target
+  target=${CARGO_TARGET_DIR:-$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
+  bin_oomguard="$target/release/oomguard"
+  bin_worker="$target/release/examples/testworker"
+  bin_scenarios="$target/release/examples/vm-scenarios"
+}
+
+# ---- initramfs ----
+copy_with_libs() { # <image root> <binary> <path inside the image>
+  local root=$1 src=$2 dst=$3 lib
+  install -D -m 0755 "$src" "$root$dst"
+  for lib in $(ldd "$src" | grep -o '/[^ ]*'); do
+    [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+  done
+}
+
+build_initramfs() {
+  local root="$cache/initramfs-root"
+  rm -rf "$root"
+  mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,root}
+  install -m 0755 /bin/busybox "$root/bin/busybox"
+  copy_with_libs "$root" "$bin_oomguard" /bin/oomguard
+  copy_with_libs "$root" "$bin_worker" /bin/testworker
+  copy_with_libs "$root" "$bin_scenarios" /bin/vm-scenarios
+  cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+worker:x:1000:1000:worker:/tmp:/bin/false
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+  cat >"$root/etc/group" <<'EOF'
+root:x:0:
+worker:x:1000:
+nogroup:x:65534:
+EOF
+  printf 'passwd: files\ngroup: files\n' >"$root/etc/nsswitch.conf"
+  install -m 0755 "$here/init.sh" "$root/init"
+  initramfs="$cache/initramfs.cpio.gz"
+  (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$initramfs"
+  say "initramfs: $(du -h "$initramfs" | cut -f1)"
+}
+
+# ---- scenarios ----
+# From `vm-scenarios --list`: name, kind (test|demo), in-VM budget in seconds, extra kernel args.
+declare -A kind budget kargs
+load_scenarios() {
+  local name k b a
+  all_tests=()
+  while IFS=$'\t' read -r name k b a; do
+    kind[$name]=$k budget[$name]=$b kargs[$name]=$a
+    if [ "$k" = test ]; then all_tests+=("$name"); fi
+  done < <("$bin_scenarios" --list)
+}
+
+run_scenario() { # <name>: boots one VM; sets verdict and reason
+  local name=$1 log="$logs/$1.log" limit=$((${budget[$1]} + 90)) rc=0
+  timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 512 \
+    -nographic -no-reboot -kernel "$kernel" -initrd "$initramfs" \
+    -append "console=ttyS0 panic=-1 loglevel=4 oomguard.scenario=$name ${kargs[$name]}" \
+    </dev/null >"$log" 2>&1 || rc=$?
+  local line
+  line=$(tr -d '\r' <"$log" | grep -E "^SCENARIO $name (PASS|FAIL)" | tail -n 1 || true)
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    verdict=FAIL reason="VM timed out after ${limit}s"
+  elif [ -z "$line" ]; then
+    verdict=FAIL reason="no verdict on the console (qemu exit $rc)"
+  elif [[ "$line" == "SCENARIO $name PASS" ]]; then
+    verdict=PASS reason=""
+  else
+    verdict=FAIL reason=${line#"SCENARIO $name FAIL: "}
+  fi
+}
+
+main() {
+  ensure_packages
+  ensure_kernel
+  build_binaries
+  load_scenarios
+  local wanted=("$@") name
+  [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tests[@]}")
+  for name in "${wanted[@]}"; do
+    [ -n "${kind[$name]:-}" ] || { echo "unknown scenario: $name (known: ${!kind[*]})" >&2; exit 2; }
+  done
+  build_initramfs
+  say "kernel: $kernel"
+
+  local passed=0 failed=0 start secs summary=()
+  for name in "${wanted[@]}"; do
+    say "booting scenario $name"
+    start=$(date +%s)
+    run_scenario "$name"
+    secs=$(($(date +%s) - start))
+    if [ "$name" = demo ] || [ "$verdict" = FAIL ]; then
+      # The demo is for watching; a failure needs its evidence.
+      tr -d '\r' <"$logs/$name.log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 60 | sed 's/^/    | /'
+    fi
+    if [ "$verdict" = PASS ]; then
+      passed=$((passed + 1))
+      summary+=("PASS $name (${secs}s)")
+    else
+      failed=$((failed + 1))
+      summary+=("FAIL $name (${secs}s): $reason")
+    fi
+    printf '%s %s (%ss)%s  log: %s\n' "$verdict" "$name" "$secs" "${reason:+: $reason}" "$logs/$name.log"
+  done
+  echo
+  printf '%s\n' "${summary[@]}"
+  echo "$passed passed, $failed failed"
+  [ "$failed" = 0 ]
+}
+
+main "$@"

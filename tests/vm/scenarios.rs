@@ -1,0 +1,733 @@
+//! The real-kernel scenarios. Runs inside the VM as a child of /init, one scenario per boot:
+//! `vm-scenarios <name>` prints evidence lines and ends with `SCENARIO <name> PASS` or
+//! `SCENARIO <name> FAIL: <why>`. `vm-scenarios --list` (run on the host by tests/vm/run.sh)
+//! prints the table below, so adding a scenario means adding one row here.
+
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use oomguard::protocol::{InstanceState, Reason};
+
+use harness::*;
+
+struct Scenario {
+    name: &'static str,
+    /// Demos are run only when named; `run.sh` with no arguments runs the tests.
+    demo: bool,
+    /// Appended to the kernel command line for this scenario's boot.
+    kernel_args: &'static str,
+    /// In-VM watchdog: the scenario fails (with the daemon log) if it takes longer.
+    budget_s: u64,
+    run: fn() -> Result<()>,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "smoke",
+        demo: false,
+        kernel_args: "",
+        budget_s: 60,
+        run: smoke,
+    },
+    Scenario {
+        name: "leak_restart",
+        demo: false,
+        kernel_args: "",
+        budget_s: 150,
+        run: leak_restart,
+    },
+    Scenario {
+        name: "observe",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        run: observe,
+    },
+    Scenario {
+        name: "respawn",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        run: respawn,
+    },
+    Scenario {
+        name: "bad_policy",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        run: bad_policy,
+    },
+    Scenario {
+        name: "no_memory_controller",
+        demo: false,
+        kernel_args: "cgroup_disable=memory",
+        budget_s: 60,
+        run: no_memory_controller,
+    },
+    Scenario {
+        name: "grace_kill",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        run: grace_kill,
+    },
+    Scenario {
+        name: "demo",
+        demo: true,
+        kernel_args: "",
+        budget_s: 120,
+        run: demo,
+    },
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["--list"] => {
+            // name, kind, budget, kernel args: tab-separated, parsed by run.sh.
+            for s in SCENARIOS {
+                let kind = if s.demo { "demo" } else { "test" };
+                println!("{}\t{kind}\t{}\t{}", s.name, s.budget_s, s.kernel_args);
+            }
+            ExitCode::SUCCESS
+        }
+        [name] => match SCENARIOS.iter().find(|s| s.name == name) {
+            Some(s) => run_one(s),
+            None => {
+                println!("SCENARIO {name} FAIL: no such scenario");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: vm-scenarios <scenario> | --list");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_one(s: &'static Scenario) -> ExitCode {
+    println!("SCENARIO {} BEGIN", s.name);
+    let budget = s.budget_s;
+    std::thread::spawn(move || {
+        sleep(Duration::from_secs(budget));
+        println!(
+            "SCENARIO {} FAIL: in-VM watchdog: still running after {budget} s",
+            s.name
+        );
+        print_daemon_log_tail(150);
+        std::process::exit(1);
+    });
+    let started = Instant::now();
+    let outcome = std::panic::catch_unwind(s.run)
+        .unwrap_or_else(|panic| bail!("panicked: {}", panic_text(&panic)));
+    evidence(
+        "scenario seconds",
+        format!("{:.1}", started.elapsed().as_secs_f64()),
+    );
+    match outcome {
+        Ok(()) => {
+            println!("SCENARIO {} PASS", s.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_daemon_log_tail(150);
+            println!("SCENARIO {} FAIL: {e:#}", s.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_string())
+}
+
+// ---- policies shared by several scenarios ----
+
+/// Limits and trigger every scenario policy uses (`triggers` is a required section): high
+/// throttles at 48M, max (the OOM line) at 96M, restart after 1 s of PSI trigger events.
+const GUARDS: &str = "memory:\n  high: 48M\n  max: 96M\n\
+                      triggers:\n  pressure: {some: 100ms, window: 1s, for: 1s}\n";
+
+/// One instance leaking ~8 MB/s: reaches memory.high in about 6 s.
+fn leaky_policy(mode: &str) -> String {
+    let cmd = worker_command(&["--ledger", &ledger_path("leaky"), "--leak-mb-per-s", "8"]);
+    format!(
+        "mode: {mode}\nrun:\n  command: {cmd}\n  instances: 1\n  user: worker\n{GUARDS}\
+         restart:\n  grace: 10s\n"
+    )
+}
+
+/// Two instances with no leak and the same limits: they must be left alone.
+fn healthy_policy() -> String {
+    let cmd = worker_command(&["--ledger", &ledger_path("healthy")]);
+    format!(
+        "mode: enforce\nrun:\n  command: {cmd}\n  instances: 2\n  user: worker\n{GUARDS}\
+         restart:\n  grace: 10s\n"
+    )
+}
+
+// ---- scenarios ----
+
+/// The VM itself, no daemon: cgroup2 with the memory controller, PSI, the binaries runnable, and
+/// the test worker's leak really charged, throttled by memory.high and firing a PSI trigger.
+fn smoke() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    ensure!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("none /sys/fs/cgroup cgroup2 ")),
+        "cgroup2 is not mounted on /sys/fs/cgroup; /proc/mounts:\n{mounts}"
+    );
+    let root = Path::new("/sys/fs/cgroup");
+    let subtree = read_trimmed(&root.join("cgroup.subtree_control"))?;
+    evidence("root subtree_control", &subtree);
+    ensure!(
+        subtree.split(' ').any(|c| c == "memory"),
+        "memory is not in the root's subtree_control"
+    );
+    let pressure = read_trimmed(&root.join("memory.pressure"))
+        .context("PSI: the root's memory.pressure is missing")?;
+    evidence("root memory.pressure", pressure.replace('\n', " | "));
+
+    let probe = root.join("smoke-probe");
+    fs::create_dir(&probe).context("cannot create a child cgroup")?;
+    let throttled = leak_under_trigger(&probe);
+    fs::remove_dir(&probe).context("cannot remove the probe cgroup")?;
+    throttled?;
+
+    let out = run_cmd(OOMGUARD, &["--help"], Duration::from_secs(10))?;
+    evidence("oomguard --help", out.summary());
+    let passwd = fs::read_to_string("/etc/passwd")?;
+    ensure!(
+        passwd.contains("worker:x:1000:"),
+        "no worker user (uid 1000) in /etc/passwd"
+    );
+    Ok(())
+}
+
+/// Runs a leaking testworker in `group` (memory.high=16M) under a PSI trigger for 4 s and checks
+/// what leak_restart relies on: the trigger can be armed (a second one on the fd is refused), the
+/// leak is really charged (memory.events `high`, memory.peak) and it makes the trigger fire.
+fn leak_under_trigger(group: &Path) -> Result<()> {
+    let pressure = group.join("memory.pressure");
+    let trigger = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&pressure)
+        .with_context(|| format!("cannot open {} O_RDWR|O_NONBLOCK", pressure.display()))?;
+    (&trigger)
+        .write_all(b"some 150000 1000000")
+        .context("cannot arm a PSI trigger on a child group")?;
+    let second = (&trigger).write_all(b"some 150000 1000000");
+    evidence(
+        "PSI trigger",
+        format!("armed; a second write on the fd: {second:?}"),
+    );
+
+    fs::write(group.join("memory.high"), "16M")?;
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {TESTWORKER} --leak-mb-per-s 20 --job-ms 20",
+        group.display()
+    );
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let fired = count_trigger_events(&trigger, Duration::from_secs(4));
+    let events = parse_flat_keyed(&read_trimmed(&group.join("memory.events"))?);
+    let peak = read_trimmed(&group.join("memory.peak"))?;
+    let _ = fs::write(group.join("cgroup.kill"), "1");
+    let _ = child.wait();
+    drop(trigger);
+    evidence("probe memory.events", format!("{events:?}"));
+    evidence("probe memory.peak", &peak);
+    evidence("probe PSI trigger events in 4 s", fired);
+    ensure!(
+        events.get("high").copied().unwrap_or(0) > 0,
+        "a 20 MB/s leak never crossed memory.high=16M"
+    );
+    ensure!(
+        peak.parse::<u64>().unwrap_or(0) >= 16 << 20,
+        "memory.peak {peak} stayed below 16M"
+    );
+    ensure!(
+        fired > 0,
+        "the PSI trigger never fired while the worker leaked against memory.high"
+    );
+    wait_until("the probe group to empty", Duration::from_secs(5), || {
+        let events = fs::read_to_string(group.join("cgroup.events")).ok()?;
+        events.contains("populated 0").then_some(())
+    })
+}
+
+/// POLLPRI wake-ups on an armed trigger fd during `span`.
+fn count_trigger_events(trigger: &fs::File, span: Duration) -> u32 {
+    let deadline = Instant::now() + span;
+    let mut fired = 0;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let mut pfd = libc::pollfd {
+            fd: trigger.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+        if n > 0 && pfd.revents & libc::POLLPRI != 0 {
+            fired += 1;
+        } else if n != 0
+            && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
+            break;
+        }
+    }
+    fired
+}
+
+/// A leaking worker is restarted gracefully on pressure, again and again, while its healthy
+/// neighbours are untouched and the kernel never OOM-kills anything.
+fn leak_restart() -> Result<()> {
+    make_ledger_dir()?;
+    write_policy(POLICY_DIR, "leaky", &leaky_policy("enforce"))?;
+    write_policy(POLICY_DIR, "healthy", &healthy_policy())?;
+    let oom_before = vmstat_oom_kill()?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let first = daemon.wait_running(
+        &["leaky/0", "healthy/0", "healthy/1"],
+        Duration::from_secs(20),
+    )?;
+    evidence("first pids", format!("{first:?}"));
+    ensure!(
+        pid_uid(first["leaky/0"])? == 1000,
+        "the leaky worker does not run as `worker` (uid 1000)"
+    );
+
+    let run_for = Duration::from_secs(60);
+    let started = Instant::now();
+    let mut leaky_pids = BTreeSet::new();
+    while started.elapsed() < run_for {
+        let report = daemon.status()?;
+        for id in ["healthy/0", "healthy/1"] {
+            let inst = require_instance(&report, id)?;
+            ensure!(
+                inst.pids.first() == Some(&first[id]) && inst.restarts == 0,
+                "{id} was disturbed: pids {:?} (first {}), restarts {}",
+                inst.pids,
+                first[id],
+                inst.restarts
+            );
+        }
+        leaky_pids.extend(require_instance(&report, "leaky/0")?.pids.iter().copied());
+        sleep(Duration::from_secs(1));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    // Pids listed before or after reading the ledgers may have a job in flight.
+    let before = daemon.status()?;
+    let leaky_ledger = Ledger::read(&ledger_path("leaky"))?;
+    let healthy_ledger = Ledger::read(&ledger_path("healthy"))?;
+    let after = daemon.status()?;
+    let running: BTreeSet<u32> = all_pids(&before)
+        .union(&all_pids(&after))
+        .copied()
+        .collect();
+    let leaky = require_instance(&after, "leaky/0")?;
+    evidence("leaky pids seen", format!("{leaky_pids:?}"));
+    evidence(
+        "leaky restarts",
+        format!("{} {:?}", leaky.restarts, leaky.restarts_by_reason),
+    );
+    evidence("leaky ledger pid:done", leaky_ledger.summary());
+    evidence("healthy ledger pid:done", healthy_ledger.summary());
+    if let Ok(events) = memory_events("leaky/0") {
+        evidence("leaky/0 memory.events", format!("{events:?}"));
+    }
+
+    // Goodput: completed jobs per second of the leaky instance against a healthy one.
+    let leaky_rate = leaky_ledger.completed_jobs() as f64 / elapsed;
+    let healthy_rate = healthy_ledger.completed_jobs() as f64 / 2.0 / elapsed;
+    println!(
+        "METRIC goodput_ratio {:.3}",
+        leaky_rate / healthy_rate.max(f64::MIN_POSITIVE)
+    );
+    evidence(
+        "jobs/s leaky vs healthy mean",
+        format!("{leaky_rate:.2} vs {healthy_rate:.2}"),
+    );
+
+    let oom_after = vmstat_oom_kill()?;
+    evidence(
+        "vmstat oom_kill before/after",
+        format!("{oom_before}/{oom_after}"),
+    );
+    ensure!(
+        oom_after == oom_before,
+        "the kernel OOM-killed {} process(es)",
+        oom_after - oom_before
+    );
+    ensure!(
+        leaky.restarts >= 2,
+        "leaky restarted {} time(s) in {elapsed:.0} s, want >= 2",
+        leaky.restarts
+    );
+    ensure!(
+        leaky.last_restart_reason == Some(Reason::Pressure),
+        "leaky's last restart reason is {:?}, want pressure",
+        leaky.last_restart_reason
+    );
+    let unclean = leaky_ledger.unclean_exits(&running);
+    ensure!(
+        unclean.is_empty(),
+        "leaky pids {unclean:?} ended without `exit clean` (no graceful shutdown)"
+    );
+    let mut lost = leaky_ledger.lost_jobs(&running);
+    lost.extend(healthy_ledger.lost_jobs(&running));
+    ensure!(lost.is_empty(), "lost jobs (pid, job): {lost:?}");
+    daemon.stop()?;
+    Ok(())
+}
+
+/// Observe mode decides but never acts: no restart, same pid, limits untouched, and it says what it
+/// would have done.
+fn observe() -> Result<()> {
+    make_ledger_dir()?;
+    write_policy(POLICY_DIR, "leaky", &leaky_policy("observe"))?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let first = daemon.wait_running(&["leaky/0"], Duration::from_secs(20))?["leaky/0"];
+    let high_file = instance_group("leaky/0").join("memory.high");
+    let high_before = read_trimmed(&high_file)?;
+    evidence("memory.high at start", &high_before);
+    ensure!(
+        high_before == (48u64 << 20).to_string(),
+        "memory.high is {high_before}, the policy says 48M"
+    );
+    sleep(Duration::from_secs(30));
+
+    let report = daemon.status()?;
+    let inst = require_instance(&report, "leaky/0")?;
+    let high_after = read_trimmed(&high_file)?;
+    let log = fs::read_to_string(DAEMON_LOG)
+        .unwrap_or_default()
+        .to_lowercase();
+    evidence("pids", format!("{:?} (first {first})", inst.pids));
+    evidence("memory.events", format!("{:?}", memory_events("leaky/0")?));
+    evidence("psi some avg10", format!("{:?}", inst.psi_some_avg10));
+    ensure!(
+        inst.restarts == 0,
+        "observe mode restarted {} time(s)",
+        inst.restarts
+    );
+    ensure!(
+        inst.pids == [first],
+        "pid changed from {first} to {:?}",
+        inst.pids
+    );
+    ensure!(
+        high_after == high_before,
+        "memory.high changed from {high_before} to {high_after}"
+    );
+    ensure!(
+        log.contains("would restart") || log.contains("would_restart"),
+        "the daemon log never says it would restart"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+/// A worker that exits by itself is respawned; one that crashes at once ends in state failed.
+fn respawn() -> Result<()> {
+    make_ledger_dir()?;
+    let finisher = worker_command(&[
+        "--ledger",
+        &ledger_path("finisher"),
+        "--exit-after-jobs",
+        "20",
+    ]);
+    write_policy(
+        POLICY_DIR,
+        "finisher",
+        &format!(
+            "run:\n  command: {finisher}\n  instances: 1\n{GUARDS}\
+             restart:\n  grace: 5s\n  limit: {{count: 100, within: 1m}}\n"
+        ),
+    )?;
+    let crasher = worker_command(&["--crash"]);
+    write_policy(
+        POLICY_DIR,
+        "crasher",
+        &format!(
+            "run:\n  command: {crasher}\n  instances: 1\n{GUARDS}restart:\n  grace: 5s\n  \
+             backoff: {{initial: 100ms, max: 1s}}\n  limit: {{count: 3, within: 1h}}\n"
+        ),
+    )?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let first = daemon.wait_running(&["finisher/0"], Duration::from_secs(20))?["finisher/0"];
+    let (second, reason) =
+        daemon.wait_status("finisher/0 to be respawned", Duration::from_secs(40), |r| {
+            let inst = instance(r, "finisher/0")?;
+            let pid = *inst.pids.first().filter(|p| **p != first)?;
+            (inst.restarts >= 1).then_some((pid, inst.last_restart_reason))
+        })?;
+    evidence("finisher pids", format!("{first} -> {second}"));
+    ensure!(
+        reason == Some(Reason::Exited),
+        "finisher's last restart reason is {reason:?}, want exited"
+    );
+    let ledger = Ledger::read(&ledger_path("finisher"))?;
+    evidence("finisher ledger pid:done", ledger.summary());
+    let rec = ledger
+        .pids
+        .get(&first)
+        .context("the first finisher pid wrote nothing to its ledger")?;
+    ensure!(
+        rec.clean_exit && rec.done.len() == 20,
+        "first finisher: {} jobs, clean {}",
+        rec.done.len(),
+        rec.clean_exit
+    );
+
+    let restarts = daemon.wait_status(
+        "crasher/0 to reach state failed",
+        Duration::from_secs(30),
+        |r| {
+            let inst = instance(r, "crasher/0")?;
+            (inst.state == InstanceState::Failed).then_some(inst.restarts)
+        },
+    )?;
+    evidence("crasher restarts before failed", restarts);
+    ensure!(
+        restarts <= 4,
+        "crasher was restarted {restarts} times despite limit count 3"
+    );
+    sleep(Duration::from_secs(2));
+    let report = daemon.status()?;
+    let inst = require_instance(&report, "crasher/0")?;
+    ensure!(
+        inst.state == InstanceState::Failed && inst.pids.is_empty(),
+        "failed did not stick: state {:?}, pids {:?}",
+        inst.state,
+        inst.pids
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+/// Bad input is refused: `check` names the bad key, `run` starts nothing, and a policy file others
+/// can write is not trusted.
+fn bad_policy() -> Result<()> {
+    let good_yaml = format!(
+        "run:\n  command: {}\n  instances: 1\n{GUARDS}",
+        worker_command(&[])
+    );
+    let bad_yaml = format!(
+        "run:\n  command: {}\n  instnaces: 2\n{GUARDS}",
+        worker_command(&[])
+    );
+    let dir = "/tmp/bad-policies";
+    let good = write_policy(dir, "good", &good_yaml)?;
+    let bad = write_policy(dir, "bad", &bad_yaml)?;
+
+    let out = oomguard(&["check", &good.to_string_lossy()])?;
+    evidence("check good", out.summary());
+    ensure!(
+        out.status.success(),
+        "`check` refused a good policy: {}",
+        out.summary()
+    );
+    let out = oomguard(&["check", &bad.to_string_lossy()])?;
+    evidence("check bad", out.summary());
+    ensure!(
+        out.status.code() == Some(1),
+        "`check` on a bad policy: want exit 1, got {}",
+        out.summary()
+    );
+    ensure!(
+        out.text().contains("instnaces"),
+        "`check` does not name the bad key `instnaces`: {}",
+        out.summary()
+    );
+
+    let out = run_cmd(OOMGUARD, &run_args(dir), Duration::from_secs(15))
+        .context("`run` with a bad policy in the directory should have refused to start")?;
+    evidence("run with a bad policy", out.summary());
+    ensure!(!out.status.success(), "`run` with a bad policy exited 0");
+    let groups = fs::read_dir(CGROUP_ROOT)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    ensure!(
+        groups == 0,
+        "`run` created {groups} group(s) under {CGROUP_ROOT} before refusing"
+    );
+
+    let perm_dir = "/tmp/perm-policies";
+    let writable = write_policy(perm_dir, "good", &good_yaml)?;
+    set_mode(&writable, 0o666)?;
+    let out = run_cmd(OOMGUARD, &run_args(perm_dir), Duration::from_secs(15))
+        .context("`run` with a mode 0666 policy should have refused to start")?;
+    evidence("run with a 0666 policy", out.summary());
+    ensure!(
+        !out.status.success(),
+        "`run` accepted a world-writable policy file"
+    );
+    ensure!(
+        out.text().contains("good.yaml"),
+        "the refusal does not name the file: {}",
+        out.summary()
+    );
+
+    // Control: the same file with mode 0644 is accepted, so the refusal was about the mode.
+    set_mode(&writable, 0o644)?;
+    Daemon::start(perm_dir)
+        .context("the same policy with mode 0644 was not accepted")?
+        .stop()?;
+    Ok(())
+}
+
+/// Booted with cgroup_disable=memory: the daemon must refuse to start and say why.
+fn no_memory_controller() -> Result<()> {
+    let controllers = read_trimmed(Path::new("/sys/fs/cgroup/cgroup.controllers"))?;
+    evidence("root cgroup.controllers", &controllers);
+    ensure!(
+        !controllers.split(' ').any(|c| c == "memory"),
+        "harness: the memory controller is present; was the VM booted with cgroup_disable=memory?"
+    );
+    let yaml = format!(
+        "run:\n  command: {}\n  instances: 1\n{GUARDS}",
+        worker_command(&[])
+    );
+    write_policy(POLICY_DIR, "plain", &yaml)?;
+    let out = run_cmd(OOMGUARD, &run_args(POLICY_DIR), Duration::from_secs(15))
+        .context("`run` without a memory controller should have refused to start")?;
+    evidence("run", out.summary());
+    ensure!(
+        !out.status.success(),
+        "`run` exited 0 without a memory controller"
+    );
+    ensure!(
+        out.text().to_lowercase().contains("memory controller"),
+        "the refusal does not mention the memory controller: {}",
+        out.summary()
+    );
+    Ok(())
+}
+
+/// A worker that ignores SIGTERM gets its grace period, then is killed and replaced.
+fn grace_kill() -> Result<()> {
+    make_ledger_dir()?;
+    let cmd = worker_command(&["--ledger", &ledger_path("ignorer"), "--ignore-sigterm"]);
+    write_policy(
+        POLICY_DIR,
+        "ignorer",
+        &format!("run:\n  command: {cmd}\n  instances: 1\n{GUARDS}restart:\n  grace: 2s\n"),
+    )?;
+    let grace = Duration::from_secs(2);
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let old = daemon.wait_running(&["ignorer/0"], Duration::from_secs(20))?["ignorer/0"];
+    sleep(Duration::from_secs(1)); // let it get into its jobs
+
+    let asked = Instant::now();
+    let out = client(&["restart", "ignorer/0"])?;
+    evidence("restart ignorer/0", out.summary());
+    ensure!(
+        out.status.success(),
+        "`oomguard restart ignorer/0` failed: {}",
+        out.summary()
+    );
+    // Within the grace period the worker must still be there: it was not killed at once.
+    let check_at = Duration::from_secs(1);
+    if asked.elapsed() < check_at {
+        sleep(check_at - asked.elapsed());
+        ensure!(
+            pid_alive(old),
+            "pid {old} was gone {check_at:?} after the restart, before the {grace:?} grace"
+        );
+    } else {
+        evidence(
+            "grace check",
+            format!("skipped: the restart command took {:?}", asked.elapsed()),
+        );
+    }
+    let limit = grace + Duration::from_secs(2);
+    wait_until(
+        &format!("pid {old} to be gone"),
+        limit.saturating_sub(asked.elapsed()),
+        || (!pid_alive(old)).then_some(()),
+    )?;
+    evidence("old pid gone after", format!("{:?}", asked.elapsed()));
+
+    let new = daemon.wait_status("a new ignorer/0 process", Duration::from_secs(15), |r| {
+        let inst = instance(r, "ignorer/0")?;
+        let pid = *inst.pids.first().filter(|p| **p != old)?;
+        (inst.state == InstanceState::Running).then_some(pid)
+    })?;
+    ensure!(pid_alive(new), "the new pid {new} is not running");
+    let report = daemon.status()?;
+    let inst = require_instance(&report, "ignorer/0")?;
+    evidence(
+        "pids",
+        format!("{old} -> {new}; restarts {}", inst.restarts),
+    );
+    ensure!(
+        inst.last_restart_reason == Some(Reason::Manual),
+        "last restart reason {:?}, want manual",
+        inst.last_restart_reason
+    );
+    let ledger = Ledger::read(&ledger_path("ignorer"))?;
+    let rec = ledger
+        .pids
+        .get(&old)
+        .context("the old pid wrote nothing to its ledger")?;
+    ensure!(
+        !rec.clean_exit,
+        "pid {old} exited cleanly: the kill path after the grace was not exercised"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+/// Not a test: the leaky + healthy fleet, shown as a person would watch it.
+fn demo() -> Result<()> {
+    make_ledger_dir()?;
+    write_policy(POLICY_DIR, "leaky", &leaky_policy("enforce"))?;
+    write_policy(POLICY_DIR, "healthy", &healthy_policy())?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let mut log_lines_shown = 0;
+    let mut restarts: BTreeMap<String, u32> = BTreeMap::new();
+    for round in 0..8 {
+        sleep(Duration::from_secs(5));
+        daemon.ensure_alive()?;
+        let log = fs::read_to_string(DAEMON_LOG).unwrap_or_default();
+        for line in log.lines().skip(log_lines_shown) {
+            println!("LOG | {line}");
+        }
+        log_lines_shown = log.lines().count();
+        let table = client(&["status"])?;
+        println!(
+            "---- oomguard status, t={}s ----\n{}",
+            (round + 1) * 5,
+            table.text().trim_end()
+        );
+        if let Ok(report) = status_json() {
+            for inst in report.policies.iter().flat_map(|p| &p.instances) {
+                restarts.insert(inst.id.clone(), inst.restarts);
+            }
+        }
+    }
+    evidence("restarts", format!("{restarts:?}"));
+    daemon.stop()?;
+    Ok(())
+}

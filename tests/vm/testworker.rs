@@ -1,0 +1,236 @@
+//! A job-processing worker for the real-kernel tests: it does jobs of ~`--job-ms` each, records each
+//! one in an append-only ledger, and can be told to leak, to exit on its own, to crash, or to ignore
+//! SIGTERM. Std and libc only, so it stays a small, obvious stand-in for a real service.
+//!
+//! Ledger lines, each appended with a single O_APPEND write() so instances can share a file:
+//! `start <pid> <job>`, `done <pid> <job>`, `exit <pid> clean`. A `start` without its `done` is a
+//! lost job: the process died (or was killed) in the middle of it.
+
+use std::fs::{File, OpenOptions};
+use std::hint::black_box;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set by the SIGTERM handler; read between jobs. The handler does nothing else, so it stays
+/// async-signal-safe.
+static TERM_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+const MIB: usize = 1024 * 1024;
+/// Memory each job writes, so a throttled group (memory.high) slows the jobs down as it would a
+/// real service. Below glibc's mmap threshold, so the heap reuses it instead of faulting anew.
+const JOB_BUFFER_BYTES: usize = 64 * 1024;
+const PAGE: usize = 4096;
+
+struct Options {
+    ledger: Option<String>,
+    leak_mb_per_s: f64,
+    job_ms: u64,
+    exit_after_jobs: Option<u64>,
+    crash: bool,
+    ignore_sigterm: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut opts = Options {
+        ledger: None,
+        leak_mb_per_s: 0.0,
+        job_ms: 100,
+        exit_after_jobs: None,
+        crash: false,
+        ignore_sigterm: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--ledger" => opts.ledger = Some(value("--ledger")?),
+            "--leak-mb-per-s" => {
+                let v = value("--leak-mb-per-s")?;
+                opts.leak_mb_per_s = v
+                    .parse()
+                    .ok()
+                    .filter(|f: &f64| f.is_finite() && *f >= 0.0)
+                    .ok_or(format!("--leak-mb-per-s: bad number {v:?}"))?;
+            }
+            "--job-ms" => {
+                let v = value("--job-ms")?;
+                opts.job_ms = v
+                    .parse()
+                    .map_err(|_| format!("--job-ms: bad number {v:?}"))?;
+            }
+            "--exit-after-jobs" => {
+                let v = value("--exit-after-jobs")?;
+                let n = v
+                    .parse()
+                    .map_err(|_| format!("--exit-after-jobs: bad number {v:?}"))?;
+                opts.exit_after_jobs = Some(n);
+            }
+            "--crash" => opts.crash = true,
+            "--ignore-sigterm" => opts.ignore_sigterm = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(opts)
+}
+
+extern "C" fn on_sigterm(_signal: libc::c_int) {
+    TERM_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+fn install_sigterm_handler() -> std::io::Result<()> {
+    // SAFETY: the handler only stores to an atomic; the sigaction struct is fully initialised.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigterm as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The append-only ledger; absent when no `--ledger` was given.
+struct Ledger(Option<File>);
+
+impl Ledger {
+    fn open(path: Option<&str>) -> std::io::Result<Ledger> {
+        let file = match path {
+            Some(p) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o666)
+                    .open(p)?,
+            ),
+            None => None,
+        };
+        Ok(Ledger(file))
+    }
+
+    /// One write() per line: with O_APPEND the kernel places it atomically at the end.
+    fn record(&mut self, line: &str) {
+        if let Some(file) = &mut self.0 {
+            if let Err(e) = file.write_all(format!("{line}\n").as_bytes()) {
+                eprintln!("testworker: ledger write failed: {e}");
+            }
+        }
+    }
+}
+
+/// ~`ms` of work: arithmetic, with a small buffer written and read back each round.
+fn do_job(job: u64, ms: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut buf = vec![0u8; JOB_BUFFER_BYTES];
+    let mut acc = job;
+    loop {
+        for i in (0..buf.len()).step_by(64) {
+            acc = acc.wrapping_mul(6364136223846793005).wrapping_add(i as u64);
+            buf[i] = acc as u8;
+        }
+        acc ^= buf.iter().step_by(256).map(|&b| u64::from(b)).sum::<u64>();
+        if Instant::now() >= deadline {
+            return black_box(acc);
+        }
+    }
+}
+
+/// Allocates 1 MiB chunks and writes every page of each, so they are really charged to the
+/// cgroup; they are kept until the process ends.
+struct Leak {
+    mb_per_s: f64,
+    started: Instant,
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Leak {
+    /// Catches up to the configured rate; a throttled process leaks in bursts, as a real one would.
+    /// Stops early once `stop()` says so, so a shutdown is not held up by a long burst.
+    fn catch_up(&mut self, stop: impl Fn() -> bool) {
+        let due = (self.started.elapsed().as_secs_f64() * self.mb_per_s) as usize;
+        while self.chunks.len() < due && !stop() {
+            let mut chunk = vec![0u8; MIB];
+            for i in (0..MIB).step_by(PAGE) {
+                chunk[i] = 1;
+            }
+            self.chunks.push(black_box(chunk));
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("testworker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pid = std::process::id();
+    if opts.crash {
+        eprintln!("testworker {pid}: crashing at start, as asked (--crash)");
+        return ExitCode::from(1);
+    }
+    if let Err(e) = install_sigterm_handler() {
+        eprintln!("testworker {pid}: cannot install the SIGTERM handler: {e}");
+        return ExitCode::from(1);
+    }
+    let mut ledger = match Ledger::open(opts.ledger.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "testworker {pid}: cannot open ledger {:?}: {e}",
+                opts.ledger
+            );
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "testworker {pid}: started (leak {} MB/s, job {} ms, uid {})",
+        opts.leak_mb_per_s,
+        opts.job_ms,
+        // SAFETY: getuid cannot fail.
+        unsafe { libc::getuid() }
+    );
+    let mut leak = Leak {
+        mb_per_s: opts.leak_mb_per_s,
+        started: Instant::now(),
+        chunks: Vec::new(),
+    };
+    let mut said_ignoring = false;
+    let mut job = 0u64;
+    let term_requested = || TERM_REQUESTED.load(Ordering::SeqCst);
+    loop {
+        leak.catch_up(|| term_requested() && !opts.ignore_sigterm);
+        if term_requested() {
+            if !opts.ignore_sigterm {
+                ledger.record(&format!("exit {pid} clean"));
+                println!("testworker {pid}: SIGTERM: exiting cleanly after {job} jobs");
+                return ExitCode::SUCCESS;
+            }
+            if !said_ignoring {
+                println!("testworker {pid}: SIGTERM received and ignored (--ignore-sigterm)");
+                said_ignoring = true;
+            }
+        }
+        if opts.exit_after_jobs.is_some_and(|n| job >= n) {
+            ledger.record(&format!("exit {pid} clean"));
+            println!("testworker {pid}: exiting by itself after {job} jobs (--exit-after-jobs)");
+            return ExitCode::SUCCESS;
+        }
+        job += 1;
+        ledger.record(&format!("start {pid} {job}"));
+        do_job(job, opts.job_ms);
+        ledger.record(&format!("done {pid} {job}"));
+        if job % 10 == 0 {
+            println!(
+                "testworker {pid}: {job} jobs done, {} MiB leaked",
+                leak.chunks.len()
+            );
+        }
+    }
+}
