@@ -180,6 +180,24 @@ fn healthy_policy() -> String {
     )
 }
 
+/// One plain, valid instance: for scenarios about what happens before any worker runs.
+fn plain_policy() -> String {
+    format!(
+        "run:\n  command: {}\n  instances: 1\n{GUARDS}",
+        worker_command(&[])
+    )
+}
+
+/// `oomguard run` on `dir`, which must refuse to start (`why`: what it must refuse); returns its
+/// output for the caller to check the message.
+fn run_must_refuse(dir: &str, why: &str) -> Result<CmdOutput> {
+    let out = run_cmd(OOMGUARD, &run_args(dir), Duration::from_secs(15))
+        .with_context(|| format!("`run` should have refused to start: {why}"))?;
+    evidence(&format!("run ({why})"), out.summary());
+    ensure!(!out.status.success(), "`run` exited 0: {why}");
+    Ok(out)
+}
+
 // ---- scenarios ----
 
 /// The VM itself, no daemon: cgroup2 with the memory controller, PSI, the binaries runnable, and
@@ -529,10 +547,7 @@ fn respawn() -> Result<()> {
 /// Bad input is refused: `check` names the bad key, `run` starts nothing, and a policy file others
 /// can write is not trusted.
 fn bad_policy() -> Result<()> {
-    let good_yaml = format!(
-        "run:\n  command: {}\n  instances: 1\n{GUARDS}",
-        worker_command(&[])
-    );
+    let good_yaml = plain_policy();
     let bad_yaml = format!(
         "run:\n  command: {}\n  instnaces: 2\n{GUARDS}",
         worker_command(&[])
@@ -561,10 +576,7 @@ fn bad_policy() -> Result<()> {
         out.summary()
     );
 
-    let out = run_cmd(OOMGUARD, &run_args(dir), Duration::from_secs(15))
-        .context("`run` with a bad policy in the directory should have refused to start")?;
-    evidence("run with a bad policy", out.summary());
-    ensure!(!out.status.success(), "`run` with a bad policy exited 0");
+    run_must_refuse(dir, "a policy in the directory is bad")?;
     let groups = fs::read_dir(CGROUP_ROOT)
         .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
         .unwrap_or(0);
@@ -576,13 +588,7 @@ fn bad_policy() -> Result<()> {
     let perm_dir = "/tmp/perm-policies";
     let writable = write_policy(perm_dir, "good", &good_yaml)?;
     set_mode(&writable, 0o666)?;
-    let out = run_cmd(OOMGUARD, &run_args(perm_dir), Duration::from_secs(15))
-        .context("`run` with a mode 0666 policy should have refused to start")?;
-    evidence("run with a 0666 policy", out.summary());
-    ensure!(
-        !out.status.success(),
-        "`run` accepted a world-writable policy file"
-    );
+    let out = run_must_refuse(perm_dir, "a policy file has mode 0666")?;
     ensure!(
         out.text().contains("good.yaml"),
         "the refusal does not name the file: {}",
@@ -605,18 +611,8 @@ fn no_memory_controller() -> Result<()> {
         !controllers.split(' ').any(|c| c == "memory"),
         "harness: the memory controller is present; was the VM booted with cgroup_disable=memory?"
     );
-    let yaml = format!(
-        "run:\n  command: {}\n  instances: 1\n{GUARDS}",
-        worker_command(&[])
-    );
-    write_policy(POLICY_DIR, "plain", &yaml)?;
-    let out = run_cmd(OOMGUARD, &run_args(POLICY_DIR), Duration::from_secs(15))
-        .context("`run` without a memory controller should have refused to start")?;
-    evidence("run", out.summary());
-    ensure!(
-        !out.status.success(),
-        "`run` exited 0 without a memory controller"
-    );
+    write_policy(POLICY_DIR, "plain", &plain_policy())?;
+    let out = run_must_refuse(POLICY_DIR, "no memory controller")?;
     ensure!(
         out.text().to_lowercase().contains("memory controller"),
         "the refusal does not mention the memory controller: {}",
