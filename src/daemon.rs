@@ -230,7 +230,8 @@ fn own_cgroup() -> anyhow::Result<String> {
 fn prepare_root(mount: &Path, root: &Path) -> anyhow::Result<Group> {
     let parent = root.parent().context("the cgroup root has no parent")?;
     let own = mount.join(own_cgroup()?.trim_start_matches('/'));
-    if own == parent {
+    // The root cgroup is exempt from the no-internal-processes rule: nothing to move there.
+    if own == parent && own != mount {
         let leaf = Group::new(parent.join("daemon"));
         leaf.create()?;
         leaf.write(crate::cgroupfs::CGROUP_PROCS, &std::process::id().to_string())

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::cgroupfs::{CgroupError, Group, CGROUP_EVENTS, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK};
 use crate::engine::{AfterExit, Offence, Tracker};
 use crate::events::{now_ms, EventLog};
-use crate::policy::{Mode, Policy};
+use crate::policy::{Mode, Policy, StallKind};
 use crate::protocol::{Ending, EventRecord, InstanceState, Reason};
 use crate::psi::{FileWatch, PsiTrigger};
 use crate::spawn::{self, Identity};
@@ -328,7 +328,7 @@ impl Instance {
             w.oom_kills_seen = kills;
             self.view.oom_kills += new;
             self.view_tx.send_replace(self.view.clone());
-            let what = format!("the kernel OOM killer killed {new} process(es) in the group (limit memory.max {})", self.policy.memory.max.to_kernel());
+            let what = format!("the kernel OOM killer killed {new} process(es) in the group (memory.max {})", self.policy.memory.max);
             warn!(instance = %self.id, "{what}");
             let numbers = self.numbers();
             let mut ev = self.event(Reason::OomKilled, "oom_kill", &what);
@@ -342,7 +342,7 @@ impl Instance {
     fn update(&mut self, policy: Arc<Policy>, w: &mut Worker) {
         let mem = policy.memory;
         match self.group.set_limits(mem.high, mem.max, mem.swap_max) {
-            Ok(()) => info!(instance = %self.id, "limits now memory.high {} memory.max {}", mem.high.to_kernel(), mem.max.to_kernel()),
+            Ok(()) => info!(instance = %self.id, "limits now memory.high {} memory.max {}", mem.high, mem.max),
             Err(e) => error!(instance = %self.id, "reload: cannot apply limits: {e}"),
         }
         if policy.triggers.pressure != self.policy.triggers.pressure {
@@ -370,8 +370,8 @@ impl Instance {
             "restart ({}): {why}; memory {} (high {}, max {}), psi some avg10 {:.1}%; {how}",
             reason.as_str(),
             numbers.current.map_or("?".into(), human_bytes),
-            self.policy.memory.high.to_kernel(),
-            self.policy.memory.max.to_kernel(),
+            self.policy.memory.high,
+            self.policy.memory.max,
             numbers.some_avg10.unwrap_or(0.0),
         );
         info!(instance = %self.id, reason = reason.as_str(), pid = w.pid, "{what}");
@@ -588,9 +588,12 @@ fn describe(offence: &Offence, policy: &Policy) -> String {
         Reason::Pressure => {
             let t = policy.triggers.pressure.expect("a pressure offence needs a pressure trigger");
             format!(
-                "memory pressure held {} (trigger {:?} {}/{} for {})",
+                "memory pressure held {} (trigger {} {}/{} for {})",
                 fmt_dur(offence.held_for),
-                t.kind,
+                match t.kind {
+                    StallKind::Some => "some",
+                    StallKind::Full => "full",
+                },
                 fmt_dur(t.stall),
                 fmt_dur(t.window),
                 fmt_dur(t.sustain)
