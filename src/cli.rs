@@ -26,14 +26,16 @@ pub enum Cmd {
         /// Unix socket for the CLI.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// cgroup under which each policy gets a group [default: <own delegated cgroup>/workers
-        /// under systemd, else /sys/fs/cgroup/oomguard].
+        /// cgroup under which each policy gets a group [default: the group oomguard-workers.service
+        /// holds when it runs, else /sys/fs/cgroup/oomguard].
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
         /// Decide and report only: every policy in observe mode.
         #[arg(long)]
         dry_run: bool,
     },
+    /// Hold the workers' cgroup subtree (run by oomguard-workers.service; see docs/install.md).
+    Hold,
     /// Validate policy files or directories; exits 1 on any error.
     Check {
         #[arg(required = true)]
@@ -47,22 +49,32 @@ pub fn main() -> ExitCode {
         Cmd::Run { policies, socket, cgroup_root, dry_run } => {
             init_logging();
             let opts = daemon::Options { policies, socket, cgroup_root, dry_run };
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("oomguard: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(daemon::run(opts)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(daemon::run(opts))
+        }
+        Cmd::Hold => {
+            init_logging();
+            block_on(crate::holder::hold())
         }
         Cmd::Check { paths } => check(&paths),
+    }
+}
+
+/// Runs a daemon-side future on a single-threaded runtime: one thread is plenty for a process
+/// that sleeps on kernel wake-ups, and it keeps the daemon's footprint small.
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oomguard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

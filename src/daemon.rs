@@ -200,9 +200,8 @@ fn save_state(path: &Path, fleet: &Fleet) {
     }
 }
 
-/// The cgroup every policy's group goes under. Under systemd with `Delegate=`, the daemon's own
-/// cgroup is `<...>/oomguard.service`: workers go to `<that>/workers` (the daemon moves itself to
-/// `<that>/daemon` in [`prepare_root`]). Elsewhere, /sys/fs/cgroup/oomguard.
+/// The cgroup every policy's group goes under: `--cgroup-root`, else the `workers` group that
+/// oomguard-workers.service holds (see `holder`), else /sys/fs/cgroup/oomguard.
 pub fn cgroup_root(mount: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.starts_with(mount) || p == mount {
@@ -210,16 +209,15 @@ pub fn cgroup_root(mount: &Path, explicit: Option<&Path>) -> anyhow::Result<Path
         }
         return Ok(p.to_path_buf());
     }
-    let own = own_cgroup()?;
-    if own.ends_with(".service") || own.ends_with("/daemon") {
-        let service = own.strip_suffix("/daemon").unwrap_or(&own);
-        return Ok(mount.join(service.trim_start_matches('/')).join("workers"));
+    let held = Path::new(crate::holder::HOLDER_WORKERS);
+    if mount == Path::new(CGROUP_MOUNT) && held.is_dir() {
+        return Ok(held.to_path_buf());
     }
     Ok(mount.join("oomguard"))
 }
 
 /// This process's cgroup v2 path ("0::/system.slice/oomguard.service").
-fn own_cgroup() -> anyhow::Result<String> {
+pub fn own_cgroup() -> anyhow::Result<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
     Ok(text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string())
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod daemon;
 pub mod engine;
 pub mod events;
+pub mod holder;
 pub mod hostcheck;
 pub mod instance;
 pub mod policy;
