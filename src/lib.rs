@@ -14,6 +14,7 @@ pub mod cli;
 pub mod daemon;
 pub mod engine;
 pub mod hostcheck;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod psi;
