@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod psi;
+pub mod server;
 pub mod spawn;
 pub mod supervisor;
 pub mod units;

@@ -1,0 +1,679 @@
+//! The unix-socket server: binds the socket with its owner and mode, decides what each peer may
+//! do from its kernel-reported credentials (SO_PEERCRED), and answers requests through the
+//! [`Api`] seam that the daemon implements. One task per connection; a Semaphore caps them.
+//!
+//! Who may do what (never decided from anything the client says):
+//! - read (`status`, `events`, `metrics`): root, members of the socket's group, `admin_uids`;
+//! - change (`restart`, `reload`): root and `admin_uids` only.
+//!
+//! The file mode is the first gate (connect(2) needs write permission on the socket), the peer
+//! credentials the second, so a socket left with a wrong mode still refuses strangers.
+
+use std::ffi::CString;
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::unistd::{Gid, Uid};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics;
+pub use crate::protocol::{ApiError, ReloadReport};
+use crate::protocol::{
+    ErrorBody, ErrorCode, EventRecord, Request, Response, RestartReply, StatusReport,
+    MAX_REQUEST_LINE,
+};
+
+/// The group whose members may read status when the caller names none.
+pub const DEFAULT_GROUP: &str = "oomguard";
+
+/// What the server needs from the daemon. Futures may be dropped when the server shuts down,
+/// so they must be cancel-safe (send a command to the state's owner, await its answer).
+pub trait Api: Send + Sync + 'static {
+    /// `None`: everything; "policy" or "policy/N": just that (`not_found` if it does not exist).
+    fn status(&self, target: Option<&str>) -> Result<StatusReport, ApiError>;
+    /// The last `last` events of the bounded history, oldest first.
+    fn events(&self, last: usize) -> Vec<EventRecord>;
+    /// Every event published from now on.
+    fn subscribe(&self) -> broadcast::Receiver<EventRecord>;
+    /// "policy/N": restart that instance; "policy": every instance, one at a time. Ok(message).
+    fn restart(&self, target: &str) -> impl Future<Output = Result<String, ApiError>> + Send;
+    /// Re-read the policies; on failure nothing changed and `details` lists every problem.
+    fn reload(&self) -> impl Future<Output = Result<ReloadReport, ApiError>> + Send;
+}
+
+/// Who may use the socket beyond root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The readers' group, named in refusals even when it does not exist.
+    pub group_name: String,
+    /// Its gid; `None` when the group does not exist, and then only root and admins get in.
+    pub group_gid: Option<u32>,
+    /// Non-root uids that may restart and reload. They also need to be able to open the socket,
+    /// i.e. be members of the group (the file is root:<group> 0660).
+    pub admin_uids: Vec<u32>,
+}
+
+impl Access {
+    /// Looks the group up by name (default [`DEFAULT_GROUP`]); a missing group means no readers.
+    pub fn new(group: Option<&str>, admin_uids: Vec<u32>) -> Access {
+        let group_name = group.unwrap_or(DEFAULT_GROUP).to_string();
+        let group_gid = lookup_gid(&group_name);
+        Access {
+            group_name,
+            group_gid,
+            admin_uids,
+        }
+    }
+}
+
+/// Robustness limits; [`serve`] uses the defaults, tests shrink them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections at once; the next one gets `busy` and is closed.
+    pub max_connections: usize,
+    /// Longest request line; longer gets `too_large` and the connection is closed.
+    pub max_line: usize,
+    /// Time allowed for a complete request line, so a silent or trickling client lets go.
+    pub idle_timeout: Duration,
+    /// Time allowed for writing one reply line to a client that does not read.
+    pub write_timeout: Duration,
+    /// After shutdown, how long connections get to finish before they are aborted.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            max_line: MAX_REQUEST_LINE,
+            idle_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Binds the socket at `path` for [`serve`]: creates the parent directory (0755) if missing,
+/// replaces a stale socket (never a live one, never another kind of file), then makes it
+/// root:<group> 0660. When the group does not exist it warns and leaves the socket 0600, so
+/// only root can connect: failing closed rather than opening it to gid 0.
+/// Must be called inside a tokio runtime.
+pub fn bind(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
+    let group_name = group.unwrap_or(DEFAULT_GROUP);
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .and_then(|()| std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| context(e, "cannot create the socket directory", parent))?;
+    }
+    remove_stale(path)?;
+    let listener = UnixListener::bind(path).map_err(|e| context(e, "cannot bind", path))?;
+    let mode = match lookup_gid(group_name) {
+        Some(gid) => {
+            nix::unistd::chown(path, None, Some(Gid::from_raw(gid))).map_err(|e| {
+                context(
+                    e.into(),
+                    &format!("cannot chown to group {group_name}:"),
+                    path,
+                )
+            })?;
+            0o660
+        }
+        None => {
+            warn!(
+                path = %path.display(),
+                group = group_name,
+                "group does not exist: socket left root-only (0600); create the group to let operators read status"
+            );
+            0o600
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| context(e, "cannot chmod", path))?;
+    info!(path = %path.display(), group = group_name, mode = format!("{mode:o}"), "socket ready");
+    Ok(listener)
+}
+
+/// Serves until `shutdown` resolves, with the default [`Limits`].
+pub async fn serve<A: Api>(
+    listener: UnixListener,
+    api: Arc<A>,
+    access: Access,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, api, access, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with explicit limits. On shutdown it stops accepting, tells every connection
+/// (in-flight requests are dropped with `shutting_down`), waits up to `shutdown_grace`, and
+/// removes the socket file if it is still the one it was serving.
+pub async fn serve_with<A: Api>(
+    listener: UnixListener,
+    api: Arc<A>,
+    access: Access,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let socket_file = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(PathBuf::from));
+    let socket_inode = socket_file
+        .as_deref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()));
+    // Connections hold receivers; dropping the sender is the shutdown broadcast.
+    let (notify_shutdown, shutdown_rx) = watch::channel(());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let access = Arc::new(access);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => {
+                        let conn = Connection::new(stream, &api, &access, limits, shutdown_rx.clone());
+                        tasks.spawn(async move {
+                            if let Some(conn) = conn.await {
+                                conn.run().await;
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => refuse_busy(stream, limits.max_connections),
+                },
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_join(done),
+        }
+    }
+    drop(notify_shutdown);
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while let Some(done) = tasks.join_next().await {
+            log_join(done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = tasks.len(),
+            "connections still busy after the shutdown grace; aborting them"
+        );
+        tasks.shutdown().await;
+    }
+    if let (Some(path), Some(inode)) = (socket_file, socket_inode) {
+        let same = std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == inode);
+        if same {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    info!("socket server stopped");
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            error!(error = %e, "connection task panicked");
+        }
+    }
+}
+
+/// Over the limit: one `busy` line, written without waiting (a fresh socket's buffer is empty),
+/// then closed. Runs inline in the accept loop so a flood spawns nothing.
+fn refuse_busy(stream: UnixStream, max: usize) {
+    warn!(
+        max_connections = max,
+        "connection refused: too many connections"
+    );
+    let line = Response::error(
+        ErrorCode::Busy,
+        format!("too many connections (limit {max}); try again shortly"),
+    )
+    .to_line()
+        + "\n";
+    if let Ok(std_stream) = stream.into_std() {
+        let _ = (&std_stream).write_all(line.as_bytes());
+    }
+}
+
+/// What the peer may do, from its credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// root or an admin uid: everything.
+    Admin,
+    /// Member of the group: read-only requests.
+    Reader,
+    /// Nothing.
+    Stranger,
+}
+
+/// The role when it follows from uid/gid alone; `None` when supplementary groups decide.
+fn quick_role(access: &Access, uid: u32, gid: u32) -> Option<Role> {
+    if uid == 0 || access.admin_uids.contains(&uid) {
+        return Some(Role::Admin);
+    }
+    match access.group_gid {
+        None => Some(Role::Stranger),
+        Some(g) if g == gid => Some(Role::Reader),
+        Some(_) => None,
+    }
+}
+
+/// Whether the user database lists `gid` among `uid`'s groups (may block on NSS).
+fn in_supplementary_groups(uid: u32, gid: u32) -> bool {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = CString::new(user.name) else {
+        return false;
+    };
+    nix::unistd::getgrouplist(&name, user.gid)
+        .is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
+}
+
+/// The peer as the kernel reports it.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+    role: Role,
+}
+
+struct Connection<A> {
+    api: Arc<A>,
+    access: Arc<Access>,
+    limits: Limits,
+    peer: Peer,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// Resolves (with an error) once the server shuts down.
+    shutdown: watch::Receiver<()>,
+}
+
+/// How reading one request line ended.
+enum Line {
+    Complete,
+    Eof,
+    TooLarge,
+}
+
+impl<A: Api> Connection<A> {
+    /// Reads the peer's credentials; `None` (connection dropped) if the kernel cannot tell.
+    fn new(
+        stream: UnixStream,
+        api: &Arc<A>,
+        access: &Arc<Access>,
+        limits: Limits,
+        shutdown: watch::Receiver<()>,
+    ) -> impl Future<Output = Option<Connection<A>>> + Send + 'static {
+        let (api, access) = (Arc::clone(api), Arc::clone(access));
+        async move {
+            let cred = match stream.peer_cred() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "cannot read peer credentials; closing");
+                    return None;
+                }
+            };
+            let (uid, gid) = (cred.uid(), cred.gid());
+            let role = match quick_role(&access, uid, gid) {
+                Some(role) => role,
+                None => {
+                    let group = access.group_gid.unwrap_or(u32::MAX);
+                    let member =
+                        tokio::task::spawn_blocking(move || in_supplementary_groups(uid, group))
+                            .await
+                            .unwrap_or(false);
+                    if member {
+                        Role::Reader
+                    } else {
+                        Role::Stranger
+                    }
+                }
+            };
+            let peer = Peer {
+                uid,
+                gid,
+                pid: cred.pid(),
+                role,
+            };
+            debug!(uid, gid, pid = peer.pid, role = ?role, "connection accepted");
+            let (r, w) = stream.into_split();
+            Some(Connection {
+                api,
+                access,
+                limits,
+                peer,
+                reader: BufReader::new(r),
+                writer: w,
+                shutdown,
+            })
+        }
+    }
+
+    async fn run(mut self) {
+        let mut line = Vec::new();
+        loop {
+            let read = tokio::select! {
+                // Between requests nothing is lost by just closing.
+                _ = self.shutdown.changed() => return,
+                r = tokio::time::timeout(
+                    self.limits.idle_timeout,
+                    read_line(&mut self.reader, &mut line, self.limits.max_line),
+                ) => r,
+            };
+            match read {
+                Err(_) => {
+                    debug!(
+                        uid = self.peer.uid,
+                        pid = self.peer.pid,
+                        "no complete request in time; closing"
+                    );
+                    let msg = format!(
+                        "no complete request line within {}s; closing",
+                        self.limits.idle_timeout.as_secs_f64()
+                    );
+                    self.send(&Response::error(ErrorCode::Timeout, msg)).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    debug!(error = %e, "read failed; closing");
+                    return;
+                }
+                Ok(Ok(Line::Eof)) => return,
+                Ok(Ok(Line::TooLarge)) => {
+                    warn!(
+                        uid = self.peer.uid,
+                        pid = self.peer.pid,
+                        max = self.limits.max_line,
+                        "request too large"
+                    );
+                    let msg = format!(
+                        "request line longer than {} bytes; closing",
+                        self.limits.max_line
+                    );
+                    self.send(&Response::error(ErrorCode::TooLarge, msg)).await;
+                    return;
+                }
+                Ok(Ok(Line::Complete)) => {}
+            }
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            let req = match Request::parse(&line) {
+                Ok(req) => req,
+                Err(body) => {
+                    debug!(uid = self.peer.uid, error = %body.message, "bad request");
+                    if self.send(&Response::Err(body)).await {
+                        continue;
+                    }
+                    return;
+                }
+            };
+            if let Err(body) = self.authorize(&req) {
+                warn!(uid = self.peer.uid, gid = self.peer.gid, pid = self.peer.pid, request = %req.to_line(), "request refused");
+                if self.send(&Response::Err(body)).await {
+                    continue;
+                }
+                return;
+            }
+            if let Request::Events { last, follow: true } = req {
+                return self.follow(last).await;
+            }
+            let resp = tokio::select! {
+                _ = self.shutdown.changed() => {
+                    self.send(&Response::error(ErrorCode::ShuttingDown, "the daemon is shutting down")).await;
+                    return;
+                }
+                resp = execute(&*self.api, req, &self.peer) => resp,
+            };
+            if !self.send(&resp).await {
+                return;
+            }
+        }
+    }
+
+    fn authorize(&self, req: &Request) -> Result<(), ErrorBody> {
+        let cmd = req.name();
+        let Peer { uid, gid, .. } = self.peer;
+        let message = match (self.peer.role, req.changes_state()) {
+            (Role::Admin, _) | (Role::Reader, false) => return Ok(()),
+            (Role::Reader, true) => format!(
+                "`{cmd}` needs root or a uid listed in admin_uids; uid {uid} may only read (status, events, metrics); try sudo"
+            ),
+            (Role::Stranger, _) => match self.access.group_gid {
+                Some(g) => format!(
+                    "`{cmd}` needs root, an admin uid or membership of group `{}` (gid {g}); uid {uid} gid {gid} is none of these",
+                    self.access.group_name
+                ),
+                None => format!(
+                    "`{cmd}` needs root or an admin uid (group `{}` does not exist on this host); uid {uid} is neither",
+                    self.access.group_name
+                ),
+            },
+        };
+        Err(ErrorBody::new(ErrorCode::Forbidden, message))
+    }
+
+    /// History first, then live events, one response line each, until the peer hangs up.
+    /// Subscribing before reading the history leaves no gap; sequence numbers drop duplicates.
+    async fn follow(&mut self, last: usize) {
+        let mut live = self.api.subscribe();
+        let history = self.api.events(last);
+        let mut seen = history.last().map(|e| e.seq);
+        for event in &history {
+            if !self.send(&Response::ok(event)).await {
+                return;
+            }
+        }
+        let mut scratch = [0u8; 512];
+        loop {
+            let next = tokio::select! {
+                _ = self.shutdown.changed() => {
+                    self.send(&Response::error(ErrorCode::ShuttingDown, "the daemon is shutting down")).await;
+                    return;
+                }
+                // Whatever the client sends now is ignored; EOF means it left.
+                read = self.reader.read(&mut scratch) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                },
+                next = live.recv() => next,
+            };
+            let resp = match next {
+                Ok(event) if seen.is_some_and(|s| event.seq <= s) => continue,
+                Ok(event) => {
+                    seen = Some(event.seq);
+                    Response::ok(&event)
+                }
+                Err(RecvError::Lagged(n)) => Response::error(
+                    ErrorCode::Lagged,
+                    format!("reading too slowly: {n} events were dropped from this stream"),
+                ),
+                Err(RecvError::Closed) => {
+                    self.send(&Response::error(
+                        ErrorCode::ShuttingDown,
+                        "the event stream ended",
+                    ))
+                    .await;
+                    return;
+                }
+            };
+            if !self.send(&resp).await {
+                return;
+            }
+        }
+    }
+
+    /// Writes one line; false if the peer is gone or did not read within the write timeout.
+    async fn send(&mut self, resp: &Response) -> bool {
+        let mut line = resp.to_line();
+        line.push('\n');
+        matches!(
+            tokio::time::timeout(
+                self.limits.write_timeout,
+                self.writer.write_all(line.as_bytes())
+            )
+            .await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// Reads up to and without the newline into `buf`; a final line without newline counts.
+async fn read_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
+    buf.clear();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let n = (&mut *reader).take(limit).read_until(b'\n', buf).await?;
+    if n == 0 {
+        return Ok(Line::Eof);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        return Ok(Line::Complete);
+    }
+    Ok(if buf.len() > max {
+        Line::TooLarge
+    } else {
+        Line::Complete
+    })
+}
+
+async fn execute<A: Api>(api: &A, req: Request, peer: &Peer) -> Response {
+    let reply = |r: Result<Response, ApiError>| r.unwrap_or_else(|e| Response::Err(e.into()));
+    match req {
+        Request::Status { target } => {
+            let target = target.map(|t| t.to_string());
+            reply(api.status(target.as_deref()).map(|s| Response::ok(&s)))
+        }
+        Request::Events { last, .. } => Response::ok(&api.events(last)),
+        Request::Restart { target } => {
+            info!(uid = peer.uid, pid = peer.pid, target = %target, "restart requested over the socket");
+            reply(
+                api.restart(&target.to_string())
+                    .await
+                    .map(|message| Response::ok(&RestartReply { message })),
+            )
+        }
+        Request::Reload => {
+            info!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "reload requested over the socket"
+            );
+            reply(api.reload().await.map(|r| Response::ok(&r)))
+        }
+        Request::Metrics => reply(api.status(None).map(|s| Response::ok(&metrics::render(&s)))),
+    }
+}
+
+/// The group's gid, or `None` when it does not exist or cannot be looked up (fail closed).
+fn lookup_gid(name: &str) -> Option<u32> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(g) => g.map(|g| g.gid.as_raw()),
+        Err(e) => {
+            warn!(group = name, error = %e, "group lookup failed; treating the group as missing");
+            None
+        }
+    }
+}
+
+/// Removes a socket left by a daemon that is gone; refuses a live socket or any other file.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(context(e, "cannot inspect", path)),
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is in use: another oomguard daemon is listening there",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| context(e, "cannot remove the stale socket", path))
+        }
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
+        )),
+    }
+}
+
+fn context(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(gid: Option<u32>) -> Access {
+        Access {
+            group_name: "oomguard".into(),
+            group_gid: gid,
+            admin_uids: vec![1000],
+        }
+    }
+
+    #[test]
+    fn roles_from_uid_and_gid() {
+        let a = access(Some(990));
+        assert_eq!(quick_role(&a, 0, 0), Some(Role::Admin));
+        assert_eq!(quick_role(&a, 1000, 1000), Some(Role::Admin));
+        assert_eq!(quick_role(&a, 1001, 990), Some(Role::Reader));
+        assert_eq!(
+            quick_role(&a, 1001, 1001),
+            None,
+            "supplementary groups decide"
+        );
+        assert_eq!(quick_role(&access(None), 1001, 990), Some(Role::Stranger));
+        assert_eq!(quick_role(&access(None), 1000, 1000), Some(Role::Admin));
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_the_user_database() {
+        // root's group list always holds gid 0; nobody (65534, if present) is never in root.
+        assert!(in_supplementary_groups(0, 0));
+        assert!(!in_supplementary_groups(65534, 0));
+        assert!(
+            !in_supplementary_groups(4_000_000_000, 0),
+            "unknown uid is no member"
+        );
+    }
+}
