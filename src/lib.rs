@@ -21,4 +21,5 @@ pub mod psi;
 pub mod server;
 pub mod spawn;
 pub mod supervisor;
+pub mod table;
 pub mod units;
