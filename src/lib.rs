@@ -11,6 +11,7 @@
 
 pub mod cgroupfs;
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod engine;
 pub mod hostcheck;
