@@ -399,8 +399,11 @@ mod tests {
         assert_eq!(unreachable.exit_code(), EXIT_UNREACHABLE);
         let msg = unreachable.to_string();
         assert!(
-            msg.contains("/run/oomguard/oomguard.sock") && msg.contains("oomguard` group")
-                || msg.contains("group"),
+            msg.starts_with("cannot reach the oomguard daemon at /run/oomguard/oomguard.sock"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("not in the group that owns the socket"),
             "{msg}"
         );
         let refused =
