@@ -83,6 +83,8 @@ struct Conn {
     path: PathBuf,
     reader: BufReader<UnixStream>,
     line: Vec<u8>,
+    /// Why sending the request failed, if it did.
+    write_error: Option<io::Error>,
 }
 
 impl Conn {
@@ -98,17 +100,14 @@ impl Conn {
                 })?;
         let mut line = req.to_line();
         line.push('\n');
-        stream
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|source| ClientError::Disconnected {
-                path: path.clone(),
-                source,
-            })?;
+        // A daemon that refuses (busy) may close before our request lands; its reply is still
+        // readable, so a failed write is only reported if no reply follows.
+        let write_error = stream.write_all(line.as_bytes()).await.err();
         Ok(Conn {
             path,
             reader: BufReader::new(stream),
             line: Vec::new(),
+            write_error,
         })
     }
 
@@ -118,13 +117,16 @@ impl Conn {
         let n = (&mut self.reader)
             .take(MAX_REPLY_LINE)
             .read_until(b'\n', &mut self.line)
-            .await
-            .map_err(|source| ClientError::Disconnected {
-                path: self.path.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Ok(None);
+            .await;
+        match (n, self.write_error.take()) {
+            (Ok(n), _) if n > 0 => {}
+            (_, Some(source)) | (Err(source), None) => {
+                return Err(ClientError::Disconnected {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+            (Ok(_), None) => return Ok(None),
         }
         Response::parse(&self.line)
             .map(Some)
@@ -175,6 +177,8 @@ pub async fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T
 }
 
 /// One item of a followed event stream.
+// One item exists at a time and is consumed at once; boxing the event would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamItem {
     Event(EventRecord),

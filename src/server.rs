@@ -11,7 +11,7 @@
 
 use std::ffi::CString;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +32,9 @@ use crate::protocol::{
     ErrorBody, ErrorCode, EventRecord, Request, Response, RestartReply, StatusReport,
     MAX_REQUEST_LINE,
 };
+
+/// How long a connection closing after an error reply discards the peer's input.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// The group whose members may read status when the caller names none.
 pub const DEFAULT_GROUP: &str = "oomguard";
@@ -254,6 +257,16 @@ fn refuse_busy(stream: UnixStream, max: usize) {
         + "\n";
     if let Ok(std_stream) = stream.into_std() {
         let _ = (&std_stream).write_all(line.as_bytes());
+        let _ = std_stream.shutdown(std::net::Shutdown::Write);
+        // Discard the request the client already sent (the stream is non-blocking): closing
+        // with unread input would reset the client before it reads `busy`.
+        let mut scratch = [0u8; 8192];
+        for _ in 0..8 {
+            match (&std_stream).read(&mut scratch) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
     }
 }
 
@@ -396,6 +409,7 @@ impl<A: Api> Connection<A> {
                         self.limits.idle_timeout.as_secs_f64()
                     );
                     self.send(&Response::error(ErrorCode::Timeout, msg)).await;
+                    self.close_after_error().await;
                     return;
                 }
                 Ok(Err(e)) => {
@@ -415,6 +429,7 @@ impl<A: Api> Connection<A> {
                         self.limits.max_line
                     );
                     self.send(&Response::error(ErrorCode::TooLarge, msg)).await;
+                    self.close_after_error().await;
                     return;
                 }
                 Ok(Ok(Line::Complete)) => {}
@@ -525,6 +540,24 @@ impl<A: Api> Connection<A> {
                 return;
             }
         }
+    }
+
+    /// Closing a unix socket with unread input resets the peer, whose read then fails before it
+    /// sees our last reply. So stop writing (the peer reads the reply, then EOF) and discard
+    /// input until the peer closes, for at most a second and a megabyte.
+    async fn close_after_error(&mut self) {
+        let _ = self.writer.shutdown().await;
+        let mut scratch = [0u8; 8192];
+        let mut budget: usize = 1 << 20;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while budget > 0 {
+                match self.reader.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => budget = budget.saturating_sub(n),
+                }
+            }
+        })
+        .await;
     }
 
     /// Writes one line; false if the peer is gone or did not read within the write timeout.
