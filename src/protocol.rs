@@ -161,6 +161,9 @@ impl InstanceState {
 // Requests
 // ---------------------------------------------------------------------------------------------
 
+/// Where the daemon listens and the CLI connects unless told otherwise (`--socket`).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/oomguard/oomguard.sock";
+
 /// Largest request line the daemon reads (without the newline); longer gets `too_large`.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 
@@ -872,5 +875,52 @@ mod tests {
             ErrorBody::from(ApiError::not_found("no policy x")).code,
             ErrorCode::NotFound
         );
+    }
+
+    /// Every JSON document in docs/protocol.md is a valid request or response, and the
+    /// documented parse errors are the ones the code produces.
+    #[test]
+    fn documented_examples_are_valid() {
+        let doc = include_str!("../docs/protocol.md");
+        let (mut requests, mut responses) = (0, 0);
+        for block in doc.split("```json").skip(1) {
+            let block = block.split("```").next().expect("closed block");
+            for value in serde_json::Deserializer::from_str(block).into_iter::<serde_json::Value>()
+            {
+                let value = value.expect("example is JSON");
+                let line = value.to_string();
+                if value.get("cmd").is_some() {
+                    Request::parse(line.as_bytes()).expect("documented request parses");
+                    requests += 1;
+                } else {
+                    match Response::parse(line.as_bytes()).expect("documented response parses") {
+                        Response::Err(e) => assert_ne!(e.code, ErrorCode::Unknown, "{line}"),
+                        Response::Ok(_) => {}
+                    }
+                    responses += 1;
+                }
+            }
+        }
+        assert!(
+            requests >= 9 && responses >= 20,
+            "{requests} requests, {responses} responses"
+        );
+        for (line, documented) in [
+            (
+                r#"{"v":1,"cmd":"#,
+                "malformed JSON: EOF while parsing a value at line 1 column 13",
+            ),
+            (
+                r#"{"v":1,"cmd":"status","targt":"x"}"#,
+                "invalid request: unknown field `targt`, expected `target`",
+            ),
+            (
+                r#"{"v":2,"cmd":"status"}"#,
+                "protocol version 2 is not supported; this daemon speaks version 1",
+            ),
+        ] {
+            assert_eq!(err(line).message, documented);
+            assert!(doc.contains(documented), "{documented}");
+        }
     }
 }
