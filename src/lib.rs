@@ -8,6 +8,7 @@
 //! - `cgroupfs`, `psi` and `spawn` are the only code that touches the kernel (the OS seam).
 //! - `supervisor` runs one task per instance and carries out the engine's decisions.
 //! - `daemon` wires it together; `server`, `client` and `protocol` are the unix-socket surface.
+//!   `metrics` (Prometheus text) and `table` (the CLI's human output) are pure renderings of a status.
 
 pub mod cgroupfs;
 pub mod cli;

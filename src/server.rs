@@ -9,15 +9,16 @@
 //! The file mode is the first gate (connect(2) needs write permission on the socket), the peer
 //! credentials the second, so a socket left with a wrong mode still refuses strangers.
 
-use std::ffi::CString;
+mod access;
+mod socket;
+
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::unistd::{Gid, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -26,18 +27,17 @@ use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use self::access::Role;
+pub use self::access::{Access, DEFAULT_GROUP};
+pub use self::socket::bind;
 use crate::metrics;
 pub use crate::protocol::{ApiError, ReloadReport};
 use crate::protocol::{
-    ErrorBody, ErrorCode, EventRecord, Request, Response, RestartReply, StatusReport,
-    MAX_REQUEST_LINE,
+    ErrorCode, EventRecord, Request, Response, RestartReply, StatusReport, MAX_REQUEST_LINE,
 };
 
 /// How long a connection closing after an error reply discards the peer's input.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
-
-/// The group whose members may read status when the caller names none.
-pub const DEFAULT_GROUP: &str = "oomguard";
 
 /// What the server needs from the daemon. Futures may be dropped when the server shuts down,
 /// so they must be cancel-safe (send a command to the state's owner, await its answer).
@@ -52,31 +52,6 @@ pub trait Api: Send + Sync + 'static {
     fn restart(&self, target: &str) -> impl Future<Output = Result<String, ApiError>> + Send;
     /// Re-read the policies; on failure nothing changed and `details` lists every problem.
     fn reload(&self) -> impl Future<Output = Result<ReloadReport, ApiError>> + Send;
-}
-
-/// Who may use the socket beyond root.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Access {
-    /// The readers' group, named in refusals even when it does not exist.
-    pub group_name: String,
-    /// Its gid; `None` when the group does not exist, and then only root and admins get in.
-    pub group_gid: Option<u32>,
-    /// Non-root uids that may restart and reload. They also need to be able to open the socket,
-    /// i.e. be members of the group (the file is root:<group> 0660).
-    pub admin_uids: Vec<u32>,
-}
-
-impl Access {
-    /// Looks the group up by name (default [`DEFAULT_GROUP`]); a missing group means no readers.
-    pub fn new(group: Option<&str>, admin_uids: Vec<u32>) -> Access {
-        let group_name = group.unwrap_or(DEFAULT_GROUP).to_string();
-        let group_gid = lookup_gid(&group_name);
-        Access {
-            group_name,
-            group_gid,
-            admin_uids,
-        }
-    }
 }
 
 /// Robustness limits; [`serve`] uses the defaults, tests shrink them.
@@ -104,52 +79,6 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(2),
         }
     }
-}
-
-/// Binds the socket at `path` for [`serve`]: creates the parent directory (0755) if missing,
-/// replaces a stale socket (never a live one, never another kind of file), then makes it
-/// root:<group> 0660. When the group does not exist it warns and leaves the socket 0600, so
-/// only root can connect: failing closed rather than opening it to gid 0.
-/// Must be called inside a tokio runtime.
-pub fn bind(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
-    let group_name = group.unwrap_or(DEFAULT_GROUP);
-    if let Some(parent) = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .and_then(|()| std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)))
-            .map_err(|e| context(e, "cannot create the socket directory", parent))?;
-    }
-    remove_stale(path)?;
-    let listener = UnixListener::bind(path).map_err(|e| context(e, "cannot bind", path))?;
-    let mode = match lookup_gid(group_name) {
-        Some(gid) => {
-            nix::unistd::chown(path, None, Some(Gid::from_raw(gid))).map_err(|e| {
-                context(
-                    e.into(),
-                    &format!("cannot chown to group {group_name}:"),
-                    path,
-                )
-            })?;
-            0o660
-        }
-        None => {
-            warn!(
-                path = %path.display(),
-                group = group_name,
-                "group does not exist: socket left root-only (0600); create the group to let operators read status"
-            );
-            0o600
-        }
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| context(e, "cannot chmod", path))?;
-    info!(path = %path.display(), group = group_name, mode = format!("{mode:o}"), "socket ready");
-    Ok(listener)
 }
 
 /// Serves until `shutdown` resolves, with the default [`Limits`].
@@ -270,41 +199,6 @@ fn refuse_busy(stream: UnixStream, max: usize) {
     }
 }
 
-/// What the peer may do, from its credentials.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    /// root or an admin uid: everything.
-    Admin,
-    /// Member of the group: read-only requests.
-    Reader,
-    /// Nothing.
-    Stranger,
-}
-
-/// The role when it follows from uid/gid alone; `None` when supplementary groups decide.
-fn quick_role(access: &Access, uid: u32, gid: u32) -> Option<Role> {
-    if uid == 0 || access.admin_uids.contains(&uid) {
-        return Some(Role::Admin);
-    }
-    match access.group_gid {
-        None => Some(Role::Stranger),
-        Some(g) if g == gid => Some(Role::Reader),
-        Some(_) => None,
-    }
-}
-
-/// Whether the user database lists `gid` among `uid`'s groups (may block on NSS).
-fn in_supplementary_groups(uid: u32, gid: u32) -> bool {
-    let Ok(Some(user)) = nix::unistd::User::from_uid(Uid::from_raw(uid)) else {
-        return false;
-    };
-    let Ok(name) = CString::new(user.name) else {
-        return false;
-    };
-    nix::unistd::getgrouplist(&name, user.gid)
-        .is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
-}
-
 /// The peer as the kernel reports it.
 #[derive(Clone, Copy, Debug)]
 struct Peer {
@@ -351,21 +245,7 @@ impl<A: Api> Connection<A> {
                 }
             };
             let (uid, gid) = (cred.uid(), cred.gid());
-            let role = match quick_role(&access, uid, gid) {
-                Some(role) => role,
-                None => {
-                    let group = access.group_gid.unwrap_or(u32::MAX);
-                    let member =
-                        tokio::task::spawn_blocking(move || in_supplementary_groups(uid, group))
-                            .await
-                            .unwrap_or(false);
-                    if member {
-                        Role::Reader
-                    } else {
-                        Role::Stranger
-                    }
-                }
-            };
+            let role = access.role_of(uid, gid).await;
             let peer = Peer {
                 uid,
                 gid,
@@ -447,7 +327,10 @@ impl<A: Api> Connection<A> {
                     return;
                 }
             };
-            if let Err(body) = self.authorize(&req) {
+            if let Err(body) =
+                self.access
+                    .authorize(self.peer.role, self.peer.uid, self.peer.gid, &req)
+            {
                 warn!(uid = self.peer.uid, gid = self.peer.gid, pid = self.peer.pid, request = %req.to_line(), "request refused");
                 if self.send(&Response::Err(body)).await {
                     continue;
@@ -468,28 +351,6 @@ impl<A: Api> Connection<A> {
                 return;
             }
         }
-    }
-
-    fn authorize(&self, req: &Request) -> Result<(), ErrorBody> {
-        let cmd = req.name();
-        let Peer { uid, gid, .. } = self.peer;
-        let message = match (self.peer.role, req.changes_state()) {
-            (Role::Admin, _) | (Role::Reader, false) => return Ok(()),
-            (Role::Reader, true) => format!(
-                "`{cmd}` needs root or a uid listed in admin_uids; uid {uid} may only read (status, events, metrics); try sudo"
-            ),
-            (Role::Stranger, _) => match self.access.group_gid {
-                Some(g) => format!(
-                    "`{cmd}` needs root, an admin uid or membership of group `{}` (gid {g}); uid {uid} gid {gid} is none of these",
-                    self.access.group_name
-                ),
-                None => format!(
-                    "`{cmd}` needs root or an admin uid (group `{}` does not exist on this host); uid {uid} is neither",
-                    self.access.group_name
-                ),
-            },
-        };
-        Err(ErrorBody::new(ErrorCode::Forbidden, message))
     }
 
     /// History first, then live events, one response line each, until the peer hangs up.
@@ -626,87 +487,5 @@ async fn execute<A: Api>(api: &A, req: Request, peer: &Peer) -> Response {
             reply(api.reload().await.map(|r| Response::ok(&r)))
         }
         Request::Metrics => reply(api.status(None).map(|s| Response::ok(&metrics::render(&s)))),
-    }
-}
-
-/// The group's gid, or `None` when it does not exist or cannot be looked up (fail closed).
-fn lookup_gid(name: &str) -> Option<u32> {
-    match nix::unistd::Group::from_name(name) {
-        Ok(g) => g.map(|g| g.gid.as_raw()),
-        Err(e) => {
-            warn!(group = name, error = %e, "group lookup failed; treating the group as missing");
-            None
-        }
-    }
-}
-
-/// Removes a socket left by a daemon that is gone; refuses a live socket or any other file.
-fn remove_stale(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(context(e, "cannot inspect", path)),
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is in use: another oomguard daemon is listening there",
-                        path.display()
-                    ),
-                ));
-            }
-            std::fs::remove_file(path)
-                .map_err(|e| context(e, "cannot remove the stale socket", path))
-        }
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            ),
-        )),
-    }
-}
-
-fn context(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn access(gid: Option<u32>) -> Access {
-        Access {
-            group_name: "oomguard".into(),
-            group_gid: gid,
-            admin_uids: vec![1000],
-        }
-    }
-
-    #[test]
-    fn roles_from_uid_and_gid() {
-        let a = access(Some(990));
-        assert_eq!(quick_role(&a, 0, 0), Some(Role::Admin));
-        assert_eq!(quick_role(&a, 1000, 1000), Some(Role::Admin));
-        assert_eq!(quick_role(&a, 1001, 990), Some(Role::Reader));
-        assert_eq!(
-            quick_role(&a, 1001, 1001),
-            None,
-            "supplementary groups decide"
-        );
-        assert_eq!(quick_role(&access(None), 1001, 990), Some(Role::Stranger));
-        assert_eq!(quick_role(&access(None), 1000, 1000), Some(Role::Admin));
-    }
-
-    #[test]
-    fn supplementary_groups_come_from_the_user_database() {
-        // root's group list always holds gid 0; nobody (65534, if present) is never in root.
-        assert!(in_supplementary_groups(0, 0));
-        assert!(!in_supplementary_groups(65534, 0));
-        assert!(
-            !in_supplementary_groups(4_000_000_000, 0),
-            "unknown uid is no member"
-        );
     }
 }
