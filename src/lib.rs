@@ -6,20 +6,27 @@
 //! - `policy` and `units` turn YAML into a validated [`policy::Policy`]; nothing else sees raw YAML.
 //! - `engine` is the pure decision core: numbers and events in, decisions out. No I/O, no clock.
 //! - `cgroupfs`, `psi` and `spawn` are the only code that touches the kernel (the OS seam).
-//! - `supervisor` runs one task per instance and carries out the engine's decisions.
+//! - `instance` runs one task per worker and carries out the engine's decisions (a restart is
+//!   `instance::Instance::restart`); `supervisor` is the fleet of them; `holder` keeps the
+//!   workers' cgroups in a systemd unit of their own.
 //! - `daemon` wires it together; `server`, `client` and `protocol` are the unix-socket surface.
+//!   `metrics` (Prometheus text) and `table` (the CLI's human output) are pure renderings of a status.
 
 pub mod cgroupfs;
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod holder;
 pub mod hostcheck;
 pub mod instance;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod psi;
+pub mod server;
 pub mod spawn;
 pub mod supervisor;
+pub mod table;
 pub mod units;
