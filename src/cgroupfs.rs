@@ -34,15 +34,34 @@ pub enum CgroupError {
     #[error("cgroup {path} is gone")]
     Gone { path: PathBuf },
     #[error("failed to read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to write {value:?} to {path}: {source}")]
-    Write { path: PathBuf, value: String, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
     #[error("failed to set {file} of {path} to {value}: {message}")]
-    SetLimit { path: PathBuf, file: &'static str, value: String, message: String },
+    SetLimit {
+        path: PathBuf,
+        file: &'static str,
+        value: String,
+        message: String,
+    },
     #[error("wrote {wanted} to {path} but it reads back {got:?}: refusing to run with a limit the kernel did not take")]
-    Readback { path: PathBuf, wanted: String, got: String },
+    Readback {
+        path: PathBuf,
+        wanted: String,
+        got: String,
+    },
     #[error("failed to create {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("unexpected content in {path}: {content:?}")]
     Parse { path: PathBuf, content: String },
 }
@@ -91,7 +110,10 @@ impl Group {
         match std::fs::create_dir(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(source) => Err(CgroupError::Create { path: self.path.clone(), source }),
+            Err(source) => Err(CgroupError::Create {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
@@ -100,7 +122,11 @@ impl Group {
         match std::fs::remove_dir(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CgroupError::Write { path: self.path.clone(), value: "rmdir".into(), source }),
+            Err(source) => Err(CgroupError::Write {
+                path: self.path.clone(),
+                value: "rmdir".into(),
+                source,
+            }),
         }
     }
 
@@ -113,24 +139,37 @@ impl Group {
         let path = self.file(name);
         std::fs::write(&path, value).map_err(|source| {
             if is_gone(&source) {
-                CgroupError::Gone { path: self.path.clone() }
+                CgroupError::Gone {
+                    path: self.path.clone(),
+                }
             } else {
-                CgroupError::Write { path, value: value.to_string(), source }
+                CgroupError::Write {
+                    path,
+                    value: value.to_string(),
+                    source,
+                }
             }
         })
     }
 
     /// Controllers this group may hand to its children (cgroup.controllers).
     pub fn controllers(&self) -> Result<Vec<String>> {
-        Ok(self.read(CGROUP_CONTROLLERS)?.split_whitespace().map(str::to_string).collect())
+        Ok(self
+            .read(CGROUP_CONTROLLERS)?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect())
     }
 
     /// Enables controllers for the children of this group, unless already enabled.
     pub fn enable_controllers(&self, controllers: &[&str]) -> Result<()> {
         let enabled = self.read(SUBTREE_CONTROL)?;
         let enabled: Vec<&str> = enabled.split_whitespace().collect();
-        let missing: Vec<String> =
-            controllers.iter().filter(|c| !enabled.contains(c)).map(|c| format!("+{c}")).collect();
+        let missing: Vec<String> = controllers
+            .iter()
+            .filter(|c| !enabled.contains(c))
+            .map(|c| format!("+{c}"))
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -142,11 +181,21 @@ impl Group {
         // Lower max before high would make the kernel reclaim twice; the order does not change the
         // outcome, so write high first, as cgroups-rs does.
         let mem = MemController::new(self.path.clone(), self.path.clone(), true);
-        let set = SetMemory { high: Some(max_value(high)), max: Some(max_value(max)), low: None, min: None };
-        mem.set_mem(set).map_err(|e| self.set_error("memory.high/memory.max", format!("{high:?}/{max:?}"), e))?;
+        let set = SetMemory {
+            high: Some(max_value(high)),
+            max: Some(max_value(max)),
+            low: None,
+            min: None,
+        };
+        mem.set_mem(set).map_err(|e| {
+            self.set_error("memory.high/memory.max", format!("{high:?}/{max:?}"), e)
+        })?;
         if let Some(swap) = swap_max {
-            let raw = swap.bytes().map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX));
-            mem.set_memswap_limit(raw).map_err(|e| self.set_error(MEMORY_SWAP_MAX, swap.to_kernel(), e))?;
+            let raw = swap
+                .bytes()
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            mem.set_memswap_limit(raw)
+                .map_err(|e| self.set_error(MEMORY_SWAP_MAX, swap.to_kernel(), e))?;
             self.expect_limit(MEMORY_SWAP_MAX, swap)?;
         }
         self.expect_limit(MEMORY_HIGH, high)?;
@@ -156,20 +205,38 @@ impl Group {
     /// Sets memory.high alone (lifted during a grace period, restored after).
     pub fn set_high(&self, high: Limit) -> Result<()> {
         let mem = MemController::new(self.path.clone(), self.path.clone(), true);
-        let set = SetMemory { high: Some(max_value(high)), max: None, low: None, min: None };
-        mem.set_mem(set).map_err(|e| self.set_error(MEMORY_HIGH, high.to_kernel(), e))?;
+        let set = SetMemory {
+            high: Some(max_value(high)),
+            max: None,
+            low: None,
+            min: None,
+        };
+        mem.set_mem(set)
+            .map_err(|e| self.set_error(MEMORY_HIGH, high.to_kernel(), e))?;
         self.expect_limit(MEMORY_HIGH, high)
     }
 
-    fn set_error(&self, file: &'static str, value: String, e: cgroups_rs::fs::error::Error) -> CgroupError {
+    fn set_error(
+        &self,
+        file: &'static str,
+        value: String,
+        e: cgroups_rs::fs::error::Error,
+    ) -> CgroupError {
         if !self.exists() {
-            return CgroupError::Gone { path: self.path.clone() };
+            return CgroupError::Gone {
+                path: self.path.clone(),
+            };
         }
         let message = match std::error::Error::source(&e) {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         };
-        CgroupError::SetLimit { path: self.path.clone(), file, value, message }
+        CgroupError::SetLimit {
+            path: self.path.clone(),
+            file,
+            value,
+            message,
+        }
     }
 
     /// The kernel rounds limits down to whole pages, so compare at page granularity.
@@ -183,19 +250,29 @@ impl Group {
         if ok {
             Ok(())
         } else {
-            Err(CgroupError::Readback { path: self.file(file), wanted: wanted.to_kernel(), got: got.trim().to_string() })
+            Err(CgroupError::Readback {
+                path: self.file(file),
+                wanted: wanted.to_kernel(),
+                got: got.trim().to_string(),
+            })
         }
     }
 
     pub fn limit(&self, file: &str) -> Result<Limit> {
         let text = self.read(file)?;
-        parse_limit(&text).ok_or_else(|| CgroupError::Parse { path: self.file(file), content: text })
+        parse_limit(&text).ok_or_else(|| CgroupError::Parse {
+            path: self.file(file),
+            content: text,
+        })
     }
 
     /// A single-number file such as memory.current or memory.peak.
     pub fn number(&self, file: &str) -> Result<u64> {
         let text = self.read(file)?;
-        text.trim().parse().map_err(|_| CgroupError::Parse { path: self.file(file), content: text })
+        text.trim().parse().map_err(|_| CgroupError::Parse {
+            path: self.file(file),
+            content: text,
+        })
     }
 
     pub fn memory_events(&self) -> Result<BTreeMap<String, u64>> {
@@ -204,11 +281,18 @@ impl Group {
 
     pub fn pressure(&self) -> Result<Pressure> {
         let text = self.read(MEMORY_PRESSURE)?;
-        parse_pressure(&text).ok_or_else(|| CgroupError::Parse { path: self.file(MEMORY_PRESSURE), content: text })
+        parse_pressure(&text).ok_or_else(|| CgroupError::Parse {
+            path: self.file(MEMORY_PRESSURE),
+            content: text,
+        })
     }
 
     pub fn procs(&self) -> Result<Vec<u32>> {
-        Ok(self.read(CGROUP_PROCS)?.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        Ok(self
+            .read(CGROUP_PROCS)?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
     }
 
     /// cgroup.events `populated`: false once no process is left in the subtree.
@@ -225,7 +309,10 @@ impl Group {
             return self.write(CGROUP_KILL, "1");
         }
         for pid in self.procs()? {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         Ok(())
     }
@@ -244,7 +331,9 @@ fn is_gone(e: &std::io::Error) -> bool {
 
 fn gone_or(path: PathBuf, source: std::io::Error) -> CgroupError {
     if is_gone(&source) {
-        CgroupError::Gone { path: path.parent().map(Path::to_path_buf).unwrap_or(path) }
+        CgroupError::Gone {
+            path: path.parent().map(Path::to_path_buf).unwrap_or(path),
+        }
     } else {
         CgroupError::Read { path, source }
     }
@@ -337,7 +426,12 @@ mod tests {
     #[test]
     fn limits_are_written_and_read_back() {
         let (_dir, g) = fake_group();
-        g.set_limits(Limit::Bytes(40 << 20), Limit::Bytes(80 << 20), Some(Limit::Bytes(0))).expect("set");
+        g.set_limits(
+            Limit::Bytes(40 << 20),
+            Limit::Bytes(80 << 20),
+            Some(Limit::Bytes(0)),
+        )
+        .expect("set");
         assert_eq!(g.limit(MEMORY_HIGH).unwrap(), Limit::Bytes(40 << 20));
         assert_eq!(g.limit(MEMORY_MAX).unwrap(), Limit::Bytes(80 << 20));
         assert_eq!(g.read(MEMORY_SWAP_MAX).unwrap(), "0");
@@ -350,7 +444,9 @@ mod tests {
         let (_dir, g) = fake_group();
         // A directory where the file should be: cgroups-rs cannot write it, and says so.
         std::fs::create_dir(g.file(MEMORY_MAX)).unwrap();
-        let err = g.set_limits(Limit::Bytes(1 << 20), Limit::Bytes(2 << 20), None).unwrap_err();
+        let err = g
+            .set_limits(Limit::Bytes(1 << 20), Limit::Bytes(2 << 20), None)
+            .unwrap_err();
         assert!(matches!(err, CgroupError::SetLimit { .. }), "{err}");
     }
 
@@ -358,7 +454,9 @@ mod tests {
     fn readback_mismatch_is_refused() {
         let (_dir, g) = fake_group();
         g.write(MEMORY_HIGH, "12345").unwrap();
-        let err = g.expect_limit(MEMORY_HIGH, Limit::Bytes(1 << 30)).unwrap_err();
+        let err = g
+            .expect_limit(MEMORY_HIGH, Limit::Bytes(1 << 30))
+            .unwrap_err();
         assert!(err.to_string().contains("reads back"), "{err}");
     }
 
@@ -366,7 +464,10 @@ mod tests {
     fn a_vanished_group_reads_as_gone() {
         let (_dir, g) = fake_group();
         g.remove().unwrap();
-        assert!(matches!(g.number(MEMORY_CURRENT), Err(CgroupError::Gone { .. })));
+        assert!(matches!(
+            g.number(MEMORY_CURRENT),
+            Err(CgroupError::Gone { .. })
+        ));
         assert!(matches!(g.populated(), Err(CgroupError::Gone { .. })));
         g.remove().expect("removing a gone group is fine");
     }

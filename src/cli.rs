@@ -1,54 +1,110 @@
 //! Command line: parses arguments and calls into the library. Kept thin: every subcommand is one
-//! call into `daemon`, `policy` or `client`.
+//! call into `daemon`, `holder`, `policy` or `client`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::client;
 use crate::daemon::{self, DEFAULT_POLICIES, DEFAULT_SOCKET};
 use crate::policy;
+use crate::protocol::DEFAULT_EVENTS_LAST;
 
 #[derive(Parser, Debug)]
-#[command(name = "oomguard", version, about = "Keeps the kernel OOM killer away from worker processes")]
+#[command(
+    name = "oomguard",
+    version,
+    about = "Keeps the kernel OOM killer away from worker processes"
+)]
 pub struct Cli {
+    /// The daemon's unix socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Run the daemon in the foreground.
+    /// Run the daemon in the foreground (as root).
     Run {
-        /// Directory of policy files (*.yaml).
+        /// Directory of policy files (*.yaml, *.yml).
         #[arg(long, default_value = DEFAULT_POLICIES)]
         policies: PathBuf,
-        /// Unix socket for the CLI.
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// cgroup under which each policy gets a group [default: the group oomguard-workers.service
-        /// holds when it runs, else /sys/fs/cgroup/oomguard].
+        /// cgroup under which each policy gets a group [default: the group
+        /// oomguard-workers.service holds when it runs, else /sys/fs/cgroup/oomguard].
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
         /// Decide and report only: every policy in observe mode.
         #[arg(long)]
         dry_run: bool,
+        /// Group whose members may read status, events and metrics [default: oomguard].
+        #[arg(long)]
+        socket_group: Option<String>,
+        /// A non-root uid that may also restart and reload (repeatable).
+        #[arg(long = "admin-uid")]
+        admin_uids: Vec<u32>,
     },
-    /// Hold the workers' cgroup subtree (run by oomguard-workers.service; see docs/install.md).
-    Hold,
     /// Validate policy files or directories; exits 1 on any error.
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Show every instance: state, memory, pressure, restarts.
+    Status {
+        /// A policy ("celery") or an instance ("celery/0").
+        target: Option<String>,
+        /// The full status as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the last decisions with their evidence.
+    Events {
+        /// How many past events.
+        #[arg(long, default_value_t = DEFAULT_EVENTS_LAST)]
+        last: usize,
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gracefully restart an instance ("celery/0") or every instance of a policy, one at a time.
+    Restart { target: String },
+    /// Re-read the policies; a bad file changes nothing and its errors are printed.
+    Reload,
+    /// Print Prometheus metrics (text exposition format).
+    Metrics,
+    /// Hold the workers' cgroup subtree (run by oomguard-workers.service; see docs/install.md).
+    Hold,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Manpage,
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let socket = cli.socket;
     match cli.command {
-        Cmd::Run { policies, socket, cgroup_root, dry_run } => {
+        Cmd::Run {
+            policies,
+            cgroup_root,
+            dry_run,
+            socket_group,
+            admin_uids,
+        } => {
             init_logging();
-            let opts = daemon::Options { policies, socket, cgroup_root, dry_run };
+            let opts = daemon::Options {
+                policies,
+                socket,
+                cgroup_root,
+                dry_run,
+                socket_group,
+                admin_uids,
+            };
             block_on(daemon::run(opts))
         }
         Cmd::Hold => {
@@ -56,13 +112,44 @@ pub fn main() -> ExitCode {
             block_on(crate::holder::hold())
         }
         Cmd::Check { paths } => check(&paths),
+        Cmd::Status { target, json } => client_cmd(client::cmd_status(&socket, target, json)),
+        Cmd::Events { last, follow, json } => {
+            client_cmd(client::cmd_events(&socket, last, follow, json))
+        }
+        Cmd::Restart { target } => client_cmd(client::cmd_restart(&socket, &target)),
+        Cmd::Reload => client_cmd(client::cmd_reload(&socket)),
+        Cmd::Metrics => client_cmd(client::cmd_metrics(&socket)),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "oomguard",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Manpage => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("oomguard: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// Runs a daemon-side future on a single-threaded runtime: one thread is plenty for a process
 /// that sleeps on kernel wake-ups, and it keeps the daemon's footprint small.
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("oomguard: cannot start the runtime: {e}");
@@ -78,10 +165,27 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
     }
 }
 
+/// The client commands print their own output and return the documented exit code.
+fn client_cmd(fut: impl std::future::Future<Output = u8>) -> ExitCode {
+    match runtime() {
+        Ok(rt) => ExitCode::from(rt.block_on(fut)),
+        Err(e) => {
+            eprintln!("oomguard: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn check(paths: &[PathBuf]) -> ExitCode {
     let (policies, errors) = policy::load_paths(paths);
     for p in &policies {
-        println!("ok: {} ({}): {} instance(s), mode {:?}", p.source.display(), p.name, p.run.instances, p.mode);
+        println!(
+            "ok: {} ({}): {} instance(s), mode {:?}",
+            p.source.display(),
+            p.name,
+            p.run.instances,
+            p.mode
+        );
     }
     for e in &errors {
         eprintln!("error: {e}");
@@ -97,5 +201,36 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_and_completions_render() {
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        assert!(String::from_utf8(man).unwrap().contains("oomguard"));
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "oomguard",
+            &mut bash,
+        );
+        assert!(String::from_utf8(bash).unwrap().contains("restart"));
+    }
 }

@@ -15,7 +15,9 @@ use crate::cgroupfs::Group;
 use crate::events::EventLog;
 use crate::hostcheck;
 use crate::policy::{self, Mode};
-use crate::supervisor::{Fleet, ReloadSummary, SavedState, CONTROLLERS};
+use crate::protocol::{ApiError, EventRecord, ReloadReport, StatusReport};
+use crate::server::{self, Access, Api};
+use crate::supervisor::{Fleet, FleetError, SavedState, CONTROLLERS};
 
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_POLICIES: &str = "/etc/oomguard/policies.d";
@@ -29,13 +31,19 @@ pub struct Options {
     pub cgroup_root: Option<PathBuf>,
     /// Every policy in observe mode, whatever its file says.
     pub dry_run: bool,
+    /// Members of this group may read status, events and metrics (default `oomguard`).
+    pub socket_group: Option<String>,
+    /// Non-root uids that may also restart and reload.
+    pub admin_uids: Vec<u32>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (stop the workers gracefully) or SIGUSR2 (leave them
 /// running for the next daemon to adopt).
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("oomguard run must run as root: it creates cgroups and starts workers as other users");
+        bail!(
+            "oomguard run must run as root: it creates cgroups and starts workers as other users"
+        );
     }
     let mount = Path::new(CGROUP_MOUNT);
     let root = cgroup_root(mount, opts.cgroup_root.as_deref())?;
@@ -56,7 +64,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     };
     if policies.is_empty() {
-        warn!("no policies in {}: nothing to guard until a reload adds one", opts.policies.display());
+        warn!(
+            "no policies in {}: nothing to guard until a reload adds one",
+            opts.policies.display()
+        );
     }
 
     let root = prepare_root(mount, &root)?;
@@ -69,11 +80,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             error!(policy = %name, "not started: {e}");
         }
     }
+    let listener = server::bind(&opts.socket, opts.socket_group.as_deref())
+        .with_context(|| format!("binding {}", opts.socket.display()))?;
+    let api = Arc::new(DaemonApi {
+        fleet: fleet.clone(),
+        opts: opts.clone(),
+    });
+    let access = Access::new(opts.socket_group.as_deref(), opts.admin_uids.clone());
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(listener, api, access, async move {
+        let _ = server_stopped.await;
+    }));
     info!(root = %fleet.root().path().display(), socket = %opts.socket.display(), "oomguard {} running", env!("CARGO_PKG_VERSION"));
     notify(&[NotifyState::Ready, NotifyState::Status("guarding")]);
 
     let exit = main_loop(&fleet, &opts, &state_file).await?;
     notify(&[NotifyState::Stopping]);
+    // Status stays available while workers are being stopped; the socket goes last.
+    let stop_socket = || {
+        let _ = stop_server.send(());
+    };
     match exit {
         Exit::Stop => {
             info!("shutting down: stopping workers gracefully (a second SIGTERM exits at once)");
@@ -85,15 +111,66 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         Exit::Detach => {
             save_state(&state_file, &fleet);
-            info!("exiting on SIGUSR2, leaving workers running for the next daemon to adopt ({})", state_file.display());
+            info!(
+                "exiting on SIGUSR2, leaving workers running for the next daemon to adopt ({})",
+                state_file.display()
+            );
         }
     }
+    stop_socket();
+    let _ = server.await;
     Ok(())
+}
+
+/// The socket server's view of the daemon.
+struct DaemonApi {
+    fleet: Arc<Fleet>,
+    opts: Options,
+}
+
+fn api_error(e: FleetError) -> ApiError {
+    match e {
+        FleetError::NotFound(_) => ApiError::not_found(e.to_string()),
+        FleetError::Failed(_) => ApiError::failed(e.to_string()),
+    }
+}
+
+impl Api for DaemonApi {
+    fn status(&self, target: Option<&str>) -> Result<StatusReport, ApiError> {
+        self.fleet.status(target).map_err(api_error)
+    }
+
+    fn events(&self, last: usize) -> Vec<EventRecord> {
+        self.fleet.events().last(last)
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EventRecord> {
+        self.fleet.events().subscribe()
+    }
+
+    // Cancel-safe: the instance task owns the restart; dropping this future only drops the reply.
+    async fn restart(&self, target: &str) -> Result<String, ApiError> {
+        info!(target, "restart requested over the socket");
+        self.fleet.restart(target).await.map_err(api_error)
+    }
+
+    async fn reload(&self) -> Result<ReloadReport, ApiError> {
+        reload(&self.fleet, &self.opts).await.map_err(|errors| {
+            ApiError::failed_with(
+                format!(
+                    "reload refused, nothing changed: {} problem(s)",
+                    errors.len()
+                ),
+                errors,
+            )
+        })
+    }
 }
 
 /// Loads and validates the policy directory; `--dry-run` turns every policy to observe mode.
 fn load_policies(opts: &Options) -> Result<Vec<policy::Policy>, Vec<String>> {
-    let mut policies = policy::load_dir(&opts.policies).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let mut policies = policy::load_dir(&opts.policies)
+        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     if opts.dry_run {
         info!("dry run: every policy runs in observe mode, nothing is signalled");
         policies.iter_mut().for_each(|p| p.mode = Mode::Observe);
@@ -124,9 +201,8 @@ async fn main_loop(fleet: &Arc<Fleet>, opts: &Options, state_file: &Path) -> any
             _ = int.recv() => return Ok(Exit::Stop),
             _ = usr2.recv() => return Ok(Exit::Detach),
             _ = hup.recv() => {
-                if let Err(errors) = reload(fleet, opts).await {
-                    error!("reload refused, nothing changed: {}", errors.join("; "));
-                }
+                // Errors are logged by reload() itself.
+                let _ = reload(fleet, opts).await;
             }
             // Every decision changes counters worth keeping across a daemon restart.
             _ = events.recv() => save_state(state_file, fleet),
@@ -137,7 +213,7 @@ async fn main_loop(fleet: &Arc<Fleet>, opts: &Options, state_file: &Path) -> any
 
 /// Re-reads and validates every policy first; only a fully valid set is applied, so a bad file
 /// changes nothing.
-pub async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadSummary, Vec<String>> {
+pub async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadReport, Vec<String>> {
     let mut reloading = vec![NotifyState::Reloading];
     // systemd >= 253 wants the monotonic time with RELOADING=1 (Type=notify-reload).
     if let Ok(now) = NotifyState::monotonic_usec_now() {
@@ -145,7 +221,12 @@ pub async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadSummary, Vec<
     }
     notify(&reloading);
     let result = match load_policies(opts) {
-        Err(errors) => Err(errors),
+        Err(errors) => {
+            for e in &errors {
+                error!("reload refused, nothing changed: {e}");
+            }
+            Err(errors)
+        }
         Ok(policies) => {
             let summary = fleet.reload(policies).await;
             info!(added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed, "reloaded {}", opts.policies.display());
@@ -167,7 +248,8 @@ fn arm_second_signal() -> anyhow::Result<()> {
     // running; signal-hook's conditional shutdown does exactly that once the flag is set.
     let stopping = Arc::new(AtomicBool::new(true));
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, stopping.clone()).context("second-signal handler")?;
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stopping.clone())
+            .context("second-signal handler")?;
     }
     stopping.store(true, Ordering::SeqCst);
     Ok(())
@@ -175,7 +257,10 @@ fn arm_second_signal() -> anyhow::Result<()> {
 
 /// state.json lives beside the socket (RuntimeDirectory= under systemd).
 pub fn state_path(socket: &Path) -> PathBuf {
-    socket.parent().unwrap_or(Path::new("/run")).join("state.json")
+    socket
+        .parent()
+        .unwrap_or(Path::new("/run"))
+        .join("state.json")
 }
 
 fn load_state(path: &Path) -> SavedState {
@@ -205,7 +290,11 @@ fn save_state(path: &Path, fleet: &Fleet) {
 pub fn cgroup_root(mount: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.starts_with(mount) || p == mount {
-            bail!("--cgroup-root {} must be a group below {}", p.display(), mount.display());
+            bail!(
+                "--cgroup-root {} must be a group below {}",
+                p.display(),
+                mount.display()
+            );
         }
         return Ok(p.to_path_buf());
     }
@@ -219,7 +308,11 @@ pub fn cgroup_root(mount: &Path, explicit: Option<&Path>) -> anyhow::Result<Path
 /// This process's cgroup v2 path ("0::/system.slice/oomguard.service").
 pub fn own_cgroup() -> anyhow::Result<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
-    Ok(text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string())
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .to_string())
 }
 
 /// Creates the root group with memory and pids enabled from the mount down. A delegated parent
@@ -232,12 +325,19 @@ fn prepare_root(mount: &Path, root: &Path) -> anyhow::Result<Group> {
     if own == parent && own != mount {
         let leaf = Group::new(parent.join("daemon"));
         leaf.create()?;
-        leaf.write(crate::cgroupfs::CGROUP_PROCS, &std::process::id().to_string())
-            .context("moving the daemon into its own leaf group")?;
+        leaf.write(
+            crate::cgroupfs::CGROUP_PROCS,
+            &std::process::id().to_string(),
+        )
+        .context("moving the daemon into its own leaf group")?;
         info!("moved the daemon into {}", leaf.path().display());
     }
     // Enable top-down: every ancestor between the mount and the root must pass memory on.
-    let mut ancestors: Vec<&Path> = root.ancestors().skip(1).take_while(|p| p.starts_with(mount)).collect();
+    let mut ancestors: Vec<&Path> = root
+        .ancestors()
+        .skip(1)
+        .take_while(|p| p.starts_with(mount))
+        .collect();
     ancestors.reverse();
     for dir in ancestors {
         let g = Group::new(dir);

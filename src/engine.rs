@@ -69,7 +69,9 @@ impl Tracker {
     /// the threshold, and window boundaries need not line up with our wake-ups, so a run of events
     /// continues while they come less than two windows apart.
     pub fn on_pressure(&mut self, now: Instant, t: &PressureTrigger) -> Option<Offence> {
-        let continues = self.last_pressure.is_some_and(|last| now.saturating_duration_since(last) <= t.window * 2);
+        let continues = self
+            .last_pressure
+            .is_some_and(|last| now.saturating_duration_since(last) <= t.window * 2);
         if !continues {
             self.pressure_since = Some(now);
         }
@@ -111,8 +113,17 @@ impl Tracker {
     /// The worker ended on its own (crash, exit, kernel OOM kill) after running for `ran_for`.
     /// Backoff doubles with each quick exit and resets once a worker stayed up for `backoff.max`;
     /// more than `limit.count` such exits within `limit.within` leave the instance failed.
-    pub fn on_unplanned_exit(&mut self, now: Instant, ran_for: Duration, r: &RestartPolicy) -> AfterExit {
-        while self.exits.front().is_some_and(|t| now.saturating_duration_since(*t) > r.limit_within) {
+    pub fn on_unplanned_exit(
+        &mut self,
+        now: Instant,
+        ran_for: Duration,
+        r: &RestartPolicy,
+    ) -> AfterExit {
+        while self
+            .exits
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > r.limit_within)
+        {
             self.exits.pop_front();
         }
         self.exits.push_back(now);
@@ -145,7 +156,12 @@ mod tests {
     }
 
     fn pressure(sustain: u64) -> PressureTrigger {
-        PressureTrigger { kind: StallKind::Some, stall: ms(100), window: ms(1000), sustain: ms(sustain) }
+        PressureTrigger {
+            kind: StallKind::Some,
+            stall: ms(100),
+            window: ms(1000),
+            sustain: ms(sustain),
+        }
     }
 
     fn restart_policy() -> RestartPolicy {
@@ -163,21 +179,29 @@ mod tests {
     fn fire_at(sustain: u64, events: &[u64]) -> Vec<u64> {
         let t0 = Instant::now();
         let mut tr = Tracker::new();
-        events.iter().copied().filter(|&at| tr.on_pressure(t0 + ms(at), &pressure(sustain)).is_some()).collect()
+        events
+            .iter()
+            .copied()
+            .filter(|&at| tr.on_pressure(t0 + ms(at), &pressure(sustain)).is_some())
+            .collect()
     }
 
     #[test]
     fn pressure_table() {
         // (sustain ms, event offsets ms, offsets where an offence is reported)
         let table: &[(u64, &[u64], &[u64])] = &[
-            (0, &[0], &[0]),                                   // no `for`: the first event is enough
-            (2000, &[0, 1080, 2160], &[2160]),                 // a run of events held for 2 s
-            (2000, &[0, 1080, 4000, 5080], &[]),               // a gap of > 2 windows starts over
-            (2000, &[0, 1900, 3800], &[3800]),                 // gaps under 2 windows continue the run
-            (1000, &[0, 500], &[]),                            // not held long enough
+            (0, &[0], &[0]),                     // no `for`: the first event is enough
+            (2000, &[0, 1080, 2160], &[2160]),   // a run of events held for 2 s
+            (2000, &[0, 1080, 4000, 5080], &[]), // a gap of > 2 windows starts over
+            (2000, &[0, 1900, 3800], &[3800]),   // gaps under 2 windows continue the run
+            (1000, &[0, 500], &[]),              // not held long enough
         ];
         for (sustain, events, want) in table {
-            assert_eq!(fire_at(*sustain, events), *want, "sustain {sustain} events {events:?}");
+            assert_eq!(
+                fire_at(*sustain, events),
+                *want,
+                "sustain {sustain} events {events:?}"
+            );
         }
     }
 
@@ -196,10 +220,16 @@ mod tests {
     fn memory_trigger_needs_the_threshold_held() {
         let t0 = Instant::now();
         let mut tr = Tracker::new();
-        let t = MemoryTrigger { above: 100, sustain: ms(10_000) };
+        let t = MemoryTrigger {
+            above: 100,
+            sustain: ms(10_000),
+        };
         assert!(tr.on_memory(t0, 150, &t).is_none());
         assert_eq!(tr.memory_deadline(&t), Some(t0 + ms(10_000)));
-        assert!(tr.on_memory(t0 + ms(5000), 90, &t).is_none(), "dropped below: starts over");
+        assert!(
+            tr.on_memory(t0 + ms(5000), 90, &t).is_none(),
+            "dropped below: starts over"
+        );
         assert_eq!(tr.memory_deadline(&t), None);
         assert!(tr.on_memory(t0 + ms(6000), 150, &t).is_none());
         let off = tr.on_memory(t0 + ms(16_000), 151, &t).expect("held 10 s");
@@ -211,17 +241,25 @@ mod tests {
     #[test]
     fn backoff_doubles_caps_and_resets() {
         let t0 = Instant::now();
-        let r = RestartPolicy { limit_count: 100, ..restart_policy() };
+        let r = RestartPolicy {
+            limit_count: 100,
+            ..restart_policy()
+        };
         let mut tr = Tracker::new();
         let delays: Vec<_> = (0..6)
-            .map(|i| match tr.on_unplanned_exit(t0 + ms(i * 100), ms(10), &r) {
-                AfterExit::Respawn { after } => after.as_millis() as u64,
-                AfterExit::Fail { .. } => panic!("limit is 100"),
-            })
+            .map(
+                |i| match tr.on_unplanned_exit(t0 + ms(i * 100), ms(10), &r) {
+                    AfterExit::Respawn { after } => after.as_millis() as u64,
+                    AfterExit::Fail { .. } => panic!("limit is 100"),
+                },
+            )
             .collect();
         assert_eq!(delays, vec![1000, 2000, 4000, 8000, 8000, 8000]);
         // A worker that stayed up for backoff.max starts again from the initial delay.
-        assert_eq!(tr.on_unplanned_exit(t0 + ms(700), ms(8000), &r), AfterExit::Respawn { after: ms(1000) });
+        assert_eq!(
+            tr.on_unplanned_exit(t0 + ms(700), ms(8000), &r),
+            AfterExit::Respawn { after: ms(1000) }
+        );
     }
 
     #[test]
@@ -230,17 +268,29 @@ mod tests {
         let r = restart_policy(); // 3 within 60 s
         let mut tr = Tracker::new();
         for i in 0..3 {
-            assert!(matches!(tr.on_unplanned_exit(t0 + ms(i), ms(1), &r), AfterExit::Respawn { .. }));
+            assert!(matches!(
+                tr.on_unplanned_exit(t0 + ms(i), ms(1), &r),
+                AfterExit::Respawn { .. }
+            ));
         }
-        assert_eq!(tr.on_unplanned_exit(t0 + ms(3), ms(1), &r), AfterExit::Fail { exits: 4 });
+        assert_eq!(
+            tr.on_unplanned_exit(t0 + ms(3), ms(1), &r),
+            AfterExit::Fail { exits: 4 }
+        );
 
         let mut tr = Tracker::new();
         for i in 0..3 {
             tr.on_unplanned_exit(t0 + ms(i * 1000), ms(1), &r);
         }
         // The first exits fell out of the 60 s window.
-        assert!(matches!(tr.on_unplanned_exit(t0 + ms(61_500), ms(1), &r), AfterExit::Respawn { .. }));
+        assert!(matches!(
+            tr.on_unplanned_exit(t0 + ms(61_500), ms(1), &r),
+            AfterExit::Respawn { .. }
+        ));
         tr.reset_limit();
-        assert_eq!(tr.on_unplanned_exit(t0 + ms(62_000), ms(1), &r), AfterExit::Respawn { after: ms(1000) });
+        assert_eq!(
+            tr.on_unplanned_exit(t0 + ms(62_000), ms(1), &r),
+            AfterExit::Respawn { after: ms(1000) }
+        );
     }
 }

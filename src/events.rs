@@ -26,7 +26,10 @@ impl Default for EventLog {
 impl EventLog {
     pub fn new() -> EventLog {
         let (tx, _) = broadcast::channel(256);
-        EventLog { inner: Mutex::new((0, VecDeque::with_capacity(HISTORY))), tx }
+        EventLog {
+            inner: Mutex::new((0, VecDeque::with_capacity(HISTORY))),
+            tx,
+        }
     }
 
     /// Stamps `event` with a sequence number and the time, keeps it and broadcasts it.
@@ -51,7 +54,11 @@ impl EventLog {
     pub fn last(&self, n: usize) -> Vec<EventRecord> {
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let history = &guard.1;
-        history.iter().skip(history.len().saturating_sub(n)).cloned().collect()
+        history
+            .iter()
+            .skip(history.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
@@ -60,7 +67,9 @@ impl EventLog {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -92,12 +101,19 @@ mod tests {
         let log = EventLog::new();
         let mut rx = log.subscribe();
         log.push(event(0));
-        assert_eq!(rx.try_recv().unwrap().seq, 1, "subscribers see events pushed after they joined");
+        assert_eq!(
+            rx.try_recv().unwrap().seq,
+            1,
+            "subscribers see events pushed after they joined"
+        );
         for i in 1..HISTORY + 5 {
             log.push(event(i));
         }
         let last = log.last(3);
-        assert_eq!(last.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1003, 1004, 1005]);
+        assert_eq!(
+            last.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1003, 1004, 1005]
+        );
         assert_eq!(log.last(usize::MAX).len(), HISTORY);
     }
 }

@@ -32,13 +32,21 @@ pub async fn hold() -> anyhow::Result<()> {
     let unit = Group::new(Path::new(CGROUP_MOUNT).join(unit.trim_start_matches('/')));
     let leaf = unit.child("holder");
     leaf.create()?;
-    leaf.write(CGROUP_PROCS, &std::process::id().to_string()).context("moving into the holder leaf")?;
-    unit.enable_controllers(CONTROLLERS).with_context(|| format!("enabling {CONTROLLERS:?} in {}", unit.path().display()))?;
+    leaf.write(CGROUP_PROCS, &std::process::id().to_string())
+        .context("moving into the holder leaf")?;
+    unit.enable_controllers(CONTROLLERS)
+        .with_context(|| format!("enabling {CONTROLLERS:?} in {}", unit.path().display()))?;
     let workers = unit.child("workers");
     workers.create()?;
     workers.enable_controllers(CONTROLLERS)?;
-    info!("holding {} for oomguard's workers", workers.path().display());
-    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("holding the workers' cgroups")]);
+    info!(
+        "holding {} for oomguard's workers",
+        workers.path().display()
+    );
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("holding the workers' cgroups"),
+    ]);
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {

@@ -25,7 +25,10 @@ pub enum HostError {
     )]
     NoPsi { path: PathBuf },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -34,7 +37,10 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Checks that `mount` is a cgroup2 filesystem (statfs), then [`check_group`] on `parent`, the
 /// group whose children oomguard will create.
 pub fn check_host(mount: &Path, parent: &Path) -> Result<(), HostError> {
-    let fs = nix::sys::statfs::statfs(mount).map_err(|e| HostError::Read { path: mount.into(), source: e.into() })?;
+    let fs = nix::sys::statfs::statfs(mount).map_err(|e| HostError::Read {
+        path: mount.into(),
+        source: e.into(),
+    })?;
     let magic = fs.filesystem_type().0 as i64;
     if magic != CGROUP2_SUPER_MAGIC {
         let detail = if magic == TMPFS_MAGIC {
@@ -48,7 +54,10 @@ pub fn check_host(mount: &Path, parent: &Path) -> Result<(), HostError> {
         } else {
             format!(" (filesystem magic {magic:#x})")
         };
-        return Err(HostError::NotUnified { mount: mount.into(), detail });
+        return Err(HostError::NotUnified {
+            mount: mount.into(),
+            detail,
+        });
     }
     check_group(parent)
 }
@@ -57,10 +66,15 @@ pub fn check_host(mount: &Path, parent: &Path) -> Result<(), HostError> {
 pub fn check_group(parent: &Path) -> Result<(), HostError> {
     let group = Group::new(parent);
     let path = group.file(CGROUP_CONTROLLERS);
-    let controllers =
-        std::fs::read_to_string(&path).map_err(|source| HostError::Read { path: path.clone(), source })?;
+    let controllers = std::fs::read_to_string(&path).map_err(|source| HostError::Read {
+        path: path.clone(),
+        source,
+    })?;
     if !controllers.split_whitespace().any(|c| c == "memory") {
-        return Err(HostError::NoMemoryController { path: parent.into(), controllers: controllers.trim().into() });
+        return Err(HostError::NoMemoryController {
+            path: parent.into(),
+            controllers: controllers.trim().into(),
+        });
     }
     let pressure = group.file(MEMORY_PRESSURE);
     if !pressure.exists() {
@@ -86,8 +100,15 @@ mod tests {
     fn refuses_a_group_without_psi() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CGROUP_CONTROLLERS), "cpu memory pids\n").unwrap();
-        assert!(matches!(check_group(dir.path()), Err(HostError::NoPsi { .. })));
-        std::fs::write(dir.path().join(MEMORY_PRESSURE), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+        assert!(matches!(
+            check_group(dir.path()),
+            Err(HostError::NoPsi { .. })
+        ));
+        std::fs::write(
+            dir.path().join(MEMORY_PRESSURE),
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        )
+        .unwrap();
         check_group(dir.path()).expect("memory and PSI present");
     }
 

@@ -11,7 +11,9 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::cgroupfs::{CgroupError, Group, CGROUP_EVENTS, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK};
+use crate::cgroupfs::{
+    CgroupError, Group, CGROUP_EVENTS, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK,
+};
 use crate::engine::{AfterExit, Offence, Tracker};
 use crate::events::{now_ms, EventLog};
 use crate::policy::{Mode, Policy, StallKind};
@@ -86,15 +88,22 @@ pub struct Instance {
     events: Arc<EventLog>,
 }
 
+/// What an instance task is given by the fleet.
+pub struct Spec {
+    pub id: String,
+    pub policy: Arc<Policy>,
+    pub group: Group,
+    pub identity: Option<Identity>,
+    /// Shared by the policy's instances: one restart at a time.
+    pub restart_lock: Arc<Semaphore>,
+    pub events: Arc<EventLog>,
+}
+
 impl Instance {
+    /// `restored`: the counters a previous daemon saved for this instance.
     pub fn new(
-        id: String,
-        policy: Arc<Policy>,
-        group: Group,
-        identity: Option<Identity>,
+        spec: Spec,
         commands: mpsc::Receiver<Command>,
-        restart_lock: Arc<Semaphore>,
-        events: Arc<EventLog>,
         restored: Option<View>,
     ) -> (Instance, watch::Receiver<View>) {
         let view = restored.unwrap_or(View {
@@ -108,16 +117,16 @@ impl Instance {
         });
         let (view_tx, view_rx) = watch::channel(view.clone());
         let instance = Instance {
-            id,
-            policy,
-            group,
-            identity,
+            id: spec.id,
+            policy: spec.policy,
+            group: spec.group,
+            identity: spec.identity,
             tracker: Tracker::new(),
             view,
             view_tx,
             commands,
-            restart_lock,
-            events,
+            restart_lock: spec.restart_lock,
+            events: spec.events,
         };
         (instance, view_rx)
     }
@@ -151,8 +160,12 @@ impl Instance {
                 Err(e) => {
                     let what = format!("cannot start the worker: {e}");
                     error!(instance = %self.id, "{what}");
-                    self.events.push(self.event(Reason::Exited, "start_failed", &what));
-                    if self.after_unplanned_exit(Duration::ZERO, Reason::Exited, what).await {
+                    self.events
+                        .push(self.event(Reason::Exited, "start_failed", &what));
+                    if self
+                        .after_unplanned_exit(Duration::ZERO, Reason::Exited, what)
+                        .await
+                    {
                         continue;
                     }
                     return;
@@ -162,11 +175,23 @@ impl Instance {
             match self.watch(&mut worker).await {
                 Outcome::Offence(offence, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
-                    self.restart(worker, offence.reason, Some(woke), describe(&offence, &self.policy)).await;
+                    self.restart(
+                        worker,
+                        offence.reason,
+                        Some(woke),
+                        describe(&offence, &self.policy),
+                    )
+                    .await;
                 }
                 Outcome::Manual(reply) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
-                    self.restart(worker, Reason::Manual, None, "requested by an operator".into()).await;
+                    self.restart(
+                        worker,
+                        Reason::Manual,
+                        None,
+                        "requested by an operator".into(),
+                    )
+                    .await;
                     let _ = reply.send(Ok(format!("{} restarted", self.id)));
                 }
                 Outcome::Stop(reply) => {
@@ -177,7 +202,11 @@ impl Instance {
                 Outcome::Exited(status) => {
                     let ran_for = worker.started.elapsed();
                     let oom = self.finish_group(&mut worker).await;
-                    let reason = if oom { Reason::OomKilled } else { Reason::Exited };
+                    let reason = if oom {
+                        Reason::OomKilled
+                    } else {
+                        Reason::Exited
+                    };
                     let ending = if oom {
                         Ending::OomKilled
                     } else {
@@ -187,8 +216,13 @@ impl Instance {
                             after_ms: ms(ran_for),
                         }
                     };
-                    let how = status.map_or("exit status unknown: adopted".into(), |s| s.to_string());
-                    let what = format!("worker pid {} ended on its own after {} ({how})", worker.pid, fmt_dur(ran_for));
+                    let how =
+                        status.map_or("exit status unknown: adopted".into(), |s| s.to_string());
+                    let what = format!(
+                        "worker pid {} ended on its own after {} ({how})",
+                        worker.pid,
+                        fmt_dur(ran_for)
+                    );
                     self.record_ending(&worker, reason, ending, &what);
                     if !self.after_unplanned_exit(ran_for, reason, what).await {
                         return;
@@ -204,10 +238,17 @@ impl Instance {
         self.set_state(InstanceState::Starting, None);
         let mem = self.policy.memory;
         self.group.create().map_err(|e| e.to_string())?;
-        self.group.set_limits(mem.high, mem.max, mem.swap_max).map_err(|e| e.to_string())?;
-        let events_at_start = self.group.memory_events().unwrap_or_default();
-        let child = spawn::spawn(&self.policy.run, self.identity.as_ref(), &self.group, &self.id)
+        self.group
+            .set_limits(mem.high, mem.max, mem.swap_max)
             .map_err(|e| e.to_string())?;
+        let events_at_start = self.group.memory_events().unwrap_or_default();
+        let child = spawn::spawn(
+            &self.policy.run,
+            self.identity.as_ref(),
+            &self.group,
+            &self.id,
+        )
+        .map_err(|e| e.to_string())?;
         let pid = child.id().unwrap_or(0);
         let psi = self.policy.triggers.pressure.as_ref().and_then(|t| {
             PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
@@ -220,14 +261,26 @@ impl Instance {
         self.tracker.started();
         self.set_state(InstanceState::Running, Some(pid));
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
-        Ok(Worker { child: Some(child), pidfd: None, pid, started: Instant::now(), psi, memory_events, events_at_start, oom_kills_seen: 0 })
+        Ok(Worker {
+            child: Some(child),
+            pidfd: None,
+            pid,
+            started: Instant::now(),
+            psi,
+            memory_events,
+            events_at_start,
+            oom_kills_seen: 0,
+        })
     }
 
     /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
     fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
-        let pidfd = crate::psi::PidWatch::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        let pidfd =
+            crate::psi::PidWatch::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
         let mem = self.policy.memory;
-        self.group.set_limits(mem.high, mem.max, mem.swap_max).map_err(|e| e.to_string())?;
+        self.group
+            .set_limits(mem.high, mem.max, mem.swap_max)
+            .map_err(|e| e.to_string())?;
         let psi = self.policy.triggers.pressure.as_ref().and_then(|t| {
             PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
                 .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
@@ -238,7 +291,16 @@ impl Instance {
         self.tracker.started();
         self.set_state(InstanceState::Running, Some(pid));
         info!(instance = %self.id, pid, "adopted the running worker");
-        Ok(Worker { child: None, pidfd: Some(pidfd), pid, started: Instant::now(), psi, memory_events, events_at_start, oom_kills_seen: 0 })
+        Ok(Worker {
+            child: None,
+            pidfd: Some(pidfd),
+            pid,
+            started: Instant::now(),
+            psi,
+            memory_events,
+            events_at_start,
+            oom_kills_seen: 0,
+        })
     }
 
     /// Waits for the first thing that ends this worker's run: an offence (enforce mode), an
@@ -292,7 +354,10 @@ impl Instance {
         if self.policy.mode == Mode::Enforce {
             return Some(Outcome::Offence(offence, woke));
         }
-        let what = format!("would restart (observe mode): {}", describe(&offence, &self.policy));
+        let what = format!(
+            "would restart (observe mode): {}",
+            describe(&offence, &self.policy)
+        );
         info!(instance = %self.id, reason = offence.reason.as_str(), "{what}");
         let numbers = self.numbers();
         let mut ev = self.event(offence.reason, "would_restart", &what);
@@ -308,7 +373,11 @@ impl Instance {
     fn memory_sample_due(&self) -> Option<Instant> {
         let t = self.policy.triggers.memory.as_ref()?;
         let tick = Instant::now() + Duration::from_secs(1);
-        Some(self.tracker.memory_deadline(t).map_or(tick, |d| d.min(tick)))
+        Some(
+            self.tracker
+                .memory_deadline(t)
+                .map_or(tick, |d| d.min(tick)),
+        )
     }
 
     fn sample_memory(&mut self) -> Option<Outcome> {
@@ -322,13 +391,20 @@ impl Instance {
     /// Counts kernel OOM kills as they happen (the worker may survive one that hit a child).
     fn on_memory_events(&mut self, w: &mut Worker, text: &str) {
         let now = crate::cgroupfs::parse_keyed(text);
-        let kills = now.get("oom_kill").copied().unwrap_or(0).saturating_sub(w.events_at_start.get("oom_kill").copied().unwrap_or(0));
+        let kills = now
+            .get("oom_kill")
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(w.events_at_start.get("oom_kill").copied().unwrap_or(0));
         if kills > w.oom_kills_seen {
             let new = kills - w.oom_kills_seen;
             w.oom_kills_seen = kills;
             self.view.oom_kills += new;
             self.view_tx.send_replace(self.view.clone());
-            let what = format!("the kernel OOM killer killed {new} process(es) in the group (memory.max {})", self.policy.memory.max);
+            let what = format!(
+                "the kernel OOM killer killed {new} process(es) in the group (memory.max {})",
+                self.policy.memory.max
+            );
             warn!(instance = %self.id, "{what}");
             let numbers = self.numbers();
             let mut ev = self.event(Reason::OomKilled, "oom_kill", &what);
@@ -342,7 +418,9 @@ impl Instance {
     fn update(&mut self, policy: Arc<Policy>, w: &mut Worker) {
         let mem = policy.memory;
         match self.group.set_limits(mem.high, mem.max, mem.swap_max) {
-            Ok(()) => info!(instance = %self.id, "limits now memory.high {} memory.max {}", mem.high, mem.max),
+            Ok(()) => {
+                info!(instance = %self.id, "limits now memory.high {} memory.max {}", mem.high, mem.max)
+            }
             Err(e) => error!(instance = %self.id, "reload: cannot apply limits: {e}"),
         }
         if policy.triggers.pressure != self.policy.triggers.pressure {
@@ -380,7 +458,10 @@ impl Instance {
         ev.ending = Some(ending);
         ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
         ev.signal_to_exit_ms = to_exit.map(ms);
-        ev.memory_events_delta = delta(&w.events_at_start, &self.group.memory_events().unwrap_or_default());
+        ev.memory_events_delta = delta(
+            &w.events_at_start,
+            &self.group.memory_events().unwrap_or_default(),
+        );
         self.events.push(ev);
     }
 
@@ -394,7 +475,11 @@ impl Instance {
 
     /// Signal, grace, kill. Returns how the worker ended, the time from the decision's wake-up to
     /// the signal, and from the signal to the group being empty.
-    async fn shut_down(&mut self, w: &mut Worker, woke: Option<Instant>) -> (Ending, Option<Duration>, Option<Duration>) {
+    async fn shut_down(
+        &mut self,
+        w: &mut Worker,
+        woke: Option<Instant>,
+    ) -> (Ending, Option<Duration>, Option<Duration>) {
         let p = self.policy.clone();
         // Drop the trigger first: no more events about a worker that is on its way out.
         w.psi = None;
@@ -424,11 +509,17 @@ impl Instance {
             _ => {
                 self.kill_group().await;
                 let _ = wait_worker(w).await;
-                Ending::KilledAfterGrace { after_ms: ms(signalled.elapsed()) }
+                Ending::KilledAfterGrace {
+                    after_ms: ms(signalled.elapsed()),
+                }
             }
         };
         let to_exit = signalled.elapsed();
-        let ending = if self.oom_killed_since_start(w) { Ending::OomKilled } else { ending };
+        let ending = if self.oom_killed_since_start(w) {
+            Ending::OomKilled
+        } else {
+            ending
+        };
         if let Err(e) = self.group.set_high(p.memory.high) {
             warn!(instance = %self.id, "cannot restore memory.high: {e}");
         }
@@ -467,9 +558,17 @@ impl Instance {
     }
 
     /// Backoff or failed after an unplanned exit. Returns false when the task should end.
-    async fn after_unplanned_exit(&mut self, ran_for: Duration, reason: Reason, what: String) -> bool {
+    async fn after_unplanned_exit(
+        &mut self,
+        ran_for: Duration,
+        reason: Reason,
+        what: String,
+    ) -> bool {
         self.count_restart(reason);
-        match self.tracker.on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart) {
+        match self
+            .tracker
+            .on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart)
+        {
             AfterExit::Respawn { after } => {
                 info!(instance = %self.id, reason = reason.as_str(), "respawning in {}: {what}", fmt_dur(after));
                 self.set_state(InstanceState::Backoff, None);
@@ -526,7 +625,10 @@ impl Instance {
         let mut ev = self.event(reason, "exit", what);
         fill_numbers(&mut ev, &self.numbers());
         ev.ending = Some(ending);
-        ev.memory_events_delta = delta(&w.events_at_start, &self.group.memory_events().unwrap_or_default());
+        ev.memory_events_delta = delta(
+            &w.events_at_start,
+            &self.group.memory_events().unwrap_or_default(),
+        );
         self.events.push(ev);
     }
 
@@ -578,7 +680,12 @@ fn fill_numbers(ev: &mut EventRecord, n: &Numbers) {
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after
         .iter()
-        .map(|(k, v)| (k.clone(), v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
         .filter(|(_, d)| *d > 0)
         .collect()
 }
@@ -586,7 +693,10 @@ fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTree
 fn describe(offence: &Offence, policy: &Policy) -> String {
     match offence.reason {
         Reason::Pressure => {
-            let t = policy.triggers.pressure.expect("a pressure offence needs a pressure trigger");
+            let t = policy
+                .triggers
+                .pressure
+                .expect("a pressure offence needs a pressure trigger");
             format!(
                 "memory pressure held {} (trigger {} {}/{} for {})",
                 fmt_dur(offence.held_for),
@@ -600,7 +710,10 @@ fn describe(offence: &Offence, policy: &Policy) -> String {
             )
         }
         Reason::Memory => {
-            let t = policy.triggers.memory.expect("a memory offence needs a memory trigger");
+            let t = policy
+                .triggers
+                .memory
+                .expect("a memory offence needs a memory trigger");
             format!(
                 "memory.current {} above {} for {} (trigger for {})",
                 offence.memory_current.map_or("?".into(), human_bytes),
@@ -616,12 +729,18 @@ fn describe(offence: &Offence, policy: &Policy) -> String {
 fn describe_ending(ending: &Ending, signal: i32) -> String {
     let sig = Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.to_string());
     match ending {
-        Ending::Exited { code, signal, after_ms } => match (code, signal) {
+        Ending::Exited {
+            code,
+            signal,
+            after_ms,
+        } => match (code, signal) {
             (Some(c), _) => format!("exited by itself {after_ms} ms after {sig} (code {c})"),
             (_, Some(s)) => format!("ended by signal {s} {after_ms} ms after {sig}"),
             _ => format!("ended {after_ms} ms after {sig}"),
         },
-        Ending::KilledAfterGrace { after_ms } => format!("still running after the grace period: killed the group {after_ms} ms after {sig}"),
+        Ending::KilledAfterGrace { after_ms } => format!(
+            "still running after the grace period: killed the group {after_ms} ms after {sig}"
+        ),
         Ending::OomKilled => "OOM-killed by the kernel during the grace period".into(),
     }
 }
@@ -688,7 +807,13 @@ async fn sleep_until_opt(at: Option<Instant>) {
 pub async fn wait_empty(group: &Group, limit: Duration) -> bool {
     let watch = FileWatch::open(&group.file(CGROUP_EVENTS));
     let Ok(mut watch) = watch else { return true };
-    let check = |text: &str| crate::cgroupfs::parse_keyed(text).get("populated").copied().unwrap_or(0) == 0;
+    let check = |text: &str| {
+        crate::cgroupfs::parse_keyed(text)
+            .get("populated")
+            .copied()
+            .unwrap_or(0)
+            == 0
+    };
     match watch.read() {
         Ok(t) if check(&t) => return true,
         Err(_) => return true,

@@ -18,11 +18,21 @@ pub enum PsiError {
     #[error(
         "cannot open {path} for a PSI trigger: {source}. PSI may be disabled (boot with psi=1, check cgroup.pressure)"
     )]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the kernel refused the PSI trigger {trigger:?} on {path}: {source}")]
-    Arm { path: PathBuf, trigger: String, source: std::io::Error },
+    Arm {
+        path: PathBuf,
+        trigger: String,
+        source: std::io::Error,
+    },
     #[error("cannot watch {path}: {source}")]
-    Register { path: PathBuf, source: std::io::Error },
+    Register {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the cgroup of {path} is gone")]
     Gone { path: PathBuf },
 }
@@ -51,10 +61,17 @@ impl PsiTrigger {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|source| PsiError::Open { path: path.clone(), source })?;
+            .map_err(|source| PsiError::Open {
+                path: path.clone(),
+                source,
+            })?;
         let text = trigger_text(trigger);
         file.write_all(text.as_bytes())
-            .map_err(|source| PsiError::Arm { path: path.clone(), trigger: text.trim_end_matches('\0').into(), source })?;
+            .map_err(|source| PsiError::Arm {
+                path: path.clone(),
+                trigger: text.trim_end_matches('\0').into(),
+                source,
+            })?;
         let fd = register(file, &path)?;
         Ok(PsiTrigger { fd, path })
     }
@@ -65,11 +82,16 @@ impl PsiTrigger {
             .fd
             .ready(Interest::PRIORITY | Interest::ERROR)
             .await
-            .map_err(|source| PsiError::Register { path: self.path.clone(), source })?;
+            .map_err(|source| PsiError::Register {
+                path: self.path.clone(),
+                source,
+            })?;
         let ready = guard.ready();
         guard.clear_ready();
         if ready.is_error() {
-            return Err(PsiError::Gone { path: self.path.clone() });
+            return Err(PsiError::Gone {
+                path: self.path.clone(),
+            });
         }
         Ok(())
     }
@@ -89,8 +111,14 @@ impl FileWatch {
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|source| PsiError::Open { path: path.into(), source })?;
-        Ok(FileWatch { fd: register(file, path)?, path: path.into() })
+            .map_err(|source| PsiError::Open {
+                path: path.into(),
+                source,
+            })?;
+        Ok(FileWatch {
+            fd: register(file, path)?,
+            path: path.into(),
+        })
     }
 
     /// Reads the whole file from offset 0 (the kernel regenerates it on each read).
@@ -99,7 +127,9 @@ impl FileWatch {
         let mut text = String::new();
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_string(&mut text))
-            .map_err(|_| PsiError::Gone { path: self.path.clone() })?;
+            .map_err(|_| PsiError::Gone {
+                path: self.path.clone(),
+            })?;
         Ok(text)
     }
 
@@ -110,7 +140,10 @@ impl FileWatch {
                 .fd
                 .ready(Interest::PRIORITY | Interest::ERROR)
                 .await
-                .map_err(|source| PsiError::Register { path: self.path.clone(), source })?;
+                .map_err(|source| PsiError::Register {
+                    path: self.path.clone(),
+                    source,
+                })?;
             guard.clear_ready_matching(Ready::PRIORITY | Ready::ERROR);
         }
         self.read()
@@ -120,46 +153,16 @@ impl FileWatch {
 fn register(file: File, path: &Path) -> Result<AsyncFd<File>, PsiError> {
     // SAFETY: the AsyncFd owns the File, so the fd stays open and refers to the same file
     // description for the AsyncFd's whole lifetime.
-    unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY | Interest::ERROR) }
-        .map_err(|e| PsiError::Register { path: path.into(), source: e.into() })
+    unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY | Interest::ERROR) }.map_err(
+        |e| PsiError::Register {
+            path: path.into(),
+            source: e.into(),
+        },
+    )
 }
 
 /// The smallest window older kernels accept; newer ones dropped the minimum.
 pub const MIN_WINDOW: Duration = Duration::from_millis(500);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trigger_text_is_in_microseconds() {
-        let t = PressureTrigger {
-            kind: StallKind::Some,
-            stall: Duration::from_millis(150),
-            window: Duration::from_secs(1),
-            sustain: Duration::ZERO,
-        };
-        assert_eq!(trigger_text(&t), "some 150000 1000000\0");
-        let full = PressureTrigger { kind: StallKind::Full, ..t };
-        assert!(trigger_text(&full).starts_with("full "));
-    }
-
-    #[tokio::test]
-    async fn a_regular_file_cannot_be_armed_as_a_trigger() {
-        // On a plain file the write succeeds but epoll refuses it: the error names the file.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory.pressure");
-        std::fs::write(&path, "").unwrap();
-        let t = PressureTrigger {
-            kind: StallKind::Some,
-            stall: Duration::from_millis(100),
-            window: Duration::from_secs(1),
-            sustain: Duration::ZERO,
-        };
-        let err = PsiTrigger::arm(&path, &t).err().expect("plain files are not pollable");
-        assert!(err.to_string().contains("memory.pressure"), "{err}");
-    }
-}
 
 /// A process that is not our child (a worker adopted from a previous daemon): its pidfd becomes
 /// readable when it exits (pidfd_open, Linux 5.3). Its exit status is not ours to collect.
@@ -178,12 +181,52 @@ impl PidWatch {
         // SAFETY: the kernel just returned this fd to us and nothing else owns it.
         let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as i32) };
         // SAFETY: the AsyncFd owns the fd for its whole lifetime.
-        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }.map_err(std::io::Error::from)?;
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
         Ok(PidWatch { fd })
     }
 
     pub async fn exited(&self) {
         // Readable means the process is gone; an error means the same for our purpose.
         let _ = self.fd.readable().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_text_is_in_microseconds() {
+        let t = PressureTrigger {
+            kind: StallKind::Some,
+            stall: Duration::from_millis(150),
+            window: Duration::from_secs(1),
+            sustain: Duration::ZERO,
+        };
+        assert_eq!(trigger_text(&t), "some 150000 1000000\0");
+        let full = PressureTrigger {
+            kind: StallKind::Full,
+            ..t
+        };
+        assert!(trigger_text(&full).starts_with("full "));
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_cannot_be_armed_as_a_trigger() {
+        // On a plain file the write succeeds but epoll refuses it: the error names the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.pressure");
+        std::fs::write(&path, "").unwrap();
+        let t = PressureTrigger {
+            kind: StallKind::Some,
+            stall: Duration::from_millis(100),
+            window: Duration::from_secs(1),
+            sustain: Duration::ZERO,
+        };
+        let err = PsiTrigger::arm(&path, &t)
+            .err()
+            .expect("plain files are not pollable");
+        assert!(err.to_string().contains("memory.pressure"), "{err}");
     }
 }

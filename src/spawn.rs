@@ -26,9 +26,15 @@ pub enum SpawnError {
     #[error("cannot look up user or group {name:?}: {source}")]
     Lookup { name: String, source: nix::Error },
     #[error("cannot open {path} to place the worker: {source}")]
-    OpenProcs { path: PathBuf, source: std::io::Error },
+    OpenProcs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start {command:?}: {source}")]
-    Exec { command: String, source: std::io::Error },
+    Exec {
+        command: String,
+        source: std::io::Error,
+    },
 }
 
 /// Who the worker runs as, resolved in the parent.
@@ -44,9 +50,14 @@ pub struct Identity {
 /// Resolves `run.user` / `run.group`. `None` when the worker keeps the daemon's identity (root).
 pub fn resolve_identity(run: &Run) -> Result<Option<Identity>, SpawnError> {
     let group = match &run.group {
-        Some(name) => {
-            Some(UnixGroup::from_name(name).map_err(|source| SpawnError::Lookup { name: name.clone(), source })?.ok_or_else(|| SpawnError::NoGroup(name.clone()))?)
-        }
+        Some(name) => Some(
+            UnixGroup::from_name(name)
+                .map_err(|source| SpawnError::Lookup {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| SpawnError::NoGroup(name.clone()))?,
+        ),
         None => None,
     };
     let Some(name) = &run.user else {
@@ -58,15 +69,32 @@ pub fn resolve_identity(run: &Run) -> Result<Option<Identity>, SpawnError> {
             home: "/root".into(),
         }));
     };
-    let user = User::from_name(name).map_err(|source| SpawnError::Lookup { name: name.clone(), source })?.ok_or_else(|| SpawnError::NoUser(name.clone()))?;
+    let user = User::from_name(name)
+        .map_err(|source| SpawnError::Lookup {
+            name: name.clone(),
+            source,
+        })?
+        .ok_or_else(|| SpawnError::NoUser(name.clone()))?;
     let gid = group.map_or(user.gid, |g| g.gid);
     let cname = CString::new(name.as_str()).map_err(|_| SpawnError::NoUser(name.clone()))?;
-    let mut groups: Vec<u32> =
-        nix::unistd::getgrouplist(&cname, gid).map_err(|source| SpawnError::Lookup { name: name.clone(), source })?.into_iter().map(Gid::as_raw).collect();
+    let mut groups: Vec<u32> = nix::unistd::getgrouplist(&cname, gid)
+        .map_err(|source| SpawnError::Lookup {
+            name: name.clone(),
+            source,
+        })?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect();
     if !groups.contains(&gid.as_raw()) {
         groups.push(gid.as_raw());
     }
-    Ok(Some(Identity { uid: user.uid.as_raw(), gid: gid.as_raw(), groups, name: name.clone(), home: user.dir }))
+    Ok(Some(Identity {
+        uid: user.uid.as_raw(),
+        gid: gid.as_raw(),
+        groups,
+        name: name.clone(),
+        home: user.dir,
+    }))
 }
 
 /// Builds and starts the worker inside `group`. `instance` ("celery/0") is passed in the
@@ -83,18 +111,28 @@ pub fn spawn(
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&procs_path)
-        .map_err(|source| SpawnError::OpenProcs { path: procs_path.clone(), source })?
+        .map_err(|source| SpawnError::OpenProcs {
+            path: procs_path.clone(),
+            source,
+        })?
         .into();
 
     let mut cmd = tokio::process::Command::new(&run.command[0]);
-    cmd.args(&run.command[1..]).stdin(Stdio::null()).kill_on_drop(false);
+    cmd.args(&run.command[1..])
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
     // A clean environment: the daemon's own (NOTIFY_SOCKET, RUST_LOG, ...) is not the worker's.
-    cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.env_clear().env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     if let Ok(lang) = std::env::var("LANG") {
         cmd.env("LANG", lang);
     }
     if let Some(id) = identity {
-        cmd.env("USER", &id.name).env("LOGNAME", &id.name).env("HOME", &id.home);
+        cmd.env("USER", &id.name)
+            .env("LOGNAME", &id.name)
+            .env("HOME", &id.home);
     }
     cmd.env("OOMGUARD_INSTANCE", instance);
     cmd.envs(&run.env);
@@ -116,7 +154,10 @@ pub fn spawn(
             }
             // The daemon runs with OOMScoreAdjust=-900 so the kernel spares it; its workers must
             // not inherit that shield from the system-wide OOM killer.
-            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            let adj = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
             if adj >= 0 {
                 libc::write(adj, zero.as_ptr().cast(), zero.len());
                 libc::close(adj);
@@ -132,7 +173,10 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec { command: run.command.join(" "), source })?;
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        command: run.command.join(" "),
+        source,
+    })?;
     drop(procs);
     Ok(child)
 }

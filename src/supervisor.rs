@@ -13,9 +13,9 @@ use tracing::{error, info};
 
 use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_HIGH, MEMORY_MAX, MEMORY_PEAK};
 use crate::events::EventLog;
-use crate::instance::{Command, Instance, View};
+use crate::instance::{Command, Instance, Spec, View};
 use crate::policy::Policy;
-use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, StatusReport};
+use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, StatusReport};
 use crate::spawn::{self, Identity};
 
 /// Controllers every level of oomguard's subtree enables for the next.
@@ -38,14 +38,8 @@ struct Handle {
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
-/// What a reload did, by policy name.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReloadSummary {
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-    pub unchanged: Vec<String>,
-}
+/// Policies and the handles of their selected instances.
+type Selection = Vec<(Arc<Policy>, Vec<Handle>)>;
 
 /// Persisted across daemon restarts (state.json): each instance's counters and main pid.
 pub type SavedState = BTreeMap<String, View>;
@@ -67,7 +61,12 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(root: Group, events: Arc<EventLog>) -> Fleet {
-        Fleet { root, events, policies: RwLock::new(BTreeMap::new()), started: Instant::now() }
+        Fleet {
+            root,
+            events,
+            policies: RwLock::new(BTreeMap::new()),
+            started: Instant::now(),
+        }
     }
 
     pub fn events(&self) -> &Arc<EventLog> {
@@ -84,16 +83,29 @@ impl Fleet {
     pub fn start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
-        group.create().map_err(|e| FleetError::Failed(e.to_string()))?;
-        group.enable_controllers(CONTROLLERS).map_err(|e| FleetError::Failed(e.to_string()))?;
-        let identity = spawn::resolve_identity(&policy.run).map_err(|e| FleetError::Failed(e.to_string()))?;
-        let mut run = PolicyRun { policy: policy.clone(), lock: Arc::new(Semaphore::new(1)), identity, instances: Vec::new() };
+        group
+            .create()
+            .map_err(|e| FleetError::Failed(e.to_string()))?;
+        group
+            .enable_controllers(CONTROLLERS)
+            .map_err(|e| FleetError::Failed(e.to_string()))?;
+        let identity =
+            spawn::resolve_identity(&policy.run).map_err(|e| FleetError::Failed(e.to_string()))?;
+        let mut run = PolicyRun {
+            policy: policy.clone(),
+            lock: Arc::new(Semaphore::new(1)),
+            identity,
+            instances: Vec::new(),
+        };
         for index in 0..policy.run.instances {
             let handle = self.spawn_instance(&run, index, saved);
             run.instances.push(handle);
         }
         info!(policy = %policy.name, mode = ?policy.mode, instances = policy.run.instances, "policy started from {}", policy.source.display());
-        self.policies.write().unwrap_or_else(|e| e.into_inner()).insert(policy.name.clone(), run);
+        self.policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(policy.name.clone(), run);
         Ok(())
     }
 
@@ -103,31 +115,45 @@ impl Fleet {
         let restored = saved.get(&id).cloned();
         let adopt = find_main_pid(&group, restored.as_ref().and_then(|v| v.main_pid));
         let (tx, rx) = mpsc::channel(8);
-        let (instance, view) = Instance::new(
-            id.clone(),
-            run.policy.clone(),
-            group.clone(),
-            run.identity.clone(),
-            rx,
-            run.lock.clone(),
-            self.events.clone(),
-            restored,
-        );
+        let spec = Spec {
+            id: id.clone(),
+            policy: run.policy.clone(),
+            group: group.clone(),
+            identity: run.identity.clone(),
+            restart_lock: run.lock.clone(),
+            events: self.events.clone(),
+        };
+        let (instance, view) = Instance::new(spec, rx, restored);
         let task = tokio::spawn(instance.run(adopt));
-        Handle { id, group, commands: tx, view, task: Arc::new(std::sync::Mutex::new(Some(task))) }
+        Handle {
+            id,
+            group,
+            commands: tx,
+            view,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        }
     }
 
     /// Every instance's counters and main pid, for state.json.
     pub fn saved_state(&self) -> SavedState {
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-        policies.values().flat_map(|r| r.instances.iter()).map(|h| (h.id.clone(), h.view.borrow().clone())).collect()
+        policies
+            .values()
+            .flat_map(|r| r.instances.iter())
+            .map(|h| (h.id.clone(), h.view.borrow().clone()))
+            .collect()
     }
 
     /// Applies a new set of validated policies: new ones start, removed ones stop gracefully,
     /// changed ones get their limits and triggers live and start or stop instances to match the
     /// new count. A changed `run` section takes effect at each instance's next start.
-    pub async fn reload(&self, new: Vec<Policy>) -> ReloadSummary {
-        let mut summary = ReloadSummary::default();
+    pub async fn reload(&self, new: Vec<Policy>) -> ReloadReport {
+        let mut summary = ReloadReport {
+            added: vec![],
+            changed: vec![],
+            removed: vec![],
+            unchanged: vec![],
+        };
         let current: BTreeMap<String, Arc<Policy>> = self
             .policies
             .read()
@@ -162,13 +188,19 @@ impl Fleet {
         let policy = Arc::new(policy);
         let (to_update, to_stop) = {
             let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
-            let Some(run) = policies.get_mut(&policy.name) else { return };
+            let Some(run) = policies.get_mut(&policy.name) else {
+                return;
+            };
             run.policy = policy.clone();
             if let Ok(id) = spawn::resolve_identity(&policy.run) {
                 run.identity = id;
             }
             let keep = policy.run.instances as usize;
-            let to_stop: Vec<Handle> = if run.instances.len() > keep { run.instances.split_off(keep) } else { Vec::new() };
+            let to_stop: Vec<Handle> = if run.instances.len() > keep {
+                run.instances.split_off(keep)
+            } else {
+                Vec::new()
+            };
             let to_update = run.instances.clone();
             for index in run.instances.len()..keep {
                 let handle = self.spawn_instance(run, index as u32, &SavedState::new());
@@ -182,19 +214,29 @@ impl Fleet {
         }
         join_all(to_stop.iter().map(stop_instance)).await;
     }
-    fn handles(&self, target: Option<&str>) -> Result<Vec<(Arc<Policy>, Vec<Handle>)>, FleetError> {
+    fn handles(&self, target: Option<&str>) -> Result<Selection, FleetError> {
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
         let Some(target) = target else {
-            return Ok(policies.values().map(|r| (r.policy.clone(), r.instances.clone())).collect());
+            return Ok(policies
+                .values()
+                .map(|r| (r.policy.clone(), r.instances.clone()))
+                .collect());
         };
         let (name, index) = match target.split_once('/') {
             Some((n, i)) => (n, Some(i)),
             None => (target, None),
         };
-        let run = policies.get(name).ok_or_else(|| FleetError::NotFound(target.into()))?;
+        let run = policies
+            .get(name)
+            .ok_or_else(|| FleetError::NotFound(target.into()))?;
         let instances: Vec<Handle> = match index {
             None => run.instances.clone(),
-            Some(_) => run.instances.iter().filter(|h| h.id == target).cloned().collect(),
+            Some(_) => run
+                .instances
+                .iter()
+                .filter(|h| h.id == target)
+                .cloned()
+                .collect(),
         };
         if instances.is_empty() {
             return Err(FleetError::NotFound(target.into()));
@@ -227,12 +269,21 @@ impl Fleet {
     /// Graceful restart of one instance, or a rolling restart of a policy (one after the other;
     /// each reply arrives once its new worker runs).
     pub async fn restart(&self, target: &str) -> Result<String, FleetError> {
-        let handles: Vec<Handle> = self.handles(Some(target))?.into_iter().flat_map(|(_, h)| h).collect();
+        let handles: Vec<Handle> = self
+            .handles(Some(target))?
+            .into_iter()
+            .flat_map(|(_, h)| h)
+            .collect();
         let mut done = Vec::new();
         for h in handles {
             let (tx, rx) = oneshot::channel();
-            h.commands.send(Command::Restart(tx)).await.map_err(|_| FleetError::Failed(format!("{} is stopped", h.id)))?;
-            let msg = rx.await.map_err(|_| FleetError::Failed(format!("{} stopped during the restart", h.id)))?;
+            h.commands
+                .send(Command::Restart(tx))
+                .await
+                .map_err(|_| FleetError::Failed(format!("{} is stopped", h.id)))?;
+            let msg = rx
+                .await
+                .map_err(|_| FleetError::Failed(format!("{} stopped during the restart", h.id)))?;
             done.push(msg.map_err(FleetError::Failed)?);
         }
         Ok(done.join("; "))
@@ -240,14 +291,24 @@ impl Fleet {
 
     /// Stops every instance of every policy gracefully, all policies at once.
     pub async fn stop_all(&self) {
-        let names: Vec<String> = self.policies.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let names: Vec<String> = self
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let stops = names.into_iter().map(|name| self.stop_policy(name));
         join_all(stops).await;
     }
 
     /// Stops a policy's instances gracefully (in parallel) and removes its groups.
     pub async fn stop_policy(&self, name: String) {
-        let run = self.policies.write().unwrap_or_else(|e| e.into_inner()).remove(&name);
+        let run = self
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
         let Some(run) = run else { return };
         join_all(run.instances.iter().map(stop_instance)).await;
         if let Err(e) = self.root.child(&name).remove() {
@@ -278,7 +339,10 @@ fn find_main_pid(group: &Group, saved: Option<u32>) -> Option<u32> {
     if let Some(pid) = saved.filter(|p| procs.contains(p)) {
         return Some(pid);
     }
-    procs.iter().copied().find(|pid| parent_pid(*pid).is_some_and(|ppid| !procs.contains(&ppid)))
+    procs
+        .iter()
+        .copied()
+        .find(|pid| parent_pid(*pid).is_some_and(|ppid| !procs.contains(&ppid)))
 }
 
 fn parent_pid(pid: u32) -> Option<u32> {

@@ -19,7 +19,8 @@ fn policy(name: &str, command: &str, extra: &str) -> Policy {
         "name: {name}\nrun:\n  command: {command}\n  instances: 1\nmemory:\n  high: 48M\n  max: 96M\n\
          triggers:\n  pressure: {{some: 100ms, window: 1s}}\n{extra}"
     );
-    parse(Path::new("/etc/oomguard/policies.d/test.yaml"), &text).unwrap_or_else(|e| panic!("{e:?}"))
+    parse(Path::new("/etc/oomguard/policies.d/test.yaml"), &text)
+        .unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// A fake tree: the root and policy groups with the files the kernel would create.
@@ -39,7 +40,12 @@ fn fleet(dir: &Path, names: &[&str]) -> Arc<Fleet> {
     Arc::new(Fleet::new(root, Arc::new(EventLog::new())))
 }
 
-async fn wait_for(fleet: &Fleet, id: &str, what: &str, f: impl Fn(&InstanceStatus) -> bool) -> InstanceStatus {
+async fn wait_for(
+    fleet: &Fleet,
+    id: &str,
+    what: &str,
+    f: impl Fn(&InstanceStatus) -> bool,
+) -> InstanceStatus {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let report = fleet.status(Some(id)).unwrap();
@@ -47,7 +53,10 @@ async fn wait_for(fleet: &Fleet, id: &str, what: &str, f: impl Fn(&InstanceStatu
         if f(&st) {
             return st;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {id}: {what}; last {st:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {id}: {what}; last {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -65,51 +74,114 @@ fn alive(pid: u32) -> bool {
 async fn manual_restart_signals_the_worker_and_respawns_it() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["sleeper"]);
-    fleet.start_policy(policy("sleeper", r#"["/bin/sleep", "1000"]"#, ""), &SavedState::new()).unwrap();
-    wait_for(&fleet, "sleeper/0", "running", |s| s.state == InstanceState::Running).await;
+    fleet
+        .start_policy(
+            policy("sleeper", r#"["/bin/sleep", "1000"]"#, ""),
+            &SavedState::new(),
+        )
+        .unwrap();
+    wait_for(&fleet, "sleeper/0", "running", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
     let first = main_pid(&fleet, "sleeper/0").expect("a pid");
     // The worker placed itself in the (fake) group before exec.
-    assert_eq!(std::fs::read_to_string(dir.path().join("oomguard/sleeper/0/cgroup.procs")).unwrap(), "0");
-    assert_eq!(std::fs::read_to_string(dir.path().join("oomguard/sleeper/0/memory.max")).unwrap(), "100663296");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("oomguard/sleeper/0/cgroup.procs")).unwrap(),
+        "0"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("oomguard/sleeper/0/memory.max")).unwrap(),
+        "100663296"
+    );
 
     let msg = fleet.restart("sleeper/0").await.unwrap();
     assert!(msg.contains("sleeper/0 restarted"), "{msg}");
-    let st = wait_for(&fleet, "sleeper/0", "running again", |s| s.state == InstanceState::Running).await;
+    let st = wait_for(&fleet, "sleeper/0", "running again", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
     let second = main_pid(&fleet, "sleeper/0").unwrap();
     assert_ne!(first, second);
     assert!(!alive(first), "the old worker is gone");
     assert_eq!(st.restarts, 1);
     assert_eq!(st.last_restart_reason, Some(Reason::Manual));
     // memory.high was lifted for the grace period and is back to the policy's value.
-    assert_eq!(std::fs::read_to_string(dir.path().join("oomguard/sleeper/0/memory.high")).unwrap(), "50331648");
-    let ev = fleet.events().last(10).into_iter().find(|e| e.action == "restart").expect("a restart event");
-    assert!(matches!(ev.ending, Some(Ending::Exited { signal: Some(15), .. })), "{:?}", ev.ending);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("oomguard/sleeper/0/memory.high")).unwrap(),
+        "50331648"
+    );
+    let ev = fleet
+        .events()
+        .last(10)
+        .into_iter()
+        .find(|e| e.action == "restart")
+        .expect("a restart event");
+    assert!(
+        matches!(
+            ev.ending,
+            Some(Ending::Exited {
+                signal: Some(15),
+                ..
+            })
+        ),
+        "{:?}",
+        ev.ending
+    );
     assert!(ev.message.contains("SIGTERM"), "{}", ev.message);
 
     fleet.stop_all().await;
     assert!(!alive(second));
     // (rmdir of the groups is proven in the VM: a fake tree's directories hold plain files.)
-    assert!(fleet.status(Some("sleeper")).is_err(), "the policy is gone after stop");
+    assert!(
+        fleet.status(Some("sleeper")).is_err(),
+        "the policy is gone after stop"
+    );
 }
 
 #[tokio::test]
 async fn a_worker_that_exits_is_respawned_and_a_crash_loop_ends_failed() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["crash"]);
-    let limits = "restart:\n  backoff: {initial: 10ms, max: 40ms}\n  limit: {count: 3, within: 1h}\n";
-    fleet.start_policy(policy("crash", r#"["/bin/false"]"#, limits), &SavedState::new()).unwrap();
-    let st = wait_for(&fleet, "crash/0", "failed", |s| s.state == InstanceState::Failed).await;
-    assert_eq!(st.restarts, 4, "three respawns, then the fourth exit fails it");
+    let limits =
+        "restart:\n  backoff: {initial: 10ms, max: 40ms}\n  limit: {count: 3, within: 1h}\n";
+    fleet
+        .start_policy(
+            policy("crash", r#"["/bin/false"]"#, limits),
+            &SavedState::new(),
+        )
+        .unwrap();
+    let st = wait_for(&fleet, "crash/0", "failed", |s| {
+        s.state == InstanceState::Failed
+    })
+    .await;
+    assert_eq!(
+        st.restarts, 4,
+        "three respawns, then the fourth exit fails it"
+    );
     assert_eq!(st.last_restart_reason, Some(Reason::Exited));
     let events = fleet.events().last(20);
     assert_eq!(events.iter().filter(|e| e.action == "exit").count(), 4);
-    let failed = events.iter().find(|e| e.action == "failed").expect("a failed event");
-    assert!(failed.message.contains("oomguard restart crash/0"), "{}", failed.message);
-    assert!(matches!(events[0].ending, Some(Ending::Exited { code: Some(1), .. })));
+    let failed = events
+        .iter()
+        .find(|e| e.action == "failed")
+        .expect("a failed event");
+    assert!(
+        failed.message.contains("oomguard restart crash/0"),
+        "{}",
+        failed.message
+    );
+    assert!(matches!(
+        events[0].ending,
+        Some(Ending::Exited { code: Some(1), .. })
+    ));
 
     // An operator restart gives a failed instance a new start (and it fails again).
     fleet.restart("crash/0").await.unwrap();
-    wait_for(&fleet, "crash/0", "failed again", |s| s.state == InstanceState::Failed && s.restarts == 8).await;
+    wait_for(&fleet, "crash/0", "failed again", |s| {
+        s.state == InstanceState::Failed && s.restarts == 8
+    })
+    .await;
     fleet.stop_all().await;
 }
 
@@ -124,7 +196,10 @@ async fn reload_applies_limits_live_and_changes_instance_counts() {
         p
     };
     fleet.start_policy(two("48M"), &SavedState::new()).unwrap();
-    wait_for(&fleet, "web/1", "running", |s| s.state == InstanceState::Running).await;
+    wait_for(&fleet, "web/1", "running", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
     let pid0 = main_pid(&fleet, "web/0").unwrap();
     let pid1 = main_pid(&fleet, "web/1").unwrap();
 
@@ -137,7 +212,11 @@ async fn reload_applies_limits_live_and_changes_instance_counts() {
     while high() != "33554432" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(high(), "33554432", "the new memory.high applied to the running worker");
+    assert_eq!(
+        high(),
+        "33554432",
+        "the new memory.high applied to the running worker"
+    );
     assert_eq!(main_pid(&fleet, "web/0"), Some(pid0), "without a restart");
     assert!(!alive(pid1), "the extra instance was stopped");
     assert!(fleet.status(Some("web/1")).is_err());
