@@ -201,12 +201,27 @@ impl Daemon {
         })
     }
 
-    /// SIGTERM, then up to 20 s for a graceful exit, then SIGKILL.
+    /// SIGTERM, then up to 20 s for a graceful exit (the Drop kills it after that).
     pub fn stop(mut self) -> Result<ExitStatus> {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&mut self, sig: i32) -> Result<()> {
+        self.ensure_alive()?;
+        signal(self.child.id(), sig)
+    }
+
+    /// Sends `sig` and waits up to 20 s for the daemon to exit.
+    pub fn signal_and_wait(&mut self, sig: i32) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
-        signal(self.child.id(), libc::SIGTERM)?;
+        signal(self.child.id(), sig)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -214,7 +229,14 @@ impl Daemon {
             }
             sleep(Duration::from_millis(50));
         }
-        bail!("the daemon did not exit within 20 s of SIGTERM")
+        bail!("the daemon did not exit within 20 s of signal {sig}")
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up, as in a crash.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 }
 

@@ -114,20 +114,21 @@ EOF
 }
 
 # ---- scenarios ----
-# From `vm-scenarios --list`: name, kind (test|demo), in-VM budget in seconds, extra kernel args.
-declare -A kind budget kargs
+# From `vm-scenarios --list`: name, kind (test|demo), in-VM budget in seconds, VM memory in MiB,
+# extra kernel args.
+declare -A kind budget mem kargs
 load_scenarios() {
-  local name k b a
+  local name k b m a
   all_tests=()
-  while IFS=$'\t' read -r name k b a; do
-    kind[$name]=$k budget[$name]=$b kargs[$name]=$a
+  while IFS=$'\t' read -r name k b m a; do
+    kind[$name]=$k budget[$name]=$b mem[$name]=$m kargs[$name]=$a
     if [ "$k" = test ]; then all_tests+=("$name"); fi
   done < <("$bin_scenarios" --list)
 }
 
 run_scenario() { # <name>: boots one VM; sets verdict and reason
   local name=$1 log="$logs/$1.log" limit=$((${budget[$1]} + 90)) rc=0
-  timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 512 \
+  timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "${mem[$1]}" \
     -nographic -no-reboot -kernel "$kernel" -initrd "$initramfs" \
     -append "console=ttyS0 panic=-1 loglevel=4 oomguard.scenario=$name ${kargs[$name]}" \
     </dev/null >"$log" 2>&1 || rc=$?

@@ -3,7 +3,9 @@
 //! `SCENARIO <name> FAIL: <why>`. `vm-scenarios --list` (run on the host by tests/vm/run.sh)
 //! prints the table below, so adding a scenario means adding one row here.
 
+mod bench;
 mod harness;
+mod lifecycle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -28,6 +30,8 @@ struct Scenario {
     kernel_args: &'static str,
     /// In-VM watchdog: the scenario fails (with the daemon log) if it takes longer.
     budget_s: u64,
+    /// The VM's memory (qemu -m).
+    vm_mb: u32,
     run: fn() -> Result<()>,
 }
 
@@ -37,6 +41,7 @@ const SCENARIOS: &[Scenario] = &[
         demo: false,
         kernel_args: "",
         budget_s: 60,
+        vm_mb: 512,
         run: smoke,
     },
     Scenario {
@@ -44,6 +49,7 @@ const SCENARIOS: &[Scenario] = &[
         demo: false,
         kernel_args: "",
         budget_s: 150,
+        vm_mb: 512,
         run: leak_restart,
     },
     Scenario {
@@ -51,6 +57,7 @@ const SCENARIOS: &[Scenario] = &[
         demo: false,
         kernel_args: "",
         budget_s: 90,
+        vm_mb: 512,
         run: observe,
     },
     Scenario {
@@ -58,6 +65,7 @@ const SCENARIOS: &[Scenario] = &[
         demo: false,
         kernel_args: "",
         budget_s: 90,
+        vm_mb: 512,
         run: respawn,
     },
     Scenario {
@@ -65,6 +73,7 @@ const SCENARIOS: &[Scenario] = &[
         demo: false,
         kernel_args: "",
         budget_s: 90,
+        vm_mb: 512,
         run: bad_policy,
     },
     Scenario {
@@ -72,6 +81,7 @@ const SCENARIOS: &[Scenario] = &[
         demo: false,
         kernel_args: "cgroup_disable=memory",
         budget_s: 60,
+        vm_mb: 512,
         run: no_memory_controller,
     },
     Scenario {
@@ -79,13 +89,47 @@ const SCENARIOS: &[Scenario] = &[
         demo: false,
         kernel_args: "",
         budget_s: 90,
+        vm_mb: 512,
         run: grace_kill,
+    },
+    Scenario {
+        name: "adopt",
+        demo: false,
+        kernel_args: "",
+        budget_s: 150,
+        vm_mb: 512,
+        run: lifecycle::adopt,
+    },
+    Scenario {
+        name: "reload",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: lifecycle::reload,
+    },
+    Scenario {
+        name: "bench_goodput",
+        demo: true,
+        kernel_args: "",
+        budget_s: 400,
+        vm_mb: 512,
+        run: bench::bench_goodput,
+    },
+    Scenario {
+        name: "bench_scale",
+        demo: true,
+        kernel_args: "",
+        budget_s: 600,
+        vm_mb: 3072,
+        run: bench::bench_scale,
     },
     Scenario {
         name: "demo",
         demo: true,
         kernel_args: "",
         budget_s: 120,
+        vm_mb: 512,
         run: demo,
     },
 ];
@@ -94,10 +138,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["--list"] => {
-            // name, kind, budget, kernel args: tab-separated, parsed by run.sh.
+            // name, kind, budget, VM memory, kernel args: tab-separated, parsed by run.sh.
             for s in SCENARIOS {
                 let kind = if s.demo { "demo" } else { "test" };
-                println!("{}\t{kind}\t{}\t{}", s.name, s.budget_s, s.kernel_args);
+                println!(
+                    "{}\t{kind}\t{}\t{}\t{}",
+                    s.name, s.budget_s, s.vm_mb, s.kernel_args
+                );
             }
             ExitCode::SUCCESS
         }

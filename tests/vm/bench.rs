@@ -1,0 +1,226 @@
+//! Benchmarks on a real kernel (run by name: `tests/vm/run.sh bench_goodput bench_scale`). They
+//! print `METRIC <name> <value>` lines that the README's figures come from, and fail only when
+//! something is broken (the daemon dies, nothing runs), never on a timing.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use oomguard::protocol::{EventRecord, Request};
+
+use crate::harness::*;
+
+const PHASE: Duration = Duration::from_secs(40);
+
+/// One fleet configuration: how the leaking worker is guarded.
+struct Phase {
+    name: &'static str,
+    mode: &'static str,
+    memory: &'static str,
+    triggers: &'static str,
+}
+
+const PHASES: &[Phase] = &[
+    // The kernel throttles at memory.high and nobody acts: the crawl that never ends.
+    Phase {
+        name: "no_guard",
+        mode: "observe",
+        memory: "memory:\n  high: 48M\n  max: 96M\n",
+        triggers: "triggers:\n  pressure: {some: 100ms, window: 1s, for: 1s}\n",
+    },
+    // A hard cap and a plain respawn (what a container restart policy gives): OOM kills.
+    Phase {
+        name: "max_respawn",
+        mode: "observe",
+        memory: "memory:\n  high: 96M\n  max: 96M\n",
+        triggers: "triggers:\n  pressure: {some: 100ms, window: 1s, for: 1s}\n",
+    },
+    // oomguard on PSI alone, restarting after 1 s of sustained pressure.
+    Phase {
+        name: "oomguard_pressure",
+        mode: "enforce",
+        memory: "memory:\n  high: 48M\n  max: 96M\n",
+        triggers: "triggers:\n  pressure: {some: 100ms, window: 1s, for: 1s}\n",
+    },
+    // oomguard as the README recommends: act below memory.high, PSI as the backstop.
+    Phase {
+        name: "oomguard_tuned",
+        mode: "enforce",
+        memory: "memory:\n  high: 48M\n  max: 96M\n",
+        triggers: "triggers:\n  memory: {above: 40M}\n  pressure: {some: 100ms, window: 1s}\n",
+    },
+];
+
+/// Goodput of a worker leaking 8 MB/s relative to a healthy twin, OOM kills and lost jobs, for
+/// each way of guarding it; and the time from the kernel's wake-up to the signal.
+pub fn bench_goodput() -> Result<()> {
+    make_ledger_dir()?;
+    for phase in PHASES {
+        run_phase(phase).with_context(|| format!("phase {}", phase.name))?;
+    }
+    Ok(())
+}
+
+fn run_phase(p: &Phase) -> Result<()> {
+    let dir = format!("/tmp/bench-{}", p.name);
+    let leaky = format!("{}-leaky", p.name);
+    let healthy = format!("{}-healthy", p.name);
+    let policy = |name: &str, leak: &str| {
+        let cmd = worker_command(&["--ledger", &ledger_path(name), "--leak-mb-per-s", leak]);
+        format!(
+            "name: {name}\nmode: {}\nrun:\n  command: {cmd}\n  instances: 1\n  user: worker\n{}{}\
+             restart:\n  grace: 10s\n  backoff: {{initial: 100ms, max: 1s}}\n  limit: {{count: 1000, within: 1h}}\n",
+            p.mode, p.memory, p.triggers
+        )
+    };
+    write_policy(&dir, &leaky, &policy(&leaky, "8"))?;
+    write_policy(&dir, &healthy, &policy(&healthy, "0"))?;
+    let oom_before = vmstat_oom_kill()?;
+    let mut daemon = Daemon::start(&dir)?;
+    let ids = [format!("{leaky}/0"), format!("{healthy}/0")];
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    daemon.wait_running(&ids, Duration::from_secs(20))?;
+    let daemon_pid = daemon.pid();
+    let cpu_before = cpu_ticks(daemon_pid)?;
+    let started = Instant::now();
+    while started.elapsed() < PHASE {
+        daemon.ensure_alive()?;
+        sleep(Duration::from_millis(500));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(daemon_pid)? - cpu_before) as f64 / 100.0 / elapsed * 100.0;
+    let report = daemon.status()?;
+    let running: BTreeSet<u32> = all_pids(&report);
+    let events: Vec<EventRecord> = client(&["events", "--last", "1000", "--json"])?
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    daemon.stop()?;
+
+    let lg = Ledger::read(&ledger_path(&leaky))?;
+    let hg = Ledger::read(&ledger_path(&healthy))?;
+    let ratio = lg.completed_jobs() as f64 / (hg.completed_jobs() as f64).max(1.0);
+    let lost = lg.lost_jobs(&running).len();
+    let ooms = vmstat_oom_kill()? - oom_before;
+    let restarts = require_instance(&report, &format!("{leaky}/0"))?.restarts;
+    let n = p.name;
+    println!("METRIC {n}.goodput_ratio {ratio:.3}");
+    println!("METRIC {n}.oom_kills {ooms}");
+    println!("METRIC {n}.lost_jobs {lost}");
+    println!("METRIC {n}.restarts {restarts}");
+    println!("METRIC {n}.daemon_cpu_percent {cpu:.2}");
+    let mut latencies: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e.trigger_to_signal_us)
+        .collect();
+    if !latencies.is_empty() {
+        latencies.sort_unstable();
+        println!(
+            "METRIC {n}.trigger_to_signal_us_median {}",
+            latencies[latencies.len() / 2]
+        );
+        println!(
+            "METRIC {n}.trigger_to_signal_us_max {}",
+            latencies[latencies.len() - 1]
+        );
+        println!("METRIC {n}.trigger_to_signal_samples {}", latencies.len());
+    }
+    let exits: Vec<u64> = events.iter().filter_map(|e| e.signal_to_exit_ms).collect();
+    if !exits.is_empty() {
+        println!("METRIC {n}.signal_to_exit_ms_median {}", median(exits));
+    }
+    evidence(&format!("{n} leaky ledger"), lg.summary());
+    Ok(())
+}
+
+/// Daemon RSS and CPU with 100 instances, then status latency (p50/p99 over 200 requests through
+/// the library client) and RSS with 1,000 instances.
+pub fn bench_scale() -> Result<()> {
+    for (instances, policies) in [(100u32, 1u32), (1000, 10)] {
+        let dir = format!("/tmp/scale-{instances}");
+        let per = instances / policies;
+        for i in 0..policies {
+            let yaml = format!(
+                "name: fleet{i}\nrun:\n  command: [\"/bin/sleep\", \"100000\"]\n  instances: {per}\n\
+                 memory:\n  high: 16M\n  max: 32M\n\
+                 triggers:\n  pressure: {{some: 100ms, window: 1s, for: 1s}}\n"
+            );
+            write_policy(&dir, &format!("fleet{i}"), &yaml)?;
+        }
+        let mut daemon = Daemon::start(&dir)?;
+        let started = Instant::now();
+        daemon.wait_status("every instance running", Duration::from_secs(240), |r| {
+            let running = r
+                .policies
+                .iter()
+                .flat_map(|p| &p.instances)
+                .filter(|i| !i.pids.is_empty())
+                .count();
+            (running == instances as usize).then_some(())
+        })?;
+        println!(
+            "METRIC scale{instances}.start_seconds {:.1}",
+            started.elapsed().as_secs_f64()
+        );
+        let pid = daemon.pid();
+        sleep(Duration::from_secs(2));
+        let cpu_before = cpu_ticks(pid)?;
+        let idle = Duration::from_secs(20);
+        sleep(idle);
+        let cpu = (cpu_ticks(pid)? - cpu_before) as f64 / 100.0 / idle.as_secs_f64() * 100.0;
+        println!("METRIC scale{instances}.daemon_idle_cpu_percent {cpu:.2}");
+        let (p50, p99) = status_latency(200)?;
+        println!("METRIC scale{instances}.status_p50_ms {p50:.2}");
+        println!("METRIC scale{instances}.status_p99_ms {p99:.2}");
+        println!("METRIC scale{instances}.daemon_rss_kib {}", rss_kib(pid)?);
+        daemon.stop()?;
+    }
+    Ok(())
+}
+
+/// Status requests one after the other over the socket, timed in-process (no CLI start-up).
+fn status_latency(n: usize) -> Result<(f64, f64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let resp = rt.block_on(oomguard::client::request(
+            Path::new(SOCKET),
+            &Request::Status { target: None },
+        ));
+        ensure!(resp.is_ok(), "status request failed: {:?}", resp.err());
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((ms[n / 2], ms[(n * 99) / 100]))
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// utime + stime in clock ticks (USER_HZ, 100 on Linux).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .context("stat format")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
