@@ -349,3 +349,61 @@ fn prepare_root(mount: &Path, root: &Path) -> anyhow::Result<Group> {
     group.enable_controllers(CONTROLLERS)?;
     Ok(group)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path, dry_run: bool) -> Options {
+        Options {
+            policies: dir.to_path_buf(),
+            socket: dir.join("oomguard.sock"),
+            cgroup_root: None,
+            dry_run,
+            socket_group: None,
+            admin_uids: vec![],
+        }
+    }
+
+    #[test]
+    fn dry_run_turns_every_policy_to_observe() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "run:\n  command: [\"/bin/sleep\", \"1\"]\nmemory:\n  high: 48M\n  max: 96M\n\
+                    triggers:\n  pressure: {some: 100ms, window: 1s}\n";
+        std::fs::write(dir.path().join("web.yaml"), yaml).unwrap();
+        let enforced = load_policies(&opts(dir.path(), false)).unwrap();
+        assert_eq!(enforced[0].mode, Mode::Enforce);
+        let dry = load_policies(&opts(dir.path(), true)).unwrap();
+        assert_eq!(dry[0].mode, Mode::Observe);
+    }
+
+    #[test]
+    fn a_bad_policy_dir_is_refused_with_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "nonsense: 1\n").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "also: 2\n").unwrap();
+        let errors = load_policies(&opts(dir.path(), false)).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("a.yaml") && errors[1].contains("b.yaml"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_cgroup_root_must_be_below_the_mount() {
+        let mount = Path::new("/sys/fs/cgroup");
+        assert!(cgroup_root(mount, Some(Path::new("/tmp/x"))).is_err());
+        assert!(cgroup_root(mount, Some(mount)).is_err());
+        let ok = cgroup_root(mount, Some(Path::new("/sys/fs/cgroup/og"))).unwrap();
+        assert_eq!(ok, Path::new("/sys/fs/cgroup/og"));
+    }
+
+    #[test]
+    fn state_lives_beside_the_socket() {
+        assert_eq!(
+            state_path(Path::new("/run/oomguard/oomguard.sock")),
+            Path::new("/run/oomguard/state.json")
+        );
+    }
+}
