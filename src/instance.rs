@@ -34,8 +34,9 @@ pub enum Command {
     Restart(oneshot::Sender<Result<String, String>>),
     /// Graceful stop; the task ends after replying.
     Stop(oneshot::Sender<String>),
-    /// A reloaded policy: new limits and triggers apply to the running worker.
-    Update(Arc<Policy>),
+    /// A reloaded policy: new limits and triggers apply to the running worker; the reply comes
+    /// once they are written.
+    Update(Arc<Policy>, oneshot::Sender<()>),
 }
 
 /// What the instance task publishes for status and metrics.
@@ -341,7 +342,10 @@ impl Instance {
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Restart(reply)) => return Outcome::Manual(reply),
                     Some(Command::Stop(reply)) => return Outcome::Stop(reply),
-                    Some(Command::Update(policy)) => self.update(policy, w),
+                    Some(Command::Update(policy, done)) => {
+                        self.update(policy, w);
+                        let _ = done.send(());
+                    }
                     // The supervisor is gone: the daemon is exiting without stopping workers.
                     None => std::future::pending::<()>().await,
                 },
@@ -572,9 +576,19 @@ impl Instance {
             AfterExit::Respawn { after } => {
                 info!(instance = %self.id, reason = reason.as_str(), "respawning in {}: {what}", fmt_dur(after));
                 self.set_state(InstanceState::Backoff, None);
-                tokio::select! {
-                    _ = tokio::time::sleep(after) => true,
-                    cmd = self.commands.recv() => self.command_while_down(cmd),
+                let until = tokio::time::Instant::now() + after;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => return true,
+                        cmd = self.commands.recv() => match cmd {
+                            // A reload during the backoff does not cut it short.
+                            Some(Command::Update(policy, done)) => {
+                                self.policy = policy;
+                                let _ = done.send(());
+                            }
+                            other => return self.command_while_down(other),
+                        },
+                    }
                 }
             }
             AfterExit::Fail { exits } => {
@@ -587,13 +601,16 @@ impl Instance {
                 self.events.push(self.event(reason, "failed", &msg));
                 self.set_state(InstanceState::Failed, None);
                 loop {
-                    let cmd = self.commands.recv().await;
-                    if matches!(cmd, Some(Command::Update(_))) {
-                        self.command_while_down(cmd);
-                        continue;
+                    match self.commands.recv().await {
+                        Some(Command::Update(policy, done)) => {
+                            self.policy = policy;
+                            let _ = done.send(());
+                        }
+                        other => {
+                            self.tracker.reset_limit();
+                            return self.command_while_down(other);
+                        }
                     }
-                    self.tracker.reset_limit();
-                    return self.command_while_down(cmd);
                 }
             }
         }
@@ -612,8 +629,9 @@ impl Instance {
                 let _ = reply.send(format!("{} stopped", self.id));
                 false
             }
-            Some(Command::Update(policy)) => {
+            Some(Command::Update(policy, done)) => {
                 self.policy = policy;
+                let _ = done.send(());
                 true
             }
             None => false,

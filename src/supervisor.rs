@@ -209,8 +209,17 @@ impl Fleet {
             (to_update, to_stop)
         };
         info!(policy = %policy.name, instances = policy.run.instances, "reload: policy changed");
+        // Reply once every running instance has the new limits, so a reload that returned has
+        // taken effect.
         for h in to_update {
-            let _ = h.commands.send(Command::Update(policy.clone())).await;
+            let (done, applied) = oneshot::channel();
+            if h.commands
+                .send(Command::Update(policy.clone(), done))
+                .await
+                .is_ok()
+            {
+                let _ = applied.await;
+            }
         }
         join_all(to_stop.iter().map(stop_instance)).await;
     }
