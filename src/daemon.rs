@@ -80,6 +80,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             error!(policy = %name, "not started: {e}");
         }
     }
+    let strays = fleet.reap_strays();
+    if !strays.is_empty() {
+        info!(
+            "{} group(s) under the root belong to no policy: stopping their workers",
+            strays.len()
+        );
+    }
     let listener = server::bind(&opts.socket, opts.socket_group.as_deref())
         .with_context(|| format!("binding {}", opts.socket.display()))?;
     let api = Arc::new(DaemonApi {

@@ -439,14 +439,17 @@ impl Instance {
         self.tracker.started();
     }
 
-    /// The graceful restart: lift memory.high so a throttled worker can finish its job, send the
-    /// worker's own shutdown signal, wait up to the grace period for the group to empty, then
-    /// cgroup.kill; restore the limits. The caller respawns at once.
+    /// The graceful restart: the worker's own shutdown signal, memory.high lifted so a throttled
+    /// worker can finish its job, up to the grace period for the group to empty, then
+    /// cgroup.kill; the limits restored. The caller respawns at once.
     async fn restart(&mut self, mut w: Worker, reason: Reason, woke: Option<Instant>, why: String) {
-        self.count_restart(reason);
+        // The signal goes first: everything else (numbers, bookkeeping, dropping the PSI trigger,
+        // whose close waits for an RCU grace period) would only delay it.
+        let (signalled, to_signal) = self.signal(&mut w, woke);
         let numbers = self.numbers();
+        self.count_restart(reason);
         self.set_state(InstanceState::Restarting, Some(w.pid));
-        let (ending, to_signal, to_exit) = self.shut_down(&mut w, woke).await;
+        let (ending, to_exit) = self.await_exit(&mut w, signalled).await;
         let how = describe_ending(&ending, self.policy.restart.signal);
         let what = format!(
             "restart ({}): {why}; memory {} (high {}, max {}), psi some avg10 {:.1}%; {how}",
@@ -461,7 +464,7 @@ impl Instance {
         fill_numbers(&mut ev, &numbers);
         ev.ending = Some(ending);
         ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
-        ev.signal_to_exit_ms = to_exit.map(ms);
+        ev.signal_to_exit_ms = Some(ms(to_exit));
         ev.memory_events_delta = delta(
             &w.events_at_start,
             &self.group.memory_events().unwrap_or_default(),
@@ -471,33 +474,34 @@ impl Instance {
 
     async fn stop(&mut self, mut w: Worker) {
         self.set_state(InstanceState::Restarting, Some(w.pid));
-        let (ending, _, _) = self.shut_down(&mut w, None).await;
+        let (signalled, _) = self.signal(&mut w, None);
+        let (ending, _) = self.await_exit(&mut w, signalled).await;
         info!(instance = %self.id, pid = w.pid, "stopped: {}", describe_ending(&ending, self.policy.restart.signal));
         let _ = self.group.remove();
         self.set_state(InstanceState::Stopped, None);
     }
 
-    /// Signal, grace, kill. Returns how the worker ended, the time from the decision's wake-up to
-    /// the signal, and from the signal to the group being empty.
-    async fn shut_down(
-        &mut self,
-        w: &mut Worker,
-        woke: Option<Instant>,
-    ) -> (Ending, Option<Duration>, Option<Duration>) {
-        let p = self.policy.clone();
-        // Drop the trigger first: no more events about a worker that is on its way out.
-        w.psi = None;
-        if let Err(e) = self.group.set_high(crate::units::Limit::Max) {
-            warn!(instance = %self.id, "cannot lift memory.high for the grace period: {e}");
-        }
-        let signal = Signal::try_from(p.restart.signal).unwrap_or(Signal::SIGTERM);
+    /// Sends the worker its shutdown signal, then lifts memory.high so a throttled worker can
+    /// finish its job and exit quickly, and drops the PSI trigger (no more events about a worker
+    /// on its way out). Returns when the signal went out and how long after the wake-up.
+    fn signal(&mut self, w: &mut Worker, woke: Option<Instant>) -> (Instant, Option<Duration>) {
+        let signal = Signal::try_from(self.policy.restart.signal).unwrap_or(Signal::SIGTERM);
         let sent = kill(Pid::from_raw(w.pid as i32), signal);
         let signalled = Instant::now();
-        let to_signal = woke.map(|t| signalled.duration_since(t));
         if let Err(e) = sent {
             warn!(instance = %self.id, pid = w.pid, "cannot send {signal}: {e}");
         }
-        let grace = p.restart.grace;
+        if let Err(e) = self.group.set_high(crate::units::Limit::Max) {
+            warn!(instance = %self.id, "cannot lift memory.high for the grace period: {e}");
+        }
+        w.psi = None;
+        (signalled, woke.map(|t| signalled.duration_since(t)))
+    }
+
+    /// Waits up to the grace period for the group to empty, then cgroup.kill; restores
+    /// memory.high. Returns how the worker ended and how long after the signal.
+    async fn await_exit(&mut self, w: &mut Worker, signalled: Instant) -> (Ending, Duration) {
+        let grace = self.policy.restart.grace;
         let exited = tokio::time::timeout(grace, async {
             let status = wait_worker(w).await;
             wait_empty(&self.group, grace).await;
@@ -524,10 +528,10 @@ impl Instance {
         } else {
             ending
         };
-        if let Err(e) = self.group.set_high(p.memory.high) {
+        if let Err(e) = self.group.set_high(self.policy.memory.high) {
             warn!(instance = %self.id, "cannot restore memory.high: {e}");
         }
-        (ending, to_signal, Some(to_exit))
+        (ending, to_exit)
     }
 
     /// cgroup.kill, repeated until the group is empty.

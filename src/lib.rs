@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod psi;
+pub mod sampler;
 pub mod server;
 pub mod spawn;
 pub mod supervisor;

@@ -7,15 +7,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use futures_util::future::join_all;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_HIGH, MEMORY_MAX, MEMORY_PEAK};
+use crate::cgroupfs::Group;
 use crate::events::EventLog;
 use crate::instance::{Command, Instance, Spec, View};
 use crate::policy::Policy;
 use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, StatusReport};
+use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
 
 /// Controllers every level of oomguard's subtree enables for the next.
@@ -57,6 +60,8 @@ pub struct Fleet {
     events: Arc<EventLog>,
     policies: RwLock<BTreeMap<String, PolicyRun>>,
     started: Instant,
+    /// Numbers for status and metrics, read at most every couple of seconds.
+    samples: Arc<Samples>,
 }
 
 impl Fleet {
@@ -66,6 +71,7 @@ impl Fleet {
             events,
             policies: RwLock::new(BTreeMap::new()),
             started: Instant::now(),
+            samples: Arc::new(Samples::default()),
         }
     }
 
@@ -255,13 +261,23 @@ impl Fleet {
 
     /// Status of everything, one policy, or one instance, with live numbers from the cgroups.
     pub fn status(&self, target: Option<&str>) -> Result<StatusReport, FleetError> {
-        let policies = self
-            .handles(target)?
+        let selected = self.handles(target)?;
+        let every_group = self
+            .handles(None)?
+            .into_iter()
+            .flat_map(|(_, hs)| hs)
+            .map(|h| h.group)
+            .collect();
+        let samples = self.samples.get(every_group);
+        let policies = selected
             .into_iter()
             .map(|(policy, handles)| PolicyStatus {
                 name: policy.name.clone(),
                 mode: policy.mode,
-                instances: handles.iter().map(instance_status).collect(),
+                instances: handles
+                    .iter()
+                    .map(|h| instance_status(h, samples.get(h.group.path())))
+                    .collect(),
             })
             .collect();
         Ok(StatusReport {
@@ -298,6 +314,58 @@ impl Fleet {
         Ok(done.join("; "))
     }
 
+    /// Groups under the root that no policy owns any more (a policy removed or shrunk while no
+    /// daemon ran): their workers get SIGTERM, then cgroup.kill after `STRAY_GRACE`, and the
+    /// groups are removed. Runs in the background; returns the groups it found.
+    pub fn reap_strays(&self) -> Vec<Group> {
+        let managed: Vec<std::path::PathBuf> = {
+            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+            policies
+                .values()
+                .flat_map(|r| r.instances.iter().map(|h| h.group.path().to_path_buf()))
+                .collect()
+        };
+        let mut strays = Vec::new();
+        for policy_dir in subdirs(self.root.path()) {
+            let policy = Group::new(&policy_dir);
+            let instances = subdirs(&policy_dir);
+            for dir in instances.iter().filter(|d| !managed.contains(d)) {
+                strays.push(Group::new(dir));
+            }
+            if instances.is_empty()
+                && !self
+                    .policies
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&file_name(&policy_dir))
+            {
+                let _ = policy.remove();
+            }
+        }
+        for g in &strays {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let procs = g.procs().unwrap_or_default();
+                if !procs.is_empty() {
+                    warn!(group = %g.path().display(), ?procs, "no policy owns this group any more: stopping its workers");
+                    for pid in &procs {
+                        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+                    }
+                    if !crate::instance::wait_empty(&g, STRAY_GRACE).await {
+                        let _ = g.kill();
+                        crate::instance::wait_empty(&g, STRAY_GRACE).await;
+                    }
+                }
+                let _ = g.remove();
+                if let Some(parent) = g.path().parent() {
+                    // Only succeeds once the policy's group is empty, which is what we want.
+                    let _ = std::fs::remove_dir(parent);
+                }
+            });
+        }
+        strays
+    }
+
     /// Stops every instance of every policy gracefully, all policies at once.
     pub async fn stop_all(&self) {
         let names: Vec<String> = self
@@ -324,6 +392,28 @@ impl Fleet {
             error!(policy = %name, "cannot remove the policy's group: {e}");
         }
     }
+}
+
+/// How long a stray worker gets between SIGTERM and cgroup.kill.
+const STRAY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn subdirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Graceful stop of one instance; returns once its task ended and its group is removed.
@@ -361,23 +451,29 @@ fn parent_pid(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn instance_status(h: &Handle) -> InstanceStatus {
+/// State and counters come live from the instance task; the numbers from the last sample. The
+/// main pid is always the live one; the group's other pids are added when the sample is of the
+/// same worker.
+fn instance_status(h: &Handle, sample: Option<&Sample>) -> InstanceStatus {
     let view = h.view.borrow().clone();
-    let g = &h.group;
-    let limit = |file| g.limit(file).ok().and_then(|l| l.bytes());
-    let pressure = g.pressure().ok();
+    let empty = Sample::default();
+    let s = sample.unwrap_or(&empty);
+    let mut pids: Vec<u32> = view.main_pid.into_iter().collect();
+    if view.main_pid.is_some_and(|p| s.pids.contains(&p)) {
+        pids.extend(s.pids.iter().filter(|p| Some(**p) != view.main_pid));
+    }
     InstanceStatus {
         id: h.id.clone(),
         state: view.state,
-        pids: g.procs().unwrap_or_default(),
-        memory_current: g.number(MEMORY_CURRENT).ok(),
-        memory_high: limit(MEMORY_HIGH),
-        memory_max: limit(MEMORY_MAX),
-        memory_peak: g.number(MEMORY_PEAK).ok(),
-        psi_some_avg10: pressure.map(|p| p.some_avg10),
-        psi_full_avg10: pressure.map(|p| p.full_avg10),
-        psi_some_total_us: pressure.map(|p| p.some_total_us),
-        psi_full_total_us: pressure.map(|p| p.full_total_us),
+        pids,
+        memory_current: s.current,
+        memory_high: s.high,
+        memory_max: s.max,
+        memory_peak: s.peak,
+        psi_some_avg10: s.pressure.map(|p| p.some_avg10),
+        psi_full_avg10: s.pressure.map(|p| p.full_avg10),
+        psi_some_total_us: s.pressure.map(|p| p.some_total_us),
+        psi_full_total_us: s.pressure.map(|p| p.full_total_us),
         restarts: view.restarts,
         restarts_by_reason: view.restarts_by_reason,
         last_restart_reason: view.last_restart_reason,

@@ -236,3 +236,29 @@ async fn unknown_targets_are_refused() {
     let err = fleet.restart("nope/0").await.unwrap_err();
     assert!(err.to_string().contains("oomguard status"), "{err}");
 }
+
+#[tokio::test]
+async fn groups_no_policy_owns_are_found_as_strays() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["web", "gone"]);
+    fleet
+        .start_policy(
+            policy("web", r#"["/bin/sleep", "1000"]"#, ""),
+            &SavedState::new(),
+        )
+        .unwrap();
+    // web has one instance: web/1 and web/2 (made by the fake tree) and all of `gone` are strays.
+    let strays: Vec<String> = fleet
+        .reap_strays()
+        .iter()
+        .map(|g| {
+            g.path()
+                .strip_prefix(dir.path().join("oomguard"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(strays, vec!["gone/0", "gone/1", "gone/2", "web/1", "web/2"]);
+    fleet.stop_all().await;
+}

@@ -86,11 +86,39 @@ pub fn adopt() -> Result<()> {
     for (id, pid) in &now {
         ensure!(pid_alive(*pid), "{id} (pid {pid}) died on SIGUSR2");
     }
+    // While no daemon runs, the healthy policy shrinks to one instance: the next daemon adopts
+    // what its policies still name and stops the stray healthy/1 gracefully.
+    write_policy(
+        POLICY_DIR,
+        "healthy",
+        &healthy_policy().replace("instances: 2", "instances: 1"),
+    )?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
-    let again = daemon.wait_running(&ids, Duration::from_secs(20))?;
+    let kept = ["leaky/0", "healthy/0"];
+    let again = daemon.wait_running(&kept, Duration::from_secs(20))?;
     ensure!(
-        again == now,
+        kept.iter().all(|id| again[*id] == now[*id]),
         "not adopted after SIGUSR2: {now:?} -> {again:?}"
+    );
+    let stray = now["healthy/1"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while pid_alive(stray) && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        !pid_alive(stray),
+        "the stray healthy/1 (pid {stray}) was not stopped"
+    );
+    let healthy = Ledger::read(&ledger_path("healthy"))?;
+    ensure!(
+        healthy.pids.get(&stray).is_some_and(|r| r.clean_exit),
+        "the stray healthy/1 was not stopped gracefully: {}",
+        healthy.summary()
+    );
+    sleep(Duration::from_millis(500));
+    ensure!(
+        !instance_group("healthy/1").exists(),
+        "the stray group was not removed"
     );
     let restored = require_instance(&daemon.status()?, "leaky/0")?.restarts;
     evidence(

@@ -128,10 +128,19 @@ load_scenarios() {
 
 run_scenario() { # <name>: boots one VM; sets verdict and reason
   local name=$1 log="$logs/$1.log" limit=$((${budget[$1]} + 90)) rc=0
-  timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "${mem[$1]}" \
-    -nographic -no-reboot -kernel "$kernel" -initrd "$initramfs" \
-    -append "console=ttyS0 panic=-1 loglevel=4 oomguard.scenario=$name ${kargs[$name]}" \
-    </dev/null >"$log" 2>&1 || rc=$?
+  local qemu=(timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2
+    -m "${mem[$1]}" -nographic -no-reboot -kernel "$kernel" -initrd "$initramfs"
+    -append "console=ttyS0 panic=-1 loglevel=4 oomguard.scenario=$name ${kargs[$name]}")
+  if [ "${kind[$1]}" = demo ]; then
+    # Demos and benchmarks are for watching: stream the console (without kernel lines) live.
+    set +o pipefail
+    "${qemu[@]}" </dev/null 2>&1 | tee "$log" | sed -u 's/\r$//' |
+      grep --line-buffered -vE '^\[ *[0-9]+\.[0-9]+\]' | sed -u 's/^/    | /'
+    rc=${PIPESTATUS[0]}
+    set -o pipefail
+  else
+    "${qemu[@]}" </dev/null >"$log" 2>&1 || rc=$?
+  fi
   local line
   line=$(tr -d '\r' <"$log" | grep -E "^SCENARIO $name (PASS|FAIL)" | tail -n 1 || true)
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
@@ -164,8 +173,8 @@ main() {
     start=$(date +%s)
     run_scenario "$name"
     secs=$(($(date +%s) - start))
-    if [ "$name" = demo ] || [ "$verdict" = FAIL ]; then
-      # The demo is for watching; a failure needs its evidence.
+    if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ]; then
+      # A failure needs its evidence (demos showed theirs live).
       tr -d '\r' <"$logs/$name.log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 60 | sed 's/^/    | /'
     fi
     if [ "$verdict" = PASS ]; then
