@@ -86,6 +86,7 @@ pub struct Instance {
     commands: mpsc::Receiver<Command>,
     /// One restart at a time per policy.
     restart_lock: Arc<Semaphore>,
+    start_gate: Arc<Semaphore>,
     events: Arc<EventLog>,
 }
 
@@ -97,8 +98,16 @@ pub struct Spec {
     pub identity: Option<Identity>,
     /// Shared by the policy's instances: one restart at a time.
     pub restart_lock: Arc<Semaphore>,
+    /// Shared by every instance: how many may be starting at once (see [`START_GATE`]).
+    pub start_gate: Arc<Semaphore>,
     pub events: Arc<EventLog>,
 }
+
+/// Instances starting at once. Starting (mkdir, limits, fork and exec) is synchronous work on the
+/// daemon's one thread; 1,000 instances started together queued every socket request behind all
+/// of them (a status request timed out at 1,000 instances in the VM). The gate keeps the queue
+/// short, and a host is not hit by a thousand forks at once.
+pub const START_GATE: usize = 4;
 
 impl Instance {
     /// `restored`: the counters a previous daemon saved for this instance.
@@ -127,6 +136,7 @@ impl Instance {
             view_tx,
             commands,
             restart_lock: spec.restart_lock,
+            start_gate: spec.start_gate,
             events: spec.events,
         };
         (instance, view_rx)
@@ -149,6 +159,8 @@ impl Instance {
     /// The task body: start, watch, restart or respawn, until stopped.
     pub async fn run(mut self, mut adopt: Option<u32>) {
         loop {
+            let gate = self.start_gate.clone();
+            let permit = gate.acquire().await;
             let started = match adopt.take() {
                 Some(pid) => self.adopt(pid).or_else(|e| {
                     warn!(instance = %self.id, "cannot adopt pid {pid}, starting anew: {e}");
@@ -156,6 +168,7 @@ impl Instance {
                 }),
                 None => self.start(),
             };
+            drop(permit);
             let worker = match started {
                 Ok(w) => w,
                 Err(e) => {
@@ -237,11 +250,8 @@ impl Instance {
     /// triggers.
     fn start(&mut self) -> Result<Worker, String> {
         self.set_state(InstanceState::Starting, None);
-        let mem = self.policy.memory;
         self.group.create().map_err(|e| e.to_string())?;
-        self.group
-            .set_limits(mem.high, mem.max, mem.swap_max)
-            .map_err(|e| e.to_string())?;
+        self.apply_limits()?;
         let events_at_start = self.group.memory_events().unwrap_or_default();
         let child = spawn::spawn(
             &self.policy.run,
@@ -251,57 +261,59 @@ impl Instance {
         )
         .map_err(|e| e.to_string())?;
         let pid = child.id().unwrap_or(0);
-        let psi = self.policy.triggers.pressure.as_ref().and_then(|t| {
-            PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
-                .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
-                .ok()
-        });
-        let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS))
-            .map_err(|e| warn!(instance = %self.id, "not watching memory.events: {e}"))
-            .ok();
-        self.tracker.started();
-        self.set_state(InstanceState::Running, Some(pid));
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
-        Ok(Worker {
-            child: Some(child),
-            pidfd: None,
-            pid,
-            started: Instant::now(),
-            psi,
-            memory_events,
-            events_at_start,
-            oom_kills_seen: 0,
-        })
+        Ok(self.watching(Some(child), None, pid, events_at_start))
     }
 
     /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
     fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
         let pidfd =
             crate::psi::PidWatch::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        self.apply_limits()?;
+        let events_at_start = self.group.memory_events().unwrap_or_default();
+        info!(instance = %self.id, pid, "adopted the running worker");
+        Ok(self.watching(None, Some(pidfd), pid, events_at_start))
+    }
+
+    fn apply_limits(&self) -> Result<(), String> {
         let mem = self.policy.memory;
         self.group
             .set_limits(mem.high, mem.max, mem.swap_max)
-            .map_err(|e| e.to_string())?;
-        let psi = self.policy.triggers.pressure.as_ref().and_then(|t| {
-            PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
-                .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
-                .ok()
-        });
-        let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS)).ok();
-        let events_at_start = self.group.memory_events().unwrap_or_default();
+            .map_err(|e| e.to_string())
+    }
+
+    /// A running worker with its triggers armed and memory.events watched.
+    fn watching(
+        &mut self,
+        child: Option<tokio::process::Child>,
+        pidfd: Option<crate::psi::PidWatch>,
+        pid: u32,
+        events_at_start: BTreeMap<String, u64>,
+    ) -> Worker {
+        let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS))
+            .map_err(|e| warn!(instance = %self.id, "not watching memory.events: {e}"))
+            .ok();
         self.tracker.started();
         self.set_state(InstanceState::Running, Some(pid));
-        info!(instance = %self.id, pid, "adopted the running worker");
-        Ok(Worker {
-            child: None,
-            pidfd: Some(pidfd),
+        Worker {
+            child,
+            pidfd,
             pid,
             started: Instant::now(),
-            psi,
+            psi: self.arm_pressure(),
             memory_events,
             events_at_start,
             oom_kills_seen: 0,
-        })
+        }
+    }
+
+    /// The policy's PSI trigger on the group; a failure is logged and the memory trigger (if
+    /// any) and memory.events still guard the worker.
+    fn arm_pressure(&self) -> Option<PsiTrigger> {
+        let t = self.policy.triggers.pressure.as_ref()?;
+        PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
+            .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
+            .ok()
     }
 
     /// Waits for the first thing that ends this worker's run: an offence (enforce mode), an
@@ -420,22 +432,19 @@ impl Instance {
 
     /// Applies a reloaded policy to the running worker: limits at once, the trigger re-armed.
     fn update(&mut self, policy: Arc<Policy>, w: &mut Worker) {
-        let mem = policy.memory;
-        match self.group.set_limits(mem.high, mem.max, mem.swap_max) {
+        let rearm = policy.triggers.pressure != self.policy.triggers.pressure;
+        self.policy = policy;
+        let mem = self.policy.memory;
+        match self.apply_limits() {
             Ok(()) => {
                 info!(instance = %self.id, "limits now memory.high {} memory.max {}", mem.high, mem.max)
             }
             Err(e) => error!(instance = %self.id, "reload: cannot apply limits: {e}"),
         }
-        if policy.triggers.pressure != self.policy.triggers.pressure {
+        if rearm {
             w.psi = None; // closing the fd removes the old trigger before the new one is armed
-            w.psi = policy.triggers.pressure.as_ref().and_then(|t| {
-                PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
-                    .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
-                    .ok()
-            });
+            w.psi = self.arm_pressure();
         }
-        self.policy = policy;
         self.tracker.started();
     }
 

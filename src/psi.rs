@@ -78,17 +78,7 @@ impl PsiTrigger {
 
     /// Waits for the next trigger event. The kernel sends at most one per window.
     pub async fn fired(&mut self) -> Result<(), PsiError> {
-        let mut guard = self
-            .fd
-            .ready(Interest::PRIORITY | Interest::ERROR)
-            .await
-            .map_err(|source| PsiError::Register {
-                path: self.path.clone(),
-                source,
-            })?;
-        let ready = guard.ready();
-        guard.clear_ready();
-        if ready.is_error() {
+        if wait_priority(&self.fd, &self.path).await?.is_error() {
             return Err(PsiError::Gone {
                 path: self.path.clone(),
             });
@@ -135,19 +125,23 @@ impl FileWatch {
 
     /// Waits until the file changed, then returns its new content.
     pub async fn changed(&mut self) -> Result<String, PsiError> {
-        {
-            let mut guard = self
-                .fd
-                .ready(Interest::PRIORITY | Interest::ERROR)
-                .await
-                .map_err(|source| PsiError::Register {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            guard.clear_ready_matching(Ready::PRIORITY | Ready::ERROR);
-        }
+        wait_priority(&self.fd, &self.path).await?;
         self.read()
     }
+}
+
+/// Waits for POLLPRI (or POLLERR) and clears it: readiness is edge-triggered.
+async fn wait_priority(fd: &AsyncFd<File>, path: &Path) -> Result<Ready, PsiError> {
+    let mut guard = fd
+        .ready(Interest::PRIORITY | Interest::ERROR)
+        .await
+        .map_err(|source| PsiError::Register {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let ready = guard.ready();
+    guard.clear_ready();
+    Ok(ready)
 }
 
 fn register(file: File, path: &Path) -> Result<AsyncFd<File>, PsiError> {

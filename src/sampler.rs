@@ -1,5 +1,5 @@
 //! The numbers `status` and `metrics` show (memory, pressure, pids), read from the cgroup files
-//! at most every [`MAX_AGE`] and shared by every request in between.
+//! at most every [`MAX_AGE`], on tokio's blocking pool, and shared by every request in between.
 //!
 //! Why a cache: reading ~6 files per instance on every request made status cost O(instances)
 //! file reads (133 ms at 100 instances in the TCG VM), and a script polling status would make
@@ -56,34 +56,27 @@ pub struct Samples {
 }
 
 impl Samples {
-    /// The latest samples of `groups`. The very first call reads them at once; later calls get
-    /// the last sample and, when it is older than [`MAX_AGE`], start a refresh for the next one.
+    /// The latest samples of `groups`, never read on the caller's thread: a request gets the last
+    /// sample (empty before the first one landed) and, when it is missing or older than
+    /// [`MAX_AGE`], starts a refresh on the blocking pool for the next request.
     pub fn get(self: &Arc<Self>, groups: Vec<Group>) -> HashMap<PathBuf, Sample> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.taken {
-            None => {
-                drop(state);
-                let fresh = sample_all(&groups);
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.by_group = fresh.clone();
-                state.taken = Some(Instant::now());
-                fresh
-            }
-            Some(at) => {
-                if at.elapsed() > MAX_AGE && !state.refreshing {
-                    state.refreshing = true;
-                    let this = Arc::clone(self);
-                    tokio::task::spawn_blocking(move || {
-                        let fresh = sample_all(&groups);
-                        let mut state = this.state.lock().unwrap_or_else(|e| e.into_inner());
-                        state.by_group = fresh;
-                        state.taken = Some(Instant::now());
-                        state.refreshing = false;
-                    });
-                }
-                state.by_group.clone()
-            }
+        let stale = state.taken.is_none_or(|at| at.elapsed() > MAX_AGE);
+        if stale && !state.refreshing {
+            state.refreshing = true;
+            let this = Arc::clone(self);
+            tokio::task::spawn_blocking(move || this.refresh(&groups));
         }
+        state.by_group.clone()
+    }
+
+    /// Reads every group now and keeps the result.
+    pub fn refresh(&self, groups: &[Group]) {
+        let fresh = sample_all(groups);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.by_group = fresh;
+        state.taken = Some(Instant::now());
+        state.refreshing = false;
     }
 }
 
@@ -99,31 +92,43 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn first_read_is_fresh_then_served_from_the_sample_until_refreshed() {
+    async fn served_from_the_last_sample_and_refreshed_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let g = Group::new(dir.path().join("g"));
         g.create().unwrap();
         g.write(MEMORY_CURRENT, "100").unwrap();
         g.write(crate::cgroupfs::CGROUP_PROCS, "7\n").unwrap();
         let samples = Arc::new(Samples::default());
-        let first = samples.get(vec![g.clone()]);
-        assert_eq!(first[g.path()].current, Some(100));
-        assert_eq!(first[g.path()].pids, vec![7]);
+        let current =
+            |s: &Arc<Samples>| s.get(vec![g.clone()]).get(g.path()).and_then(|x| x.current);
+        let wait_for = |want: Option<u64>| {
+            let samples = samples.clone();
+            let g = g.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while samples
+                    .get(vec![g.clone()])
+                    .get(g.path())
+                    .and_then(|x| x.current)
+                    != want
+                {
+                    assert!(Instant::now() < deadline, "the refresh never landed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        // The first request starts the first sample; a later one sees it.
+        wait_for(Some(100)).await;
+        assert_eq!(samples.get(vec![g.clone()])[g.path()].pids, vec![7]);
 
         g.write(MEMORY_CURRENT, "200").unwrap();
         assert_eq!(
-            samples.get(vec![g.clone()])[g.path()].current,
+            current(&samples),
             Some(100),
-            "served from the sample"
+            "served from the sample while it is fresh"
         );
 
-        // Age the sample: the next request starts a refresh, a later one sees its result.
         samples.state.lock().unwrap().taken = Some(Instant::now() - MAX_AGE * 2);
-        samples.get(vec![g.clone()]);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while samples.get(vec![g.clone()])[g.path()].current != Some(200) {
-            assert!(Instant::now() < deadline, "the refresh never landed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for(Some(200)).await;
     }
 }

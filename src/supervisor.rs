@@ -62,6 +62,8 @@ pub struct Fleet {
     started: Instant,
     /// Numbers for status and metrics, read at most every couple of seconds.
     samples: Arc<Samples>,
+    /// How many instances may be starting at once, across the fleet.
+    start_gate: Arc<Semaphore>,
 }
 
 impl Fleet {
@@ -72,6 +74,7 @@ impl Fleet {
             policies: RwLock::new(BTreeMap::new()),
             started: Instant::now(),
             samples: Arc::new(Samples::default()),
+            start_gate: Arc::new(Semaphore::new(crate::instance::START_GATE)),
         }
     }
 
@@ -127,6 +130,7 @@ impl Fleet {
             group: group.clone(),
             identity: run.identity.clone(),
             restart_lock: run.lock.clone(),
+            start_gate: self.start_gate.clone(),
             events: self.events.clone(),
         };
         let (instance, view) = Instance::new(spec, rx, restored);

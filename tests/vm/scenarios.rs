@@ -738,6 +738,28 @@ fn grace_kill() -> Result<()> {
         !rec.clean_exit,
         "pid {old} exited cleanly: the kill path after the grace was not exercised"
     );
+
+    // The operator surface tells the same story: the event carries how the worker ended, and the
+    // metrics count the restart by reason.
+    let events = client(&["events", "--json"])?;
+    let restart: oomguard::protocol::EventRecord = events
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<oomguard::protocol::EventRecord>(l).ok())
+        .find(|e| e.action == "restart")
+        .context("no restart event in `oomguard events --json`")?;
+    evidence("restart event", &restart.message);
+    ensure!(
+        matches!(
+            restart.ending,
+            Some(oomguard::protocol::Ending::KilledAfterGrace { .. })
+        ),
+        "the event says the worker ended {:?}, want killed_after_grace",
+        restart.ending
+    );
+    let metrics = client(&["metrics"])?.text();
+    let line = r#"oomguard_restarts_total{policy="ignorer",index="0",reason="manual"} 1"#;
+    ensure!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
     daemon.stop()?;
     Ok(())
 }
