@@ -219,6 +219,7 @@ evidence "manual restart" "healthy/1 now $H1, restarts=$(inst healthy/1 .restart
 echo "=== c. systemctl restart oomguard"
 t=$(now)
 systemctl restart oomguard.service || fail "c: systemctl restart failed"
+evidence "c: systemctl restart returned after" "$(secs_since "$t")s"
 wait_for 60 "oomguard active after restart" active oomguard.service
 wait_for 60 "status after restart" instances_running healthy/0 healthy/1
 RESTART_S=$(secs_since "$t")
@@ -234,7 +235,8 @@ evidence "c: counters after restart" "healthy/0 restarts=$r0, healthy/1 restarts
 [ "$r1" = 1 ] && [ "$why1" = manual ] && [ "$r0" = 0 ] ||
   fail "c: restart counters not preserved: healthy/1 restarts=$r1 last=$why1 (want 1 manual), healthy/0 restarts=$r0"
 for p in $H0 $H1; do grep -q "^exit $p " "$LEDGERS/healthy.ledger" && fail "c: worker $p exited during the restart"; done
-journalctl --no-pager -u oomguard.service | grep -iE 'adopt|SIGUSR2' | tail -n 3 | sed 's/^/EVIDENCE c: journal: /'
+journalctl --no-pager -o short-precise -u oomguard.service | grep -vE ': [0-9]+ jobs done, |testworker' |
+  grep -A 12 SIGUSR2 | sed 's/^/EVIDENCE c: journal: /'
 [ "$(read_file "$WORKERS/healthy/0/memory.high")" = 67108864 ] || fail "c: memory.high lost across the restart"
 
 # ======== d. SIGKILL of the daemon, then a leak ========
@@ -249,6 +251,7 @@ leaky_proc() { [ -n "$(cat "$WORKERS/leaky/0/cgroup.procs" 2>/dev/null)" ]; }
 wait_for 20 "a process in workers/leaky/0" leaky_proc
 L0=$(head -n 1 "$WORKERS/leaky/0/cgroup.procs")
 t=$(now)
+kill_ms=$(date +%s%3N)
 kill -9 "$DPID2"
 evidence "d: leaky/0" "pid $L0 in $(group_of "$L0")"
 evidence "d: killed daemon" "pid $DPID2 with SIGKILL, NRestarts was $nrestarts"
@@ -260,7 +263,7 @@ wait_for 60 "systemd to restart the killed daemon" new_daemon
 wait_for 60 "status from the new daemon" instances_running healthy/0 healthy/1 leaky/0
 CRASH_S=$(secs_since "$t")
 DPID3=$(main_pid)
-evidence "d: back after SIGKILL" "${CRASH_S}s, daemon $DPID3, NRestarts=$(systemctl show -P NRestarts oomguard.service)"
+evidence "d: back after SIGKILL (status answering, as polled)" "${CRASH_S}s, daemon $DPID3, NRestarts=$(systemctl show -P NRestarts oomguard.service)"
 [ "$(pids_of healthy/0)" = "$H0" ] && [ "$(pids_of healthy/1)" = "$H1" ] ||
   fail "d: healthy pids changed across the SIGKILL: $(pids_of healthy/0) $(pids_of healthy/1) (were $H0 $H1)"
 [ "$(inst healthy/1 .restarts)" = 1 ] || fail "d: healthy/1 restarts=$(inst healthy/1 .restarts) after SIGKILL, want 1"
@@ -270,11 +273,16 @@ leaky_restarted() { status_json && [ "$(inst leaky/0 .state)" = running ] &&
   [ -n "$(pids_of leaky/0)" ] && [ "$(pids_of leaky/0)" != "$L0" ] &&
   [ "$(inst leaky/0 .last_restart_reason)" = pressure ]; }
 wait_for 60 "the new daemon to restart leaky/0 under pressure" leaky_restarted
-evidence "d: leaky/0 restarted" "$L0 -> $(pids_of leaky/0), restarts=$(inst leaky/0 .restarts) by $(inst leaky/0 '.restarts_by_reason | tostring'), $(secs_since "$t")s after the SIGKILL"
+evidence "d: leaky/0 restarted" "$L0 -> $(pids_of leaky/0), restarts=$(inst leaky/0 .restarts) by $(inst leaky/0 '.restarts_by_reason | tostring')"
 grep -qx "exit $L0 clean" "$LEDGERS/leaky.ledger" ||
   fail "d: the adopted leaky pid $L0 has no 'exit $L0 clean' in its ledger (not graceful)"
 evidence "d: leaky ledger" "$(grep -c '^done' "$LEDGERS/leaky.ledger") jobs done, exits: $(grep '^exit' "$LEDGERS/leaky.ledger" | tr '\n' ';')"
-timeout 10 oomguard events --json 2>/dev/null | grep -F "\"leaky/0\"" | tail -n 2 | sed 's/^/EVIDENCE d: event: /'
+events=$(timeout 10 oomguard events --json 2>/dev/null | grep -F '"leaky/0"')
+sed 's/^/EVIDENCE d: event: /' <<<"$events"
+first_ms=$(jq -s 'map(select(.action == "restart")) | first | .time_ms // empty' <<<"$events")
+[ -n "$first_ms" ] || fail "d: no restart event for leaky/0 from the new daemon"
+RELEAK_S=$(awk -v a="$kill_ms" -v b="$first_ms" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
+evidence "d: new daemon restarted the adopted leaker" "${RELEAK_S}s after the SIGKILL (event time)"
 
 # ======== e. stop ========
 echo "=== e. systemctl stop oomguard"
@@ -304,7 +312,7 @@ if [ -e /run/oomguard ]; then evidence "e: /run/oomguard after stop" "still ther
   evidence "e: /run/oomguard after stop" "removed"; fi
 
 kill "$WATCHDOG" 2>/dev/null
-evidence "timings" "start ${START_S}s, reload ${RELOAD_S}s, restart ${RESTART_S}s, sigkill-recovery ${CRASH_S}s, stop ${STOP_S}s"
+evidence "timings" "start ${START_S}s, reload ${RELOAD_S}s, restart ${RESTART_S}s, sigkill-recovery ${CRASH_S}s, adopted leaker restarted ${RELEAK_S}s after the kill, stop ${STOP_S}s"
 evidence "scenario seconds" "$(secs_since "$T0")"
 echo "SCENARIO systemd PASS"
 poweroff_now
