@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2012  # ls vmlinuz-<version>: no odd file names there
+# The `systemd` VM scenario, host side: boots a Debian bookworm rootfs with a real systemd (252) in
+# qemu TCG, with oomguard's units from systemd/ installed, and runs scenario.sh in it: start,
+# reload (good and bad policy), restart (workers adopted), SIGKILL of the daemon (Restart= and
+# re-adoption, then a leaking worker restarted gracefully), stop (workers drained).
+#
+#   tests/vm/systemd/run.sh        (also run by `tests/vm/run.sh systemd` and the default suite)
+#
+# Needs root (debootstrap, chroot, apt-get). The rootfs is cached in
+# tests/vm/.cache/systemd-rootfs (delete it to rebuild); the console log is
+# tests/vm/.cache/logs/systemd.log. Prints the verdict line `SCENARIO systemd PASS|FAIL: ...` last;
+# exits 0 only on PASS.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+vmdir=$(cd "$here/.." && pwd)
+repo=$(cd "$vmdir/../.." && pwd)
+cache="$vmdir/.cache"
+logs="$cache/logs"
+rootfs="$cache/systemd-rootfs"
+image="$cache/systemd-image"
+initrd="$cache/systemd-initrd.cpio"
+log="$logs/systemd.log"
+mkdir -p "$cache" "$logs"
+
+# Packages in the VM. jq reads `oomguard status --json` in scenario.sh. Changing this list
+# rebuilds the cached rootfs.
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,procps,jq
+ROOTFS_STAMP="bookworm minbase $ROOTFS_PACKAGES"
+MIRROR=${DEBIAN_MIRROR:-}
+# In-VM budget of scenario.sh (its own watchdog), and the host's hard limit for the whole boot
+# (about 100 s to multi-user under TCG, plus the budget, plus shutdown).
+BUDGET_S=300
+VM_LIMIT_S=$((BUDGET_S + 240))
+
+say() { printf '[vm/systemd] %s\n' "$*" >&2; }
+
+# ---- host packages ----
+apt_updated=no
+apt_update_once() {
+  if [ "$apt_updated" = no ]; then
+    say "apt-get update"
+    apt-get update -qq
+    apt_updated=yes
+  fi
+}
+
+ensure_packages() {
+  local missing=()
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+  command -v cpio >/dev/null || missing+=(cpio)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_update_once
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# ---- kernel: Debian's cloud kernel, cached where tests/vm/run.sh keeps it ----
+ensure_kernel() {
+  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
+  [ -n "$kernel" ] && return
+  local pkg
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}' || true)
+  if [ -z "$pkg" ]; then
+    apt_update_once
+    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  fi
+  [ -n "$pkg" ] || { echo "cannot resolve linux-image-cloud-amd64 to a kernel package" >&2; exit 1; }
+  say "fetching kernel package $pkg"
+  rm -rf "$cache/deb" "$cache/kernel"
+  mkdir -p "$cache/deb"
+  (cd "$cache/deb" && apt-get download -qq -o APT::Sandbox::User=root "$pkg")
+  dpkg -x "$cache"/deb/"$pkg"_*.deb "$cache/kernel"
+  rm -rf "$cache/deb"
+  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* | head -n 1)
+}
+
+# ---- binaries ----
+build_binaries() {
+  say "cargo build --release --bin oomguard --example testworker"
+  (cd "$repo" && cargo build --release --bin oomguard --example testworker)
+  local target
+  target=${CARGO_TARGET_DIR:-$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
+  bin_oomguard="$target/release/oomguard"
+  bin_worker="$target/release/examples/testworker"
+}
+
+# ---- rootfs: debootstrap once, cached ----
+ensure_rootfs() {
+  if [ "$(cat "$rootfs/.oomguard-rootfs" 2>/dev/null || true)" = "$ROOTFS_STAMP" ]; then
+    return
+  fi
+  say "debootstrap bookworm ($ROOTFS_PACKAGES) into $rootfs (about a minute)"
+  rm -rf "$rootfs" "$rootfs.tmp"
+  debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" bookworm "$rootfs.tmp" "$MIRROR" \
+    >"$logs/debootstrap.log" 2>&1 || { tail -n 20 "$logs/debootstrap.log" >&2; exit 1; }
+  # Nothing in the VM reads these; a smaller initramfs boots faster under TCG.
+  rm -rf "$rootfs.tmp"/usr/share/{doc,man,info,locale} "$rootfs.tmp"/var/cache/apt/*.bin \
+    "$rootfs.tmp"/var/cache/apt/archives/*.deb "$rootfs.tmp"/var/lib/apt/lists/*
+  echo "$ROOTFS_STAMP" >"$rootfs.tmp/.oomguard-rootfs"
+  mv "$rootfs.tmp" "$rootfs"
+}
+
+# ---- image: a copy of the rootfs with oomguard, its units, a policy and the scenario ----
+build_image() {
+  rm -rf "$image"
+  cp -a "$rootfs" "$image"
+  install -m 0755 "$bin_oomguard" "$image/usr/bin/oomguard"
+  install -m 0755 "$bin_worker" "$image/usr/bin/testworker"
+  local missing
+  missing=$(chroot "$image" ldd /usr/bin/oomguard /usr/bin/testworker | grep 'not found' || true)
+  [ -z "$missing" ] || { echo "libraries missing in the VM: $missing" >&2; exit 1; }
+  # The units exactly as shipped (copied, not forked), where the .deb puts them.
+  local unit
+  for unit in "$repo"/systemd/*.service "$repo"/systemd/*.timer; do
+    install -m 0644 "$unit" "$image/usr/lib/systemd/system/"
+  done
+  # What postinst and ConfigurationDirectory= would give: the socket group, /etc/oomguard.
+  chroot "$image" groupadd --system oomguard
+  install -d -o root -g root -m 0755 "$image/etc/oomguard" "$image/etc/oomguard/policies.d"
+  cat >"$image/etc/oomguard/policies.d/healthy.yaml" <<'EOF'
+mode: enforce
+run:
+  command: ["/usr/bin/testworker", "--ledger", "/var/lib/oomguard-test/healthy.ledger"]
+  instances: 2
+memory:
+  high: 48M
+  max: 96M
+triggers:
+  pressure: {some: 100ms, window: 1s, for: 1s}
+restart:
+  grace: 10s
+EOF
+  chown root:root "$image/etc/oomguard/policies.d/healthy.yaml"
+  chmod 0644 "$image/etc/oomguard/policies.d/healthy.yaml"
+  # The scenario, started once multi-user is reached.
+  install -D -m 0755 "$here/scenario.sh" "$image/usr/local/lib/oomguard-test/scenario.sh"
+  install -m 0644 "$here/oomguard-scenario.service" "$image/etc/systemd/system/"
+  ln -sf /etc/systemd/system/oomguard-scenario.service \
+    "$image/etc/systemd/system/multi-user.target.wants/oomguard-scenario.service"
+  # Quiet, quick boot: no login prompts on the scenario's console, no periodic jobs.
+  local u
+  for u in serial-getty@ttyS0.service getty@tty1.service apt-daily.timer apt-daily-upgrade.timer \
+    dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer systemd-pstore.service; do
+    ln -sf /dev/null "$image/etc/systemd/system/$u"
+  done
+  echo oomguard-vm >"$image/etc/hostname"
+  # Uncompressed: gunzip of ~120 MB under TCG costs more than copying 2x the bytes.
+  (cd "$image" && find . -print0 | cpio --null -o -H newc --quiet) >"$initrd"
+  say "initramfs: $(du -h "$initrd" | cut -f1)"
+}
+
+boot() {
+  local rc=0
+  say "booting (hard limit ${VM_LIMIT_S}s; console: $log)"
+  timeout --foreground -k 5 "$VM_LIMIT_S" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1536 \
+    -nographic -no-reboot -nic none -kernel "$kernel" -initrd "$initrd" \
+    -append "console=ttyS0 rdinit=/sbin/init panic=-1 loglevel=4 systemd.show_status=error" \
+    </dev/null >"$log" 2>&1 || rc=$?
+  local line
+  line=$(tr -d '\r' <"$log" | grep -E '^SCENARIO systemd (PASS|FAIL)' | tail -n 1 || true)
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    line="SCENARIO systemd FAIL: VM timed out after ${VM_LIMIT_S}s"
+  elif [ -z "$line" ]; then
+    line="SCENARIO systemd FAIL: no verdict on the console (qemu exit $rc)"
+  fi
+  if [ "$line" != "SCENARIO systemd PASS" ]; then
+    tr -d '\r' <"$log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 80 | sed 's/^/    | /' >&2
+  fi
+  tr -d '\r' <"$log" | grep -E '^EVIDENCE (timings|scenario seconds|boot to)' | sed 's/^/    /' >&2 || true
+  echo "$line"
+  [ "$line" = "SCENARIO systemd PASS" ]
+}
+
+main() {
+  ensure_packages
+  ensure_kernel
+  build_binaries
+  ensure_rootfs
+  build_image
+  boot
+}
+
+main "$@"
