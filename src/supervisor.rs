@@ -61,7 +61,7 @@ pub struct Fleet {
     policies: RwLock<BTreeMap<String, PolicyRun>>,
     started: Instant,
     /// Numbers for status and metrics, read at most every couple of seconds.
-    samples: Arc<Samples>,
+    samples: Samples,
     /// How many instances may be starting at once, across the fleet.
     start_gate: Arc<Semaphore>,
 }
@@ -73,7 +73,7 @@ impl Fleet {
             events,
             policies: RwLock::new(BTreeMap::new()),
             started: Instant::now(),
-            samples: Arc::new(Samples::default()),
+            samples: Samples::default(),
             start_gate: Arc::new(Semaphore::new(crate::instance::START_GATE)),
         }
     }
@@ -266,13 +266,7 @@ impl Fleet {
     /// Status of everything, one policy, or one instance, with live numbers from the cgroups.
     pub fn status(&self, target: Option<&str>) -> Result<StatusReport, FleetError> {
         let selected = self.handles(target)?;
-        let every_group = self
-            .handles(None)?
-            .into_iter()
-            .flat_map(|(_, hs)| hs)
-            .map(|h| h.group)
-            .collect();
-        let samples = self.samples.get(every_group);
+        let samples = self.samples.get(|| self.all_groups());
         let policies = selected
             .into_iter()
             .map(|(policy, handles)| PolicyStatus {
@@ -293,6 +287,14 @@ impl Fleet {
             },
             policies,
         })
+    }
+
+    fn all_groups(&self) -> Vec<Group> {
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        policies
+            .values()
+            .flat_map(|r| r.instances.iter().map(|h| h.group.clone()))
+            .collect()
     }
 
     /// Graceful restart of one instance, or a rolling restart of a policy (one after the other;
