@@ -140,8 +140,12 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// One thread, polling for I/O after every task: starting an instance is synchronous work
+/// (mkdir, limits, fork), and with the default interval of 61 tasks a socket request waited
+/// behind ~60 of them per step (status timed out at 1,000 instances in the VM).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
+        .event_interval(1)
         .enable_all()
         .build()
 }

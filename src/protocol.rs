@@ -521,14 +521,37 @@ pub struct RestartReply {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "WireResponse", into = "WireResponse")]
 pub enum Response {
-    Ok(serde_json::Value),
+    Ok(Data),
     Err(ErrorBody),
+}
+
+/// A reply's `data`, kept as the JSON text it is on the wire: the daemon writes it straight from
+/// its typed value and the client decodes it straight into the type it asked for, with no
+/// `serde_json::Value` tree in between (that tree made a 1,000-instance status cost ~10 ms).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Data(Box<serde_json::value::RawValue>);
+
+impl Data {
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    fn null() -> Data {
+        Data(serde_json::value::RawValue::from_string("null".into()).expect("null is JSON"))
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Data) -> bool {
+        self.json() == other.json()
+    }
 }
 
 impl Response {
     pub fn ok(data: &impl Serialize) -> Response {
-        match serde_json::to_value(data) {
-            Ok(v) => Response::Ok(v),
+        match serde_json::value::to_raw_value(data) {
+            Ok(v) => Response::Ok(Data(v)),
             // Only non-string map keys or a failing Serialize impl get here; none of ours do.
             Err(e) => Response::Err(ErrorBody::new(
                 ErrorCode::Failed,
@@ -555,7 +578,7 @@ impl Response {
     pub fn into_result<T: serde::de::DeserializeOwned>(self) -> Result<T, ResponseError> {
         match self {
             Response::Ok(v) => {
-                serde_json::from_value(v).map_err(|e| ResponseError::Decode(e.to_string()))
+                serde_json::from_str(v.json()).map_err(|e| ResponseError::Decode(e.to_string()))
             }
             Response::Err(body) => Err(ResponseError::Refused(body)),
         }
@@ -576,7 +599,7 @@ struct WireResponse {
     v: u32,
     ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    data: Option<serde_json::Value>,
+    data: Option<Data>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<ErrorBody>,
 }
@@ -611,7 +634,7 @@ impl TryFrom<WireResponse> for Response {
             ));
         }
         match (w.ok, w.data, w.error) {
-            (true, data, None) => Ok(Response::Ok(data.unwrap_or(serde_json::Value::Null))),
+            (true, data, None) => Ok(Response::Ok(data.unwrap_or_else(Data::null))),
             (false, None, Some(e)) => Ok(Response::Err(e)),
             (true, _, Some(_)) => Err("\"ok\":true with an \"error\"".to_string()),
             (false, _, _) => Err("\"ok\":false needs an \"error\" and no \"data\"".to_string()),
