@@ -70,6 +70,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
 
+    let instances: u64 = policies.iter().map(|p| u64::from(p.run.instances)).sum();
+    match crate::spawn::raise_nofile_limit() {
+        Ok((_, limit)) if limit < instances * 2 + 64 => warn!(
+            "open-files limit {limit} is too low for {instances} instances (two fds each): \
+             raise LimitNOFILE= (the unit sets 65536)"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the open-files limit: {e}"),
+    }
     let root = prepare_root(mount, &root)?;
     let state_file = state_path(&opts.socket);
     let saved = load_state(&state_file);

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::unistd::{Gid, Group as UnixGroup, Uid, User};
 
@@ -35,6 +36,32 @@ pub enum SpawnError {
         command: String,
         source: std::io::Error,
     },
+}
+
+/// The open-files soft limit the daemon started with, restored in each worker (0: leave it). The
+/// daemon raises its own to the hard limit (two fds per instance: the PSI trigger and
+/// memory.events); workers keep the usual soft limit, as select()-based code expects (systemd's
+/// advice for services that raise it).
+static WORKER_NOFILE: AtomicU64 = AtomicU64::new(0);
+
+/// Raises this process's open-files soft limit to its hard limit and remembers the old one for
+/// the workers. Returns (old soft, new soft).
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to / read from the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    WORKER_NOFILE.store(old, Ordering::Relaxed);
+    lim.rlim_cur = lim.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((old, lim.rlim_cur))
 }
 
 /// Who the worker runs as, resolved in the parent.
@@ -142,6 +169,7 @@ pub fn spawn(
 
     let fd = procs.as_raw_fd();
     let creds = identity.map(|id| (id.uid, id.gid, id.groups.clone()));
+    let nofile = WORKER_NOFILE.load(Ordering::Relaxed);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
     // calls on memory prepared before the fork (the fd and the credential vector).
     unsafe {
@@ -161,6 +189,16 @@ pub fn spawn(
             if adj >= 0 {
                 libc::write(adj, zero.as_ptr().cast(), zero.len());
                 libc::close(adj);
+            }
+            if nofile != 0 {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur = nofile.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
             }
             if let Some((uid, gid, groups)) = &creds {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
