@@ -61,7 +61,7 @@ pub struct Fleet {
     policies: RwLock<BTreeMap<String, PolicyRun>>,
     started: Instant,
     /// Numbers for status and metrics, read at most every couple of seconds.
-    samples: Samples,
+    samples: Arc<Samples>,
     /// How many instances may be starting at once, across the fleet.
     start_gate: Arc<Semaphore>,
 }
@@ -73,7 +73,7 @@ impl Fleet {
             events,
             policies: RwLock::new(BTreeMap::new()),
             started: Instant::now(),
-            samples: Samples::default(),
+            samples: Arc::new(Samples::default()),
             start_gate: Arc::new(Semaphore::new(crate::instance::START_GATE)),
         }
     }

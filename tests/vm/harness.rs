@@ -218,18 +218,23 @@ impl Daemon {
 
     /// Sends `sig` and waits up to 20 s for the daemon to exit.
     pub fn signal_and_wait(&mut self, sig: i32) -> Result<ExitStatus> {
+        self.signal_and_wait_for(sig, Duration::from_secs(20))
+    }
+
+    /// Sends `sig` and waits up to `limit` for the daemon to exit.
+    pub fn signal_and_wait_for(&mut self, sig: i32, limit: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
         signal(self.child.id(), sig)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
             sleep(Duration::from_millis(50));
         }
-        bail!("the daemon did not exit within 20 s of signal {sig}")
+        bail!("the daemon did not exit within {limit:?} of signal {sig}")
     }
 
     /// SIGKILL: the daemon gets no chance to clean up, as in a crash.

@@ -152,9 +152,15 @@ pub fn reload() -> Result<()> {
     let first = daemon.wait_running(&["healthy/0", "healthy/1"], Duration::from_secs(20))?;
     // The daemon raised its own open-files limit; its workers keep the usual soft limit.
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", first["healthy/0"]))?;
-    let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or("");
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or("");
     evidence("worker open files limit", nofile);
-    ensure!(nofile.split_whitespace().nth(3) == Some("1024"), "worker soft limit: {nofile}");
+    ensure!(
+        nofile.split_whitespace().nth(3) == Some("1024"),
+        "worker soft limit: {nofile}"
+    );
     let high = || read_trimmed(&instance_group("healthy/0").join("memory.high"));
     ensure!(
         high()? == (48u64 << 20).to_string(),
