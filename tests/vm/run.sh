@@ -17,16 +17,10 @@ logs="$cache/logs"
 mkdir -p "$cache" "$logs"
 
 say() { printf '[vm] %s\n' "$*" >&2; }
+# shellcheck source=tests/vm/lib.sh
+. "$here/lib.sh"
 
 # ---- host packages ----
-apt_updated=no
-apt_update_once() {
-  if [ "$apt_updated" = no ]; then
-    say "apt-get update"
-    apt-get update -qq
-    apt_updated=yes
-  fi
-}
 
 ensure_packages() {
   local missing=()
@@ -48,25 +42,6 @@ static_busybox() {
     /bin/busybox --list 2>/dev/null | grep -qx poweroff
 }
 
-# ---- kernel: Debian's cloud kernel, cached ----
-ensure_kernel() {
-  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
-  [ -n "$kernel" ] && return
-  local pkg
-  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}' || true)
-  if [ -z "$pkg" ]; then
-    apt_update_once
-    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-  fi
-  [ -n "$pkg" ] || { echo "cannot resolve linux-image-cloud-amd64 to a kernel package" >&2; exit 1; }
-  say "fetching kernel package $pkg"
-  rm -rf "$cache/deb" "$cache/kernel"
-  mkdir -p "$cache/deb"
-  (cd "$cache/deb" && apt-get download -qq -o APT::Sandbox::User=root "$pkg")
-  dpkg -x "$cache"/deb/"$pkg"_*.deb "$cache/kernel"
-  rm -rf "$cache/deb"
-  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* | head -n 1)
-}
 
 # ---- binaries ----
 build_binaries() {

@@ -28,23 +28,24 @@ mkdir -p "$cache" "$logs"
 # rebuilds the cached rootfs.
 ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,procps,jq
 ROOTFS_STAMP="bookworm minbase $ROOTFS_PACKAGES"
-MIRROR=${DEBIAN_MIRROR:-}
+# debootstrap uses the Debian mirror this host's apt is already set up with (or DEBIAN_MIRROR).
+host_mirror() {
+  {
+    sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n'
+    awk '$1 == "deb" {print $2}' /etc/apt/sources.list 2>/dev/null
+  } | grep -m 1 -E '/debian/?$' || true
+}
+MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
 # In-VM budget of scenario.sh (its own watchdog), and the host's hard limit for the whole boot
 # (about 100 s to multi-user under TCG, plus the budget, plus shutdown).
 BUDGET_S=300
 VM_LIMIT_S=$((BUDGET_S + 240))
 
 say() { printf '[vm/systemd] %s\n' "$*" >&2; }
+# shellcheck source=tests/vm/lib.sh
+. "$vmdir/lib.sh"
 
 # ---- host packages ----
-apt_updated=no
-apt_update_once() {
-  if [ "$apt_updated" = no ]; then
-    say "apt-get update"
-    apt-get update -qq
-    apt_updated=yes
-  fi
-}
 
 ensure_packages() {
   local missing=()
@@ -58,25 +59,6 @@ ensure_packages() {
   fi
 }
 
-# ---- kernel: Debian's cloud kernel, cached where tests/vm/run.sh keeps it ----
-ensure_kernel() {
-  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
-  [ -n "$kernel" ] && return
-  local pkg
-  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}' || true)
-  if [ -z "$pkg" ]; then
-    apt_update_once
-    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-  fi
-  [ -n "$pkg" ] || { echo "cannot resolve linux-image-cloud-amd64 to a kernel package" >&2; exit 1; }
-  say "fetching kernel package $pkg"
-  rm -rf "$cache/deb" "$cache/kernel"
-  mkdir -p "$cache/deb"
-  (cd "$cache/deb" && apt-get download -qq -o APT::Sandbox::User=root "$pkg")
-  dpkg -x "$cache"/deb/"$pkg"_*.deb "$cache/kernel"
-  rm -rf "$cache/deb"
-  kernel=$(ls "$cache"/kernel/boot/vmlinuz-* | head -n 1)
-}
 
 # ---- binaries ----
 build_binaries() {
@@ -94,7 +76,8 @@ ensure_rootfs() {
   if [ "$(cat "$rootfs/.oomguard-rootfs" 2>/dev/null || true)" = "$ROOTFS_STAMP" ]; then
     return
   fi
-  say "debootstrap bookworm ($ROOTFS_PACKAGES) into $rootfs (about a minute)"
+  [ -n "$MIRROR" ] || { echo "no Debian mirror found in /etc/apt/sources.list*; set DEBIAN_MIRROR" >&2; exit 1; }
+  say "debootstrap bookworm ($ROOTFS_PACKAGES) from $MIRROR into $rootfs (about a minute)"
   rm -rf "$rootfs" "$rootfs.tmp"
   debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" bookworm "$rootfs.tmp" "$MIRROR" \
     >"$logs/debootstrap.log" 2>&1 || { tail -n 20 "$logs/debootstrap.log" >&2; exit 1; }
