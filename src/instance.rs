@@ -1,26 +1,31 @@
 //! One task per worker instance: it owns the instance's state, spawns the worker in its group,
-//! feeds kernel wake-ups to the engine and carries out what the engine decided. This is where a
-//! restart happens (see [`Instance::restart`]).
+//! feeds kernel wake-ups to the engine and carries out what the engine decided. The restart
+//! itself is `Instance::restart` in `instance/shutdown.rs`; `report` words the decisions and
+//! `wait` holds the kernel waits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::cgroupfs::{
-    CgroupError, Group, CGROUP_EVENTS, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK,
-};
+use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK};
 use crate::engine::{AfterExit, Offence, Tracker};
 use crate::events::{now_ms, EventLog};
-use crate::policy::{Mode, Policy, StallKind};
+use crate::policy::{Mode, Policy};
 use crate::protocol::{Ending, EventRecord, InstanceState, Reason};
 use crate::psi::{FileWatch, PsiTrigger};
 use crate::spawn::{self, Identity};
-use crate::units::human_bytes;
+
+mod report;
+mod shutdown;
+mod wait;
+
+pub use report::fmt_dur;
+use report::{delta, describe, exit_signal, fill_numbers, ms, Numbers};
+pub use wait::wait_empty;
+use wait::{sleep_until_opt, wait_file, wait_main, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
 const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
@@ -448,132 +453,6 @@ impl Instance {
         self.tracker.started();
     }
 
-    /// The graceful restart: the worker's own shutdown signal, memory.high lifted so a throttled
-    /// worker can finish its job, up to the grace period for the group to empty, then
-    /// cgroup.kill; the limits restored. The caller respawns at once.
-    async fn restart(&mut self, mut w: Worker, reason: Reason, woke: Option<Instant>, why: String) {
-        // The signal goes first: everything else (numbers, bookkeeping, dropping the PSI trigger,
-        // whose close waits for an RCU grace period) would only delay it.
-        let (signalled, to_signal) = self.signal(&mut w, woke);
-        let numbers = self.numbers();
-        self.count_restart(reason);
-        self.set_state(InstanceState::Restarting, Some(w.pid));
-        let (ending, to_exit) = self.await_exit(&mut w, signalled).await;
-        let how = describe_ending(&ending, self.policy.restart.signal);
-        let what = format!(
-            "restart ({}): {why}; memory {} (high {}, max {}), psi some avg10 {:.1}%; {how}",
-            reason.as_str(),
-            numbers.current.map_or("?".into(), human_bytes),
-            self.policy.memory.high,
-            self.policy.memory.max,
-            numbers.some_avg10.unwrap_or(0.0),
-        );
-        info!(instance = %self.id, reason = reason.as_str(), pid = w.pid, "{what}");
-        let mut ev = self.event(reason, "restart", &what);
-        fill_numbers(&mut ev, &numbers);
-        ev.ending = Some(ending);
-        ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
-        ev.signal_to_exit_ms = Some(ms(to_exit));
-        ev.memory_events_delta = delta(
-            &w.events_at_start,
-            &self.group.memory_events().unwrap_or_default(),
-        );
-        self.events.push(ev);
-    }
-
-    async fn stop(&mut self, mut w: Worker) {
-        self.set_state(InstanceState::Restarting, Some(w.pid));
-        let (signalled, _) = self.signal(&mut w, None);
-        let (ending, _) = self.await_exit(&mut w, signalled).await;
-        info!(instance = %self.id, pid = w.pid, "stopped: {}", describe_ending(&ending, self.policy.restart.signal));
-        let _ = self.group.remove();
-        self.set_state(InstanceState::Stopped, None);
-    }
-
-    /// Sends the worker its shutdown signal, then lifts memory.high so a throttled worker can
-    /// finish its job and exit quickly, and drops the PSI trigger (no more events about a worker
-    /// on its way out). Returns when the signal went out and how long after the wake-up.
-    fn signal(&mut self, w: &mut Worker, woke: Option<Instant>) -> (Instant, Option<Duration>) {
-        let signal = Signal::try_from(self.policy.restart.signal).unwrap_or(Signal::SIGTERM);
-        let sent = kill(Pid::from_raw(w.pid as i32), signal);
-        let signalled = Instant::now();
-        if let Err(e) = sent {
-            warn!(instance = %self.id, pid = w.pid, "cannot send {signal}: {e}");
-        }
-        if let Err(e) = self.group.set_high(crate::units::Limit::Max) {
-            warn!(instance = %self.id, "cannot lift memory.high for the grace period: {e}");
-        }
-        w.psi = None;
-        (signalled, woke.map(|t| signalled.duration_since(t)))
-    }
-
-    /// Waits up to the grace period for the group to empty, then cgroup.kill; restores
-    /// memory.high. Returns how the worker ended and how long after the signal.
-    async fn await_exit(&mut self, w: &mut Worker, signalled: Instant) -> (Ending, Duration) {
-        let grace = self.policy.restart.grace;
-        let exited = tokio::time::timeout(grace, async {
-            let status = wait_worker(w).await;
-            wait_empty(&self.group, grace).await;
-            status
-        })
-        .await;
-        let ending = match exited {
-            Ok(status) if !self.group.populated().unwrap_or(false) => Ending::Exited {
-                code: status.and_then(|s| s.code()),
-                signal: status.as_ref().and_then(exit_signal),
-                after_ms: ms(signalled.elapsed()),
-            },
-            _ => {
-                self.kill_group().await;
-                let _ = wait_worker(w).await;
-                Ending::KilledAfterGrace {
-                    after_ms: ms(signalled.elapsed()),
-                }
-            }
-        };
-        let to_exit = signalled.elapsed();
-        let ending = if self.oom_killed_since_start(w) {
-            Ending::OomKilled
-        } else {
-            ending
-        };
-        if let Err(e) = self.group.set_high(self.policy.memory.high) {
-            warn!(instance = %self.id, "cannot restore memory.high: {e}");
-        }
-        (ending, to_exit)
-    }
-
-    /// cgroup.kill, repeated until the group is empty.
-    async fn kill_group(&self) {
-        let deadline = Instant::now() + KILL_WAIT;
-        while Instant::now() < deadline {
-            match self.group.kill() {
-                Ok(()) | Err(CgroupError::Gone { .. }) => {}
-                Err(e) => warn!(instance = %self.id, "cgroup.kill: {e}"),
-            }
-            if wait_empty(&self.group, Duration::from_secs(1)).await {
-                return;
-            }
-        }
-        error!(instance = %self.id, "group still has processes {:?} {}s after cgroup.kill", self.group.procs().unwrap_or_default(), KILL_WAIT.as_secs());
-    }
-
-    /// After the main process exited on its own: kill what it left behind in the group, and say
-    /// whether the kernel OOM killer was involved.
-    async fn finish_group(&mut self, w: &mut Worker) -> bool {
-        if self.group.populated().unwrap_or(false) {
-            self.kill_group().await;
-        }
-        self.oom_killed_since_start(w)
-    }
-
-    fn oom_killed_since_start(&mut self, w: &mut Worker) -> bool {
-        if let Ok(text) = self.group.read(MEMORY_EVENTS) {
-            self.on_memory_events(w, &text);
-        }
-        w.oom_kills_seen > 0
-    }
-
     /// Backoff or failed after an unplanned exit. Returns false when the task should end.
     async fn after_unplanned_exit(
         &mut self,
@@ -691,174 +570,4 @@ impl Instance {
             full_avg10: pressure.map(|p| p.full_avg10),
         }
     }
-}
-
-/// The numbers recorded with a decision.
-struct Numbers {
-    current: Option<u64>,
-    peak: Option<u64>,
-    some_avg10: Option<f64>,
-    full_avg10: Option<f64>,
-}
-
-fn fill_numbers(ev: &mut EventRecord, n: &Numbers) {
-    ev.memory_current = n.current;
-    ev.memory_peak = n.peak;
-    ev.psi_some_avg10 = n.some_avg10;
-    ev.psi_full_avg10 = n.full_avg10;
-}
-
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|(_, d)| *d > 0)
-        .collect()
-}
-
-fn describe(offence: &Offence, policy: &Policy) -> String {
-    match offence.reason {
-        Reason::Pressure => {
-            let t = policy
-                .triggers
-                .pressure
-                .expect("a pressure offence needs a pressure trigger");
-            format!(
-                "memory pressure held {} (trigger {} {}/{} for {})",
-                fmt_dur(offence.held_for),
-                match t.kind {
-                    StallKind::Some => "some",
-                    StallKind::Full => "full",
-                },
-                fmt_dur(t.stall),
-                fmt_dur(t.window),
-                fmt_dur(t.sustain)
-            )
-        }
-        Reason::Memory => {
-            let t = policy
-                .triggers
-                .memory
-                .expect("a memory offence needs a memory trigger");
-            format!(
-                "memory.current {} above {} for {} (trigger for {})",
-                offence.memory_current.map_or("?".into(), human_bytes),
-                human_bytes(t.above),
-                fmt_dur(offence.held_for),
-                fmt_dur(t.sustain)
-            )
-        }
-        other => other.as_str().to_string(),
-    }
-}
-
-fn describe_ending(ending: &Ending, signal: i32) -> String {
-    let sig = Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.to_string());
-    match ending {
-        Ending::Exited {
-            code,
-            signal,
-            after_ms,
-        } => match (code, signal) {
-            (Some(c), _) => format!("exited by itself {after_ms} ms after {sig} (code {c})"),
-            (_, Some(s)) => format!("ended by signal {s} {after_ms} ms after {sig}"),
-            _ => format!("ended {after_ms} ms after {sig}"),
-        },
-        Ending::KilledAfterGrace { after_ms } => format!(
-            "still running after the grace period: killed the group {after_ms} ms after {sig}"
-        ),
-        Ending::OomKilled => "OOM-killed by the kernel during the grace period".into(),
-    }
-}
-
-fn exit_signal(status: &std::process::ExitStatus) -> Option<i32> {
-    std::os::unix::process::ExitStatusExt::signal(status)
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-pub fn fmt_dur(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else if d < Duration::from_secs(120) {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    }
-}
-
-/// Waits for the worker's main process to end.
-async fn wait_worker(w: &mut Worker) -> Option<std::process::ExitStatus> {
-    wait_main(&mut w.child, &w.pidfd).await
-}
-
-async fn wait_main(
-    child: &mut Option<tokio::process::Child>,
-    pidfd: &Option<crate::psi::PidWatch>,
-) -> Option<std::process::ExitStatus> {
-    if let Some(child) = child.as_mut() {
-        return child.wait().await.ok();
-    }
-    if let Some(fd) = pidfd {
-        fd.exited().await;
-    }
-    None
-}
-
-async fn wait_psi(psi: &mut Option<PsiTrigger>) -> Result<(), crate::psi::PsiError> {
-    match psi {
-        Some(p) => p.fired().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn wait_file(w: &mut Option<FileWatch>) -> Result<String, crate::psi::PsiError> {
-    match w {
-        Some(f) => f.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits until cgroup.events says the group is empty, woken by the kernel. True if it emptied
-/// (or is gone) within `limit`.
-pub async fn wait_empty(group: &Group, limit: Duration) -> bool {
-    let watch = FileWatch::open(&group.file(CGROUP_EVENTS));
-    let Ok(mut watch) = watch else { return true };
-    let check = |text: &str| {
-        crate::cgroupfs::parse_keyed(text)
-            .get("populated")
-            .copied()
-            .unwrap_or(0)
-            == 0
-    };
-    match watch.read() {
-        Ok(t) if check(&t) => return true,
-        Err(_) => return true,
-        _ => {}
-    }
-    tokio::time::timeout(limit, async {
-        loop {
-            match watch.changed().await {
-                Ok(t) if check(&t) => return true,
-                Err(_) => return true,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .unwrap_or(false)
 }

@@ -7,7 +7,7 @@
 //! - `engine` is the pure decision core: numbers and events in, decisions out. No I/O, no clock.
 //! - `cgroupfs`, `psi` and `spawn` are the only code that touches the kernel (the OS seam).
 //! - `instance` runs one task per worker and carries out the engine's decisions (a restart is
-//!   `instance::Instance::restart`); `supervisor` is the fleet of them; `holder` keeps the
+//!   `Instance::restart` in instance/shutdown.rs); `supervisor` is the fleet of them; `holder` keeps the
 //!   workers' cgroups in a systemd unit of their own.
 //! - `daemon` wires it together; `server`, `client` and `protocol` are the unix-socket surface.
 //!   `metrics` (Prometheus text) and `table` (the CLI's human output) are pure renderings of a status.
