@@ -121,7 +121,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             info!("shutting down: stopping workers gracefully (a second SIGTERM exits at once)");
             arm_second_signal()?;
             fleet.stop_all().await;
-            let _ = fleet.root().remove();
+            // The (empty) root stays: under systemd it is oomguard-workers.service's `workers`
+            // group, which the next start must find again.
             let _ = std::fs::remove_file(&state_file);
             info!("all workers stopped");
         }
@@ -314,8 +315,11 @@ pub fn cgroup_root(mount: &Path, explicit: Option<&Path>) -> anyhow::Result<Path
         }
         return Ok(p.to_path_buf());
     }
+    // The holder unit's own group, not its `workers` child: if that child was ever removed, the
+    // daemon must still put the workers there (prepare_root recreates it), never fall back to a
+    // group outside systemd's delegation.
     let held = Path::new(crate::holder::HOLDER_WORKERS);
-    if mount == Path::new(CGROUP_MOUNT) && held.is_dir() {
+    if mount == Path::new(CGROUP_MOUNT) && held.parent().is_some_and(Path::is_dir) {
         return Ok(held.to_path_buf());
     }
     Ok(mount.join("oomguard"))

@@ -311,6 +311,21 @@ done
 if [ -e /run/oomguard ]; then evidence "e: /run/oomguard after stop" "still there"; else
   evidence "e: /run/oomguard after stop" "removed"; fi
 
+# ======== f. start again after a stop ========
+# The stop must leave the holder's workers group usable: the next start puts the workers there
+# again, inside systemd's delegation, not somewhere else.
+echo "=== f. systemctl start oomguard after the stop"
+systemctl start oomguard.service || fail "f: systemctl start after stop failed"
+wait_for 30 "healthy/0 running again" instances_running healthy/0
+p=$(pids_of healthy/0)
+g=$(group_of "$p")
+evidence "f: healthy/0 after start-after-stop" "pid $p in $g"
+case "$g" in
+  */oomguard-workers.service/workers/healthy/0) ;;
+  *) fail "f: healthy/0 (pid $p) runs in $g, not under oomguard-workers.service/workers" ;;
+esac
+systemctl stop oomguard.service || fail "f: second stop failed"
+
 kill "$WATCHDOG" 2>/dev/null
 evidence "timings" "start ${START_S}s, reload ${RELOAD_S}s, restart ${RESTART_S}s, sigkill-recovery ${CRASH_S}s, adopted leaker restarted ${RELEAK_S}s after the kill, stop ${STOP_S}s"
 evidence "scenario seconds" "$(secs_since "$T0")"
