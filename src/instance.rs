@@ -242,7 +242,9 @@ impl Instance {
                         worker.pid,
                         fmt_dur(ran_for)
                     );
-                    self.record_ending(&worker, reason, ending, &what);
+                    let ev =
+                        self.ending_event(&worker, reason, "exit", ending, &self.numbers(), &what);
+                    self.events.push(ev);
                     if !self.after_unplanned_exit(ran_for, reason, what).await {
                         return;
                     }
@@ -530,16 +532,25 @@ impl Instance {
         }
     }
 
-    /// The event for a worker that ended on its own.
-    fn record_ending(&self, w: &Worker, reason: Reason, ending: Ending, what: &str) {
-        let mut ev = self.event(reason, "exit", what);
-        fill_numbers(&mut ev, &self.numbers());
+    /// The event for a worker's end (an exit, a restart): the numbers, how it ended, and what
+    /// memory.events counted during its life.
+    fn ending_event(
+        &self,
+        w: &Worker,
+        reason: Reason,
+        action: &str,
+        ending: Ending,
+        numbers: &Numbers,
+        what: &str,
+    ) -> EventRecord {
+        let mut ev = self.event(reason, action, what);
+        fill_numbers(&mut ev, numbers);
         ev.ending = Some(ending);
         ev.memory_events_delta = delta(
             &w.events_at_start,
             &self.group.memory_events().unwrap_or_default(),
         );
-        self.events.push(ev);
+        ev
     }
 
     fn event(&self, reason: Reason, action: &str, message: &str) -> EventRecord {

@@ -324,29 +324,28 @@ impl Fleet {
     /// daemon ran): their workers get SIGTERM, then cgroup.kill after `STRAY_GRACE`, and the
     /// groups are removed. Runs in the background; returns the groups it found.
     pub fn reap_strays(&self) -> Vec<Group> {
-        let managed: Vec<std::path::PathBuf> = {
-            let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-            policies
-                .values()
-                .flat_map(|r| r.instances.iter().map(|h| h.group.path().to_path_buf()))
-                .collect()
-        };
+        let managed: Vec<Group> = self.all_groups();
+        let known: Vec<String> = self
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let mut strays = Vec::new();
         for policy_dir in subdirs(self.root.path()) {
-            let policy = Group::new(&policy_dir);
             let instances = subdirs(&policy_dir);
-            for dir in instances.iter().filter(|d| !managed.contains(d)) {
-                strays.push(Group::new(dir));
+            if instances.is_empty() && !known.contains(&file_name(&policy_dir)) {
+                // An empty group of a policy that is gone (a known one's instances may just not
+                // be created yet).
+                let _ = Group::new(&policy_dir).remove();
             }
-            if instances.is_empty()
-                && !self
-                    .policies
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(&file_name(&policy_dir))
-            {
-                let _ = policy.remove();
-            }
+            strays.extend(
+                instances
+                    .into_iter()
+                    .map(Group::new)
+                    .filter(|g| !managed.contains(g)),
+            );
         }
         for g in &strays {
             let g = g.clone();

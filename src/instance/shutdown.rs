@@ -7,7 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::report::{delta, describe_ending, exit_signal, fill_numbers, ms};
+use super::report::{describe_ending, exit_signal, ms};
 use super::wait::{wait_empty, wait_worker};
 use super::{Instance, Worker, KILL_WAIT};
 use crate::cgroupfs::{CgroupError, MEMORY_EVENTS};
@@ -42,15 +42,9 @@ impl Instance {
             numbers.some_avg10.unwrap_or(0.0),
         );
         info!(instance = %self.id, reason = reason.as_str(), pid = w.pid, "{what}");
-        let mut ev = self.event(reason, "restart", &what);
-        fill_numbers(&mut ev, &numbers);
-        ev.ending = Some(ending);
+        let mut ev = self.ending_event(&w, reason, "restart", ending, &numbers, &what);
         ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
         ev.signal_to_exit_ms = Some(ms(to_exit));
-        ev.memory_events_delta = delta(
-            &w.events_at_start,
-            &self.group.memory_events().unwrap_or_default(),
-        );
         self.events.push(ev);
     }
 
