@@ -105,21 +105,6 @@ build_image() {
   # What postinst and ConfigurationDirectory= would give: the socket group, /etc/oomguard.
   chroot "$image" groupadd --system oomguard
   install -d -o root -g root -m 0755 "$image/etc/oomguard" "$image/etc/oomguard/policies.d"
-  cat >"$image/etc/oomguard/policies.d/healthy.yaml" <<'EOF'
-mode: enforce
-run:
-  command: ["/usr/bin/testworker", "--ledger", "/var/lib/oomguard-test/healthy.ledger"]
-  instances: 2
-memory:
-  high: 48M
-  max: 96M
-triggers:
-  pressure: {some: 100ms, window: 1s, for: 1s}
-restart:
-  grace: 10s
-EOF
-  chown root:root "$image/etc/oomguard/policies.d/healthy.yaml"
-  chmod 0644 "$image/etc/oomguard/policies.d/healthy.yaml"
   # The scenario, started once multi-user is reached.
   install -D -m 0755 "$here/scenario.sh" "$image/usr/local/lib/oomguard-test/scenario.sh"
   install -m 0644 "$here/oomguard-scenario.service" "$image/etc/systemd/system/"

@@ -126,8 +126,9 @@ echo "scenario: $(systemctl --version | head -n 1), kernel $(uname -r)"
 evidence "boot to scenario" "$(cut -d' ' -f1 /proc/uptime)s since kernel start"
 mkdir -p "$LEDGERS"
 chmod 0777 "$LEDGERS"
-# run.sh installed healthy.yaml (2 instances, memory.high 48M).
-evidence "policies at boot" "$(stat -c '%A %U:%G %n' "$POLICIES"/* | tr '\n' ';')"
+# The fleet the steps below work on: 2 healthy instances, memory.high 48M.
+write_policy healthy "$(policy healthy 2 48M)"
+evidence "policies before start" "$(stat -c '%A %U:%G %n' "$POLICIES"/* | tr '\n' ';')"
 
 # ======== a. start ========
 echo "=== a. systemctl start oomguard"
