@@ -101,15 +101,9 @@ async fn run(instances: u32) -> anyhow::Result<()> {
         bytes = serde_json::to_vec(&report)?.len();
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "METRIC host{instances}.daemon_side_p50_ms {:.2} ({bytes} bytes of JSON)",
-        ms[ms.len() / 2]
-    );
-    println!(
-        "METRIC host{instances}.daemon_side_p99_ms {:.2}",
-        ms[ms.len() * 99 / 100]
-    );
+    let (p50, p99) = percentiles(ms);
+    println!("METRIC host{instances}.daemon_side_p50_ms {p50:.2} ({bytes} bytes of JSON)");
+    println!("METRIC host{instances}.daemon_side_p99_ms {p99:.2}");
 
     // The client runs on the same thread as the daemon here; that only adds to the latency.
     let mut ms = Vec::new();
@@ -119,15 +113,9 @@ async fn run(instances: u32) -> anyhow::Result<()> {
         anyhow::ensure!(resp.is_ok(), "status failed: {:?}", resp.err());
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "METRIC host{instances}.status_p50_ms {:.2}",
-        ms[ms.len() / 2]
-    );
-    println!(
-        "METRIC host{instances}.status_p99_ms {:.2}",
-        ms[ms.len() * 99 / 100]
-    );
+    let (p50, p99) = percentiles(ms);
+    println!("METRIC host{instances}.status_p50_ms {p50:.2}");
+    println!("METRIC host{instances}.status_p99_ms {p99:.2}");
     let status = std::fs::read_to_string("/proc/self/status")?;
     let rss = status
         .lines()
@@ -138,6 +126,12 @@ async fn run(instances: u32) -> anyhow::Result<()> {
     println!("METRIC host{instances}.process_rss {rss} (daemon, server and client in one process)");
     fleet.stop_all().await;
     Ok(())
+}
+
+/// p50 and p99 of a set of timings.
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    (ms[ms.len() / 2], ms[ms.len() * 99 / 100])
 }
 
 struct BenchApi(Arc<Fleet>);
