@@ -6,6 +6,9 @@
 #   tests/vm/run.sh smoke observe   just those
 #   tests/vm/run.sh demo            watch a leaking worker being restarted
 #   tests/vm/run.sh systemd         the real-systemd VM (tests/vm/systemd/run.sh; in the default suite)
+#   tests/vm/run.sh --kernel 5.10 [SCENARIO...]   on Debian bullseye's 5.10 (or 6.1, the default, or 6.12)
+#   tests/vm/run.sh --matrix [SCENARIO...]        the busybox test scenarios on 5.10, 6.1 and 6.12,
+#                                                 then a kernel x scenario table
 #
 # Console logs: tests/vm/.cache/logs/<scenario>.log. See tests/vm/README.md.
 set -euo pipefail
@@ -39,7 +42,7 @@ ensure_packages() {
 
 static_busybox() {
   [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 &&
-    /bin/busybox --list 2>/dev/null | grep -qx poweroff
+    /bin/busybox --list 2>/dev/null | grep -x poweroff >/dev/null
 }
 
 
@@ -102,10 +105,11 @@ load_scenarios() {
   done < <("$bin_scenarios" --list)
 }
 
-run_scenario() { # <name>: boots one VM; sets verdict and reason
-  local name=$1 log="$logs/$1.log" limit=$((${budget[$1]} + 90)) rc=0
+run_scenario() { # <name> <kernel version>: boots one VM; sets verdict and reason
+  local name=$1 log limit=$((${budget[$1]} + 90)) rc=0
+  log=$(log_path "$name" "$2")
   local qemu=(timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2
-    -m "${mem[$1]}" -nographic -no-reboot -kernel "$kernel" -initrd "$initramfs"
+    -m "${mem[$1]}" -nographic -no-reboot -kernel "${kernel_of[$2]}" -initrd "$initramfs"
     -append "console=ttyS0 panic=-1 loglevel=4 oomguard.scenario=$name ${kargs[$name]}")
   if [ "${kind[$1]}" = demo ]; then
     # Demos and benchmarks are for watching: stream the console (without kernel lines) live.
@@ -141,43 +145,102 @@ run_systemd() { # sets verdict and reason; its own run.sh shows the console tail
   fi
 }
 
+# 6.1's logs keep their old names; the other kernels' get the version: smoke.log, smoke@5.10.log.
+log_path() { # <name> <kernel version>
+  if [ "$2" = "$default_kernel_version" ]; then echo "$logs/$1.log"; else echo "$logs/$1@$2.log"; fi
+}
+
+usage() {
+  echo "usage: tests/vm/run.sh [--kernel 5.10|6.1|6.12 | --matrix] [SCENARIO...]" >&2
+  exit 2
+}
+
+# Boots <name> on <kernel version>; sets verdict, reason and secs, and prints the result line.
+boot_one() { # <name> <kernel version>
+  local name=$1 kv=$2 start
+  say "booting scenario $name on ${kernel_of[$kv]##*/}"
+  start=$(date +%s)
+  if [ "$name" = systemd ]; then run_systemd; else run_scenario "$name" "$kv"; fi
+  secs=$(($(date +%s) - start))
+  if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ] && [ "$name" != systemd ]; then
+    # A failure needs its evidence (demos showed theirs live; systemd prints its own).
+    tr -d '\r' <"$(log_path "$name" "$kv")" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 60 | sed 's/^/    | /'
+  fi
+  printf '%s %s [%s] (%ss)%s  log: %s\n' "$verdict" "$name" "$kv" "$secs" "${reason:+: $reason}" \
+    "$(log_path "$name" "$kv")"
+}
+
+declare -A kernel_of
 main() {
+  local kernels=("$default_kernel_version") matrix=no
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --kernel)
+        [ $# -ge 2 ] && kernel_suite "$2" >/dev/null || usage
+        kernels=("$2")
+        shift 2
+        ;;
+      --matrix)
+        kernels=("${kernel_versions[@]}") matrix=yes
+        shift
+        ;;
+      -*) usage ;;
+      *) break ;;
+    esac
+  done
   ensure_packages
-  ensure_kernel
+  local kv
+  for kv in "${kernels[@]}"; do
+    ensure_kernel "$(kernel_suite "$kv")"
+    kernel_of[$kv]=$kernel
+  done
   build_binaries
   load_scenarios
   # `systemd` is not in vm-scenarios' table: it boots a Debian rootfs with a real systemd
-  # (tests/vm/systemd/run.sh) instead of the busybox initramfs.
+  # (tests/vm/systemd/run.sh) instead of the busybox initramfs, always on the default kernel.
   kind[systemd]="test"
   local wanted=("$@") name
-  [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tests[@]}" systemd)
+  if [ ${#wanted[@]} -eq 0 ]; then
+    wanted=("${all_tests[@]}")
+    [ "${kernels[*]}" != "$default_kernel_version" ] || wanted+=(systemd)
+  fi
   for name in "${wanted[@]}"; do
     [ -n "${kind[$name]:-}" ] || { echo "unknown scenario: $name (known: ${!kind[*]})" >&2; exit 2; }
+    if [ "$name" = systemd ] && [ "${kernels[*]}" != "$default_kernel_version" ]; then
+      echo "the systemd scenario runs on the default kernel ($default_kernel_version) only" >&2
+      exit 2
+    fi
   done
   build_initramfs
-  say "kernel: $kernel"
 
-  local passed=0 failed=0 start secs summary=()
-  for name in "${wanted[@]}"; do
-    say "booting scenario $name"
-    start=$(date +%s)
-    if [ "$name" = systemd ]; then run_systemd; else run_scenario "$name"; fi
-    secs=$(($(date +%s) - start))
-    if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ] && [ "$name" != systemd ]; then
-      # A failure needs its evidence (demos showed theirs live; systemd prints its own).
-      tr -d '\r' <"$logs/$name.log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 60 | sed 's/^/    | /'
-    fi
-    if [ "$verdict" = PASS ]; then
-      passed=$((passed + 1))
-      summary+=("PASS $name (${secs}s)")
-    else
-      failed=$((failed + 1))
-      summary+=("FAIL $name (${secs}s): $reason")
-    fi
-    printf '%s %s (%ss)%s  log: %s\n' "$verdict" "$name" "$secs" "${reason:+: $reason}" "$logs/$name.log"
+  local passed=0 failed=0 summary=()
+  declare -A cell
+  for kv in "${kernels[@]}"; do
+    for name in "${wanted[@]}"; do
+      boot_one "$name" "$kv"
+      cell[$name@$kv]="$verdict ${secs}s"
+      if [ "$verdict" = PASS ]; then
+        passed=$((passed + 1))
+        summary+=("PASS $name [$kv] (${secs}s)")
+      else
+        failed=$((failed + 1))
+        summary+=("FAIL $name [$kv] (${secs}s): $reason")
+      fi
+    done
   done
   echo
   printf '%s\n' "${summary[@]}"
+  if [ "$matrix" = yes ]; then
+    echo
+    printf '%-22s' scenario
+    for kv in "${kernels[@]}"; do printf ' %-12s' "$kv"; done
+    echo
+    for name in "${wanted[@]}"; do
+      printf '%-22s' "$name"
+      for kv in "${kernels[@]}"; do printf ' %-12s' "${cell[$name@$kv]}"; done
+      echo
+    done
+  fi
   echo "$passed passed, $failed failed"
   [ "$failed" = 0 ]
 }
