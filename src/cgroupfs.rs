@@ -16,6 +16,8 @@ use cgroups_rs::fs::MaxValue;
 
 use crate::units::Limit;
 
+mod kill;
+
 pub const MEMORY_CURRENT: &str = "memory.current";
 pub const MEMORY_PEAK: &str = "memory.peak";
 pub const MEMORY_HIGH: &str = "memory.high";
@@ -26,6 +28,7 @@ pub const MEMORY_PRESSURE: &str = "memory.pressure";
 pub const CGROUP_PROCS: &str = "cgroup.procs";
 pub const CGROUP_EVENTS: &str = "cgroup.events";
 pub const CGROUP_KILL: &str = "cgroup.kill";
+pub const CGROUP_FREEZE: &str = "cgroup.freeze";
 pub const CGROUP_CONTROLLERS: &str = "cgroup.controllers";
 pub const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 
@@ -117,17 +120,32 @@ impl Group {
         }
     }
 
-    /// rmdir; only succeeds on an empty group. A group already gone is fine.
+    /// rmdir of the group and of the groups a worker made below it (deepest first); only
+    /// succeeds when the whole subtree is empty. A group already gone is fine.
     pub fn remove(&self) -> Result<()> {
-        match std::fs::remove_dir(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CgroupError::Write {
-                path: self.path.clone(),
-                value: "rmdir".into(),
-                source,
-            }),
+        let mut groups = Vec::new();
+        for group in self.subtree() {
+            match group {
+                Ok(g) => groups.push(g),
+                Err(CgroupError::Gone { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
+        // subtree() lists parents before their children.
+        for group in groups.iter().rev() {
+            match std::fs::remove_dir(&group.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(CgroupError::Write {
+                        path: group.path.clone(),
+                        value: "rmdir".into(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn read(&self, name: &str) -> Result<String> {
@@ -301,20 +319,29 @@ impl Group {
         Ok(events.get("populated").copied().unwrap_or(0) != 0)
     }
 
-    /// SIGKILLs every process in the subtree, forks in flight included (cgroup.kill, Linux 5.14).
-    /// On older kernels falls back to killing each listed pid, which can miss a racing fork; the
-    /// caller waits for `populated 0` and repeats.
-    pub fn kill(&self) -> Result<()> {
-        if self.file(CGROUP_KILL).exists() {
-            return self.write(CGROUP_KILL, "1");
+    /// This group and every group below it, parents first. A directory that cannot be listed is
+    /// an error in its place (a group that vanished meanwhile reads as Gone).
+    pub fn subtree(&self) -> Vec<Result<Group>> {
+        let mut out = Vec::new();
+        let mut todo = vec![self.clone()];
+        while let Some(group) = todo.pop() {
+            match std::fs::read_dir(&group.path) {
+                Ok(entries) => {
+                    for entry in entries {
+                        match entry {
+                            Ok(e) if e.file_type().is_ok_and(|t| t.is_dir()) => {
+                                todo.push(Group::new(e.path()))
+                            }
+                            Ok(_) => {}
+                            Err(source) => out.push(Err(dir_error(&group.path, source))),
+                        }
+                    }
+                    out.push(Ok(group));
+                }
+                Err(source) => out.push(Err(dir_error(&group.path, source))),
+            }
         }
-        for pid in self.procs()? {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        Ok(())
+        out
     }
 }
 
@@ -327,6 +354,18 @@ fn max_value(limit: Limit) -> MaxValue {
 
 fn is_gone(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV))
+}
+
+/// An error listing a group's directory.
+fn dir_error(dir: &Path, source: std::io::Error) -> CgroupError {
+    if is_gone(&source) {
+        CgroupError::Gone { path: dir.into() }
+    } else {
+        CgroupError::Read {
+            path: dir.into(),
+            source,
+        }
+    }
 }
 
 fn gone_or(path: PathBuf, source: std::io::Error) -> CgroupError {
@@ -395,7 +434,7 @@ pub fn parse_pressure(text: &str) -> Option<Pressure> {
 mod tests {
     use super::*;
 
-    fn fake_group() -> (tempfile::TempDir, Group) {
+    pub(super) fn fake_group() -> (tempfile::TempDir, Group) {
         let dir = tempfile::tempdir().expect("tempdir");
         let group = Group::new(dir.path().join("g"));
         group.create().expect("create");
@@ -487,5 +526,15 @@ mod tests {
         g.write(CGROUP_PROCS, "12\n34\n").unwrap();
         assert!(g.populated().unwrap());
         assert_eq!(g.procs().unwrap(), vec![12, 34]);
+    }
+
+    #[test]
+    fn remove_takes_empty_descendant_groups_along() {
+        let (_dir, g) = fake_group();
+        g.child("a").create().unwrap();
+        g.child("a").child("b").create().unwrap();
+        g.remove().expect("remove");
+        assert!(!g.exists());
+        g.remove().expect("removing a gone group is fine");
     }
 }

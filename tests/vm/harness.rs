@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use oomguard::protocol::{InstanceStatus, StatusReport};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use oomguard::protocol::{InstanceState, InstanceStatus, Reason, StatusReport};
 
 pub const OOMGUARD: &str = "/bin/oomguard";
 pub const TESTWORKER: &str = "/bin/testworker";
@@ -396,6 +396,33 @@ pub fn pid_alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// After `oomguard restart <id>`: waits for a new running pid (not `old`), then checks that the
+/// last restart's reason is manual. Returns the new pid.
+pub fn wait_manual_replacement(daemon: &mut Daemon, id: &str, old: u32) -> Result<u32> {
+    let new = daemon.wait_status(
+        &format!("a new {id} process"),
+        Duration::from_secs(15),
+        |r| {
+            let inst = instance(r, id)?;
+            let pid = *inst.pids.first().filter(|p| **p != old)?;
+            (inst.state == InstanceState::Running).then_some(pid)
+        },
+    )?;
+    ensure!(pid_alive(new), "the new pid {new} is not running");
+    let report = daemon.status()?;
+    let inst = require_instance(&report, id)?;
+    evidence(
+        "pids",
+        format!("{old} -> {new}; restarts {}", inst.restarts),
+    );
+    ensure!(
+        inst.last_restart_reason == Some(Reason::Manual),
+        "last restart reason {:?}, want manual",
+        inst.last_restart_reason
+    );
+    Ok(new)
 }
 
 /// The real uid of a process, from /proc/<pid>/status.

@@ -5,6 +5,7 @@
 
 mod bench;
 mod harness;
+mod kernels;
 mod lifecycle;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,6 +108,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: lifecycle::reload,
+    },
+    Scenario {
+        name: "kill_fallback",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: kernels::kill_fallback,
     },
     Scenario {
         name: "bench_goodput",
@@ -712,23 +721,7 @@ fn grace_kill() -> Result<()> {
     )?;
     evidence("old pid gone after", format!("{:?}", asked.elapsed()));
 
-    let new = daemon.wait_status("a new ignorer/0 process", Duration::from_secs(15), |r| {
-        let inst = instance(r, "ignorer/0")?;
-        let pid = *inst.pids.first().filter(|p| **p != old)?;
-        (inst.state == InstanceState::Running).then_some(pid)
-    })?;
-    ensure!(pid_alive(new), "the new pid {new} is not running");
-    let report = daemon.status()?;
-    let inst = require_instance(&report, "ignorer/0")?;
-    evidence(
-        "pids",
-        format!("{old} -> {new}; restarts {}", inst.restarts),
-    );
-    ensure!(
-        inst.last_restart_reason == Some(Reason::Manual),
-        "last restart reason {:?}, want manual",
-        inst.last_restart_reason
-    );
+    wait_manual_replacement(&mut daemon, "ignorer/0", old)?;
     let ledger = Ledger::read(&ledger_path("ignorer"))?;
     let rec = ledger
         .pids
