@@ -1,5 +1,10 @@
 //! Start-up checks: the daemon refuses to run where it could not do its job, and says what to do.
 //! A guard that starts on a host without the cgroup v2 memory controller would protect nothing.
+//!
+//! Kernel: **Linux 5.3 or newer** is required (PSI 4.20, cgroup.freeze 5.2, pidfd_open 5.3, each
+//! probed as a feature, not by version number, so backports count); **5.10 is the oldest tested**
+//! (Debian bullseye, in the VM kernel matrix). Below 5.14 groups are killed by the freeze fallback
+//! instead of cgroup.kill, below 5.19 there is no memory.peak; [`check_host`] logs both once.
 
 use std::path::{Path, PathBuf};
 
@@ -24,12 +29,23 @@ pub enum HostError {
          (kernels built with CONFIG_PSI_DEFAULT_DISABLED) and check that cgroup.pressure is 1"
     )]
     NoPsi { path: PathBuf },
+    #[error(
+        "pidfd_open is not available ({source}): oomguard needs Linux >= {MIN_KERNEL} \
+         (the oldest tested is {OLDEST_TESTED})"
+    )]
+    NoPidfd { source: std::io::Error },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
 }
+
+/// The oldest kernel oomguard can run on: pidfd_open (5.3) watches adopted workers, and the kill
+/// fallback freezes groups (cgroup.freeze, 5.2).
+pub const MIN_KERNEL: &str = "5.3";
+/// The oldest kernel the VM suite runs on (`tests/vm/run.sh --kernel 5.10`).
+pub const OLDEST_TESTED: &str = "5.10";
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -59,7 +75,59 @@ pub fn check_host(mount: &Path, parent: &Path) -> Result<(), HostError> {
             detail,
         });
     }
-    check_group(parent)
+    check_group(parent)?;
+    probe_pidfd()?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    for note in degraded_features(release.trim()) {
+        tracing::warn!("{note}");
+    }
+    Ok(())
+}
+
+/// pidfd_open on our own pid: ENOSYS on kernels before 5.3.
+fn probe_pidfd() -> Result<(), HostError> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    if raw < 0 {
+        return Err(HostError::NoPidfd {
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: the fd was just returned to us and nothing else owns it.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) });
+    Ok(())
+}
+
+/// What works differently on this kernel release ("5.10.0-46-cloud-amd64"), one sentence each;
+/// nothing for a release it cannot parse. The root cgroup has neither cgroup.kill nor
+/// memory.peak to probe, so this goes by version; the code paths themselves probe the files.
+pub fn degraded_features(release: &str) -> Vec<String> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let (Some(Ok(major)), Some(Ok(minor))) = (
+        parts.next().map(str::parse::<u32>),
+        parts.next().map(str::parse::<u32>),
+    ) else {
+        return Vec::new();
+    };
+    let v = (major, minor);
+    let mut notes = Vec::new();
+    if v < (5, 10) {
+        notes.push(format!(
+            "kernel {release} is older than {OLDEST_TESTED}, the oldest oomguard is tested on"
+        ));
+    }
+    if v < (5, 14) {
+        notes.push(format!(
+            "kernel {release} has no cgroup.kill (5.14): groups are killed by freezing them and \
+             SIGKILLing every pid, repeated until empty"
+        ));
+    }
+    if v < (5, 19) {
+        notes.push(format!(
+            "kernel {release} has no memory.peak (5.19): status, events and metrics show no peak"
+        ));
+    }
+    notes
 }
 
 /// The filesystem-level part of the checks, rooted at any path so a tempdir can stand in.
@@ -117,5 +185,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = check_host(dir.path(), dir.path()).unwrap_err();
         assert!(matches!(err, HostError::NotUnified { .. }), "{err}");
+    }
+
+    #[test]
+    fn says_what_degrades_on_older_kernels() {
+        assert!(degraded_features("6.1.0-56-cloud-amd64").is_empty());
+        assert!(degraded_features("6.12.118+deb13-cloud-amd64").is_empty());
+        assert!(degraded_features("garbage").is_empty());
+        let notes = degraded_features("5.10.0-46-cloud-amd64").join("\n");
+        assert!(
+            notes.contains("no cgroup.kill") && notes.contains("no memory.peak"),
+            "{notes}"
+        );
+        assert!(!notes.contains("older than"), "{notes}");
+        let notes = degraded_features("5.15.0").join("\n");
+        assert!(
+            !notes.contains("cgroup.kill") && notes.contains("memory.peak"),
+            "{notes}"
+        );
+        assert!(degraded_features("5.4.0")
+            .join(" ")
+            .contains("older than 5.10"));
+    }
+
+    #[test]
+    fn this_kernel_has_pidfd_open() {
+        probe_pidfd().expect("the host runs a kernel >= 5.3");
     }
 }

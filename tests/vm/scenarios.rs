@@ -323,22 +323,32 @@ fn leak_under_trigger(group: &Path) -> Result<()> {
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let fired = count_trigger_events(&trigger, Duration::from_secs(4));
-    let events = parse_flat_keyed(&read_trimmed(&group.join("memory.events"))?);
-    let peak = read_trimmed(&group.join("memory.peak"))?;
-    let _ = fs::write(group.join("cgroup.kill"), "1");
+    let events = read_trimmed(&group.join("memory.events"));
+    // memory.peak is Linux 5.19+ (absent on the matrix's 5.10).
+    let peak_file = group.join("memory.peak");
+    let peak = peak_file.exists().then(|| read_trimmed(&peak_file));
+    // The worker is the only process (sh exec'd it); cgroup.kill (5.14+) is not needed for it.
+    let _ = child.kill();
     let _ = child.wait();
     drop(trigger);
+    let events = parse_flat_keyed(&events?);
     evidence("probe memory.events", format!("{events:?}"));
-    evidence("probe memory.peak", &peak);
     evidence("probe PSI trigger events in 4 s", fired);
     ensure!(
         events.get("high").copied().unwrap_or(0) > 0,
         "a 20 MB/s leak never crossed memory.high=16M"
     );
-    ensure!(
-        peak.parse::<u64>().unwrap_or(0) >= 16 << 20,
-        "memory.peak {peak} stayed below 16M"
-    );
+    match peak {
+        Some(peak) => {
+            let peak = peak?;
+            evidence("probe memory.peak", &peak);
+            ensure!(
+                peak.parse::<u64>().unwrap_or(0) >= 16 << 20,
+                "memory.peak {peak} stayed below 16M"
+            );
+        }
+        None => evidence("probe memory.peak", "absent (Linux < 5.19)"),
+    }
     ensure!(
         fired > 0,
         "the PSI trigger never fired while the worker leaked against memory.high"
