@@ -34,12 +34,18 @@ impl Group {
     /// the kill racy, and the caller's repeat catches what got through. Returns how many pids
     /// were signalled; the first error other than a group vanishing, after signalling the rest.
     pub fn kill_by_freezing(&self, freeze_wait: Duration) -> Result<usize> {
-        let frozen = self.file(CGROUP_FREEZE).exists() && {
-            self.write(CGROUP_FREEZE, "1")?;
-            self.wait_frozen(freeze_wait)
-        };
-        let mut signalled = 0;
         let mut first_error = None;
+        // A freeze that cannot be written must not stop the kill: kill unfrozen, report it after.
+        let frozen = self.file(CGROUP_FREEZE).exists()
+            && match self.write(CGROUP_FREEZE, "1") {
+                Ok(()) => self.wait_frozen(freeze_wait),
+                Err(CgroupError::Gone { .. }) => false,
+                Err(e) => {
+                    first_error = Some(e);
+                    false
+                }
+            };
+        let mut signalled = 0;
         for group in self.subtree() {
             let pids = match group.and_then(|g| g.procs()) {
                 Ok(pids) => pids,
@@ -201,6 +207,16 @@ mod tests {
         std::fs::create_dir(bad.file(CGROUP_PROCS)).unwrap();
         let err = g.kill().unwrap_err();
         assert!(matches!(err, CgroupError::Read { .. }), "{err}");
+        assert_sigkilled(sleepers);
+    }
+
+    #[test]
+    fn a_freeze_that_cannot_be_written_still_kills_and_says_so() {
+        let (_dir, g, sleepers) = fake_tree_with_sleepers();
+        // A directory where cgroup.freeze should be: it exists but cannot be written.
+        std::fs::create_dir(g.file(CGROUP_FREEZE)).unwrap();
+        let err = g.kill_by_freezing(Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, CgroupError::Write { .. }), "{err}");
         assert_sigkilled(sleepers);
     }
 }
