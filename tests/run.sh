@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, unit and socket tests on the host, the systemd unit
 # check, then the real-kernel suite in throwaway VMs (tests/vm/run.sh installs what it needs).
+# Arguments go to tests/vm/run.sh: `tests/run.sh --matrix` runs the busybox VM scenarios on the
+# 5.10, 6.1 and 6.12 kernels instead of everything on 6.1; `tests/run.sh smoke` runs one scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

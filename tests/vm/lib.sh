@@ -25,7 +25,7 @@ kernel_suite() { # <version>: prints the Debian suite, or fails for an unknown v
 
 # The host's own Debian apt sources (/etc/apt/sources.list and sources.list.d, one-line and deb822
 # formats), rewritten for <suite>: every `deb` entry whose suite is the host's codename or
-# codename-SUFFIX (-updates, -security) becomes the same URI with <suite>[-SUFFIX], component main.
+# codename-updates or codename-security becomes the same URI with <suite>[-SUFFIX], component main.
 # No mirror name is written anywhere: the URIs are whatever this host already uses.
 suite_sources() { # <suite> <keyring or empty>
   local suite=$1 keyring=$2 host_codename
@@ -42,8 +42,8 @@ suite_sources() { # <suite> <keyring or empty>
   awk -v host="$host_codename" -v want="$suite" -v key="$keyring" '
     function emit(uri, s,   sfx) {
       if (s == host) sfx = ""
-      else if (index(s, host "-") == 1) sfx = substr(s, length(host) + 1)
-      else return
+      else if (s == host "-updates" || s == host "-security") sfx = substr(s, length(host) + 1)
+      else return  # not backports: its kernel is another series
       line = "deb " (key != "" ? "[signed-by=" key "] " : "") uri " " want sfx " main"
       if (!(line in seen)) { seen[line] = 1; print line }
     }
