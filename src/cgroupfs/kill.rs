@@ -68,8 +68,13 @@ impl Group {
                 first_error.get_or_insert(e);
             }
         }
-        if !frozen {
-            tracing::debug!(group = %self.path.display(), "killed without a settled freeze: a racing fork may need another pass");
+        if !frozen && self.file(CGROUP_FREEZE).exists() {
+            // Abnormal (a task in uninterruptible sleep): say so, once per pass.
+            tracing::warn!(
+                group = %self.path.display(),
+                "the group did not report frozen within {freeze_wait:?}: killed it unfrozen, \
+                 a racing fork may need another pass"
+            );
         }
         match first_error {
             Some(e) => Err(e),
@@ -100,8 +105,9 @@ impl Group {
 }
 
 /// How long the kill fallback waits for a subtree to report `frozen 1`. Kept short: the kill
-/// runs on the caller's thread, and an unsettled freeze only costs a repeat.
-const FREEZE_WAIT: Duration = Duration::from_millis(500);
+/// blocks the caller's thread, which is the daemon's only runtime thread (current-thread tokio),
+/// and an unsettled freeze only costs the caller's next pass.
+const FREEZE_WAIT: Duration = Duration::from_millis(100);
 
 /// TEST ONLY: `OOMGUARD_TEST_NO_CGROUP_KILL=1` in the daemon's environment makes [`Group::kill`]
 /// ignore cgroup.kill, so the VM suite exercises the pre-5.14 fallback on every kernel. Read once.

@@ -85,6 +85,12 @@ pub fn kill_fallback() -> Result<()> {
         said.is_some(),
         "the daemon never said it used the kill fallback"
     );
+    // The freeze of a few tasks must settle well within the fallback's 100 ms bound.
+    let unsettled = log.lines().find(|l| l.contains("did not report frozen"));
+    ensure!(
+        unsettled.is_none(),
+        "the freeze did not settle: {unsettled:?}"
+    );
 
     // A stop kills the new worker's subtree the same way and removes the groups, `sub` included.
     let status = daemon.stop()?;
