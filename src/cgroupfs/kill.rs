@@ -68,7 +68,7 @@ impl Group {
                 first_error.get_or_insert(e);
             }
         }
-        if !frozen && self.file(CGROUP_FREEZE).exists() {
+        if !frozen && first_error.is_none() && self.file(CGROUP_FREEZE).exists() {
             // Abnormal (a task in uninterruptible sleep): say so, once per pass.
             tracing::warn!(
                 group = %self.path.display(),
@@ -82,8 +82,8 @@ impl Group {
         }
     }
 
-    /// Polls cgroup.events until `frozen 1`, for at most `limit` (a handful of short sleeps: the
-    /// freeze of a few tasks settles in well under a millisecond on an idle machine).
+    /// Polls cgroup.events until `frozen 1`, for at most `limit`, with short sleeps growing from
+    /// 0.2 ms (a freeze of a few tasks settled within the 100 ms bound in every VM run).
     fn wait_frozen(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let mut pause = Duration::from_micros(200);
