@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::units::Limit;
 
+mod bounds;
 mod limits;
 mod load;
 mod raw;
