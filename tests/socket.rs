@@ -29,6 +29,9 @@ const NOGROUP: &str = "nogroup";
 /// The `daemon` user (1:1): unprivileged and not in nogroup.
 const OUTSIDER: u32 = 1;
 
+#[path = "socket/slots.rs"]
+mod slots;
+
 // ---------------------------------------------------------------------------------------------
 // A fake daemon
 // ---------------------------------------------------------------------------------------------
