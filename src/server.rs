@@ -11,6 +11,7 @@
 //! credentials the second, so a socket left with a wrong mode still refuses strangers.
 
 mod access;
+mod redact;
 mod slots;
 mod socket;
 
@@ -240,6 +241,17 @@ struct Peer {
     role: Role,
 }
 
+impl Peer {
+    /// An event as this peer may see it: whole for root and admins, without the worker's
+    /// command line (which may hold secrets) for readers.
+    fn visible(&self, event: EventRecord) -> EventRecord {
+        match self.role {
+            Role::Admin => event,
+            Role::Reader | Role::Stranger => redact::for_reader(event),
+        }
+    }
+}
+
 struct Connection<A> {
     api: Arc<A>,
     access: Arc<Access>,
@@ -404,8 +416,8 @@ impl<A: Api> Connection<A> {
         let mut live = self.api.subscribe();
         let history = self.api.events(last);
         let mut seen = history.last().map(|e| e.seq);
-        for event in &history {
-            if !self.send(&Response::ok(event)).await {
+        for event in history {
+            if !self.send(&Response::ok(&self.peer.visible(event))).await {
                 return;
             }
         }
@@ -436,7 +448,7 @@ impl<A: Api> Connection<A> {
                 Ok(event) if seen.is_some_and(|s| event.seq <= s) => continue,
                 Ok(event) => {
                     seen = Some(event.seq);
-                    Response::ok(&event)
+                    Response::ok(&self.peer.visible(event))
                 }
                 Err(RecvError::Lagged(n)) => Response::error(
                     ErrorCode::Lagged,
@@ -523,7 +535,14 @@ async fn execute<A: Api>(api: &A, req: Request, peer: &Peer) -> Response {
             let target = target.map(|t| t.to_string());
             reply(api.status(target.as_deref()).map(|s| Response::ok(&s)))
         }
-        Request::Events { last, .. } => Response::ok(&api.events(last)),
+        Request::Events { last, .. } => {
+            let events: Vec<EventRecord> = api
+                .events(last)
+                .into_iter()
+                .map(|e| peer.visible(e))
+                .collect();
+            Response::ok(&events)
+        }
         Request::Restart { target } => {
             info!(uid = peer.uid, pid = peer.pid, target = %target, "restart requested over the socket");
             reply(
