@@ -2,11 +2,13 @@
 //! out, never a panic; and a line that decodes re-encodes to the same request. Random bytes,
 //! and JSON-aware mutations of every JSON example in docs/protocol.md and of the seed corpus
 //! (tests/fuzz/corpus/protocol/, one document per line), which `corpus_replays` also runs as it
-//! is. Responses go through the client's decoder the same way. PROPTEST_CASES=N runs longer.
+//! is. Responses go through the client's decoder the same way, and then through what the CLI
+//! prints (status table, event lines, metrics). PROPTEST_CASES=N runs longer.
 
 use std::sync::OnceLock;
 
-use oomguard::protocol::{Request, Response};
+use oomguard::protocol::{EventRecord, Request, Response, StatusReport};
+use oomguard::{metrics, table};
 use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
 
@@ -21,8 +23,27 @@ fn check(line: &[u8]) -> Result<(), TestCaseError> {
         let again = Request::parse(req.to_line().as_bytes());
         prop_assert_eq!(again.as_ref().ok(), Some(&req), "{}", req.to_line());
     }
-    let _ = Response::parse(line);
+    if let Ok(resp) = Response::parse(line) {
+        render(resp);
+    }
     Ok(())
+}
+
+/// What the CLI does with a reply it decoded: the table, the event line, the metrics text.
+fn render(resp: Response) {
+    if let Ok(report) = resp.clone().into_result::<StatusReport>() {
+        let _ = table::render_status(&report, 1_700_000_000);
+        let _ = table::render_status(&report, 0);
+        let _ = metrics::render(&report);
+    }
+    if let Ok(event) = resp.clone().into_result::<EventRecord>() {
+        let _ = table::render_event(&event);
+    }
+    if let Ok(events) = resp.into_result::<Vec<EventRecord>>() {
+        events.iter().for_each(|e| {
+            let _ = table::render_event(e);
+        });
+    }
 }
 
 /// Every JSON document in docs/protocol.md's ```json blocks, and every line of the corpus.
@@ -114,6 +135,31 @@ enum JsonEdit {
     Wrap(bool),
     /// Replaces a field's value with itself nested `n` arrays deep.
     Nest(usize, usize),
+    /// Replaces the `i`-th leaf (any depth, depth-first) with a value: reaches nested fields
+    /// such as an event's `time_ms` or an instance's `memory_max`.
+    Leaf(usize, Value),
+}
+
+/// Numbers at the edges of what the fields hold.
+fn extreme() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::from(u64::MAX)),
+        Just(Value::from(i64::MIN)),
+        Just(Value::from(0)),
+        Just(Value::from(-1)),
+        Just(Value::from(f64::MAX)),
+        Just(Value::from(-0.0)),
+        Just(Value::from(253_402_300_800_000u64)),
+        leaf(),
+    ]
+}
+
+fn leaves(v: &mut Value) -> Vec<&mut Value> {
+    match v {
+        Value::Array(items) => items.iter_mut().flat_map(leaves).collect(),
+        Value::Object(map) => map.values_mut().flat_map(leaves).collect(),
+        leaf => vec![leaf],
+    }
 }
 
 fn json_edit() -> impl Strategy<Value = JsonEdit> {
@@ -122,6 +168,7 @@ fn json_edit() -> impl Strategy<Value = JsonEdit> {
         2 => any::<usize>().prop_map(JsonEdit::Remove),
         1 => any::<bool>().prop_map(JsonEdit::Wrap),
         1 => (any::<usize>(), 1usize..200).prop_map(|(i, n)| JsonEdit::Nest(i, n)),
+        4 => (any::<usize>(), extreme()).prop_map(|(i, v)| JsonEdit::Leaf(i, v)),
     ]
 }
 
@@ -143,6 +190,13 @@ fn mutate(mut doc: Value, edits: &[JsonEdit]) -> Value {
                     for _ in 0..*n {
                         *v = Value::Array(vec![v.take()]);
                     }
+                }
+            }
+            (JsonEdit::Leaf(i, v), doc) => {
+                let mut all = leaves(doc);
+                let n = all.len();
+                if n > 0 {
+                    *all[i % n] = v.clone();
                 }
             }
             (JsonEdit::Wrap(true), _) => doc = Value::Array(vec![doc.take()]),
@@ -193,7 +247,9 @@ fn corpus_replays() {
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let shown = String::from_utf8_lossy(line);
             let decoded = Request::parse(line);
-            let _ = Response::parse(line);
+            if let Ok(resp) = Response::parse(line) {
+                render(resp);
+            }
             if name.starts_with("ok-") {
                 assert!(decoded.is_ok(), "{name}: {shown}: {:?}", decoded.err());
             } else if name.starts_with("bad-") {
