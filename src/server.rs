@@ -9,8 +9,12 @@
 //!
 //! The file mode is the first gate (connect(2) needs write permission on the socket), the peer
 //! credentials the second, so a socket left with a wrong mode still refuses strangers.
+//!
+//! Submodules: `access` (roles), `slots` (connection limits), `follow` (event streams),
+//! `redact` (what readers may not see), `socket` (the socket file).
 
 mod access;
+mod follow;
 mod redact;
 mod slots;
 mod socket;
@@ -25,7 +29,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -403,65 +406,6 @@ impl<A: Api> Connection<A> {
                     return;
                 }
                 resp = execute(&*self.api, req, &self.peer) => resp,
-            };
-            if !self.send(&resp).await {
-                return;
-            }
-        }
-    }
-
-    /// History first, then live events, one response line each, until the peer hangs up.
-    /// Subscribing before reading the history leaves no gap; sequence numbers drop duplicates.
-    async fn follow(&mut self, last: usize) {
-        let mut live = self.api.subscribe();
-        let history = self.api.events(last);
-        let mut seen = history.last().map(|e| e.seq);
-        for event in history {
-            if !self.send(&Response::ok(&self.peer.visible(event))).await {
-                return;
-            }
-        }
-        let mut scratch = [0u8; 512];
-        loop {
-            let keepalive = tokio::time::sleep(self.limits.follow_keepalive);
-            let next = tokio::select! {
-                () = keepalive => {
-                    // An empty line: clients skip it (docs/protocol.md). A peer that does not
-                    // read is cut by the write timeout once its buffer is full.
-                    if self.send_raw(b"\n").await {
-                        continue;
-                    }
-                    return;
-                }
-                _ = self.shutdown.changed() => {
-                    self.send(&Response::error(ErrorCode::ShuttingDown, "the daemon is shutting down")).await;
-                    return;
-                }
-                // Whatever the client sends now is ignored; EOF means it left.
-                read = self.reader.read(&mut scratch) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                },
-                next = live.recv() => next,
-            };
-            let resp = match next {
-                Ok(event) if seen.is_some_and(|s| event.seq <= s) => continue,
-                Ok(event) => {
-                    seen = Some(event.seq);
-                    Response::ok(&self.peer.visible(event))
-                }
-                Err(RecvError::Lagged(n)) => Response::error(
-                    ErrorCode::Lagged,
-                    format!("reading too slowly: {n} events were dropped from this stream"),
-                ),
-                Err(RecvError::Closed) => {
-                    self.send(&Response::error(
-                        ErrorCode::ShuttingDown,
-                        "the event stream ended",
-                    ))
-                    .await;
-                    return;
-                }
             };
             if !self.send(&resp).await {
                 return;
