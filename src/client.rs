@@ -111,22 +111,28 @@ impl Conn {
         })
     }
 
-    /// The next reply; `None` when the daemon closed the connection.
+    /// The next reply; `None` when the daemon closed the connection. Empty lines are the
+    /// daemon's keepalives on a quiet follow stream (docs/protocol.md) and are skipped.
     async fn next(&mut self) -> Result<Option<Response>, ClientError> {
-        self.line.clear();
-        let n = (&mut self.reader)
-            .take(MAX_REPLY_LINE)
-            .read_until(b'\n', &mut self.line)
-            .await;
-        match (n, self.write_error.take()) {
-            (Ok(n), _) if n > 0 => {}
-            (_, Some(source)) | (Err(source), None) => {
-                return Err(ClientError::Disconnected {
-                    path: self.path.clone(),
-                    source,
-                })
+        loop {
+            self.line.clear();
+            let n = (&mut self.reader)
+                .take(MAX_REPLY_LINE)
+                .read_until(b'\n', &mut self.line)
+                .await;
+            match (n, self.write_error.take()) {
+                (Ok(n), _) if n > 0 => {}
+                (_, Some(source)) | (Err(source), None) => {
+                    return Err(ClientError::Disconnected {
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
+                (Ok(_), None) => return Ok(None),
             }
-            (Ok(_), None) => return Ok(None),
+            if !self.line.trim_ascii().is_empty() {
+                break;
+            }
         }
         Response::parse(&self.line)
             .map(Some)

@@ -62,7 +62,9 @@ impl Tracker {
     /// flight), stay quiet for `cooldown` and start counting the condition anew.
     pub fn reported(&mut self, now: Instant, cooldown: Duration) {
         self.started();
-        self.quiet_until = Some(now + cooldown);
+        // Saturating: validation bounds every policy duration, but a panic here would end the
+        // instance's supervision, so no arithmetic in the engine may overflow `Instant`.
+        self.quiet_until = Some(now.checked_add(cooldown).unwrap_or(now));
     }
 
     /// A PSI trigger event. The kernel sends at most one per window while the stall stays above
@@ -71,7 +73,7 @@ impl Tracker {
     pub fn on_pressure(&mut self, now: Instant, t: &PressureTrigger) -> Option<Offence> {
         let continues = self
             .last_pressure
-            .is_some_and(|last| now.saturating_duration_since(last) <= t.window * 2);
+            .is_some_and(|last| now.saturating_duration_since(last) <= t.window.saturating_mul(2));
         if !continues {
             self.pressure_since = Some(now);
         }
@@ -103,7 +105,10 @@ impl Tracker {
     /// When the memory trigger would fire if memory stays above the threshold; the supervisor
     /// samples again then rather than on a fast timer.
     pub fn memory_deadline(&self, t: &MemoryTrigger) -> Option<Instant> {
-        self.above_since.map(|since| since + t.sustain)
+        // None (no timer) rather than a panic if the sum left `Instant`'s range; memory.events
+        // wake-ups still re-sample.
+        self.above_since
+            .and_then(|since| since.checked_add(t.sustain))
     }
 
     fn quiet(&self, now: Instant) -> bool {
@@ -132,7 +137,7 @@ impl Tracker {
             return AfterExit::Fail { exits };
         }
         let after = match self.backoff {
-            Some(prev) if ran_for < r.backoff_max => (prev * 2).min(r.backoff_max),
+            Some(prev) if ran_for < r.backoff_max => prev.saturating_mul(2).min(r.backoff_max),
             _ => r.backoff_initial,
         };
         self.backoff = Some(after);
@@ -291,6 +296,44 @@ mod tests {
         assert_eq!(
             tr.on_unplanned_exit(t0 + ms(62_000), ms(1), &r),
             AfterExit::Respawn { after: ms(1000) }
+        );
+    }
+
+    /// Durations outside validation's bounds (a Policy built by hand, a future key) must not
+    /// panic the instance task: the arithmetic saturates instead.
+    #[test]
+    fn huge_durations_saturate_instead_of_panicking() {
+        let t0 = Instant::now();
+        let huge = Duration::MAX;
+        let mut tr = Tracker::new();
+        let t = MemoryTrigger {
+            above: 100,
+            sustain: huge,
+        };
+        assert_eq!(tr.on_memory(t0, 200, &t), None);
+        assert_eq!(
+            tr.memory_deadline(&t),
+            None,
+            "no deadline past Instant's range"
+        );
+        tr.reported(t0, huge);
+        let p = PressureTrigger {
+            window: huge,
+            ..pressure(0)
+        };
+        tr.on_pressure(t0, &p);
+        tr.on_pressure(t0 + ms(1), &p);
+        let r = RestartPolicy {
+            backoff_initial: huge,
+            backoff_max: huge,
+            limit_count: 100,
+            ..restart_policy()
+        };
+        let mut tr = Tracker::new();
+        tr.on_unplanned_exit(t0, ms(1), &r);
+        assert_eq!(
+            tr.on_unplanned_exit(t0 + ms(1), ms(1), &r),
+            AfterExit::Respawn { after: huge }
         );
     }
 }

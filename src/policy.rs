@@ -6,8 +6,9 @@
 //! - `validate`: [`parse`], which turns raw into [`Policy`] and reports every problem at once;
 //!   the rules per section are in `run`, `limits` (memory and triggers) and `restart`.
 //! - `yaml`: serde_norway's syntax and unknown-key errors as a [`PolicyError`] with key and line.
-//! - `load`: files and directories: [`check_file_permissions`], [`load_file`], [`load_dir`],
-//!   [`load_paths`].
+//! - `load`: files and directories: [`load_file`], [`load_dir`], [`load_paths`].
+//! - `perms`: [`check_file_permissions`]: who may write a policy file and the directories that
+//!   lead to it; the read from the checked descriptor.
 //!
 //! docs/policy.md is the user-facing reference for the file format and its messages.
 
@@ -17,8 +18,10 @@ use std::time::Duration;
 
 use crate::units::Limit;
 
+mod bounds;
 mod limits;
 mod load;
+mod perms;
 mod raw;
 mod restart;
 mod run;
@@ -28,7 +31,8 @@ mod yaml;
 #[cfg(test)]
 mod testutil;
 
-pub use load::{check_file_permissions, load_dir, load_file, load_paths};
+pub use load::{load_dir, load_file, load_paths};
+pub use perms::check_file_permissions;
 pub use validate::parse;
 
 /// One problem with one policy file. A bad file yields a list of these, one per problem, so a user

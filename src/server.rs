@@ -1,6 +1,7 @@
 //! The unix-socket server: binds the socket with its owner and mode, decides what each peer may
 //! do from its kernel-reported credentials (SO_PEERCRED), and answers requests through the
-//! [`Api`] seam that the daemon implements. One task per connection; a Semaphore caps them.
+//! [`Api`] seam that the daemon implements. One task per connection; `slots` caps them per uid
+//! and keeps some for root and admins.
 //!
 //! Who may do what (never decided from anything the client says):
 //! - read (`status`, `events`, `metrics`): root, members of the socket's group, `admin_uids`;
@@ -8,8 +9,14 @@
 //!
 //! The file mode is the first gate (connect(2) needs write permission on the socket), the peer
 //! credentials the second, so a socket left with a wrong mode still refuses strangers.
+//!
+//! Submodules: `access` (roles), `slots` (connection limits), `follow` (event streams),
+//! `redact` (what readers may not see), `socket` (the socket file).
 
 mod access;
+mod follow;
+mod redact;
+mod slots;
 mod socket;
 
 use std::future::Future;
@@ -22,13 +29,14 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use self::access::Role;
 pub use self::access::{Access, DEFAULT_GROUP};
+pub use self::slots::{Refusal, SlotLimits};
+use self::slots::{Slot, Slots};
 pub use self::socket::bind;
 use crate::metrics;
 pub use crate::protocol::{ApiError, ReloadReport};
@@ -59,6 +67,16 @@ pub trait Api: Send + Sync + 'static {
 pub struct Limits {
     /// Open connections at once; the next one gets `busy` and is closed.
     pub max_connections: usize,
+    /// Of `max_connections`, how many only root and admin uids may take, so readers holding
+    /// follow streams can never lock root out of `restart`/`reload`.
+    pub admin_reserved: usize,
+    /// Connections one non-admin uid may hold at once.
+    pub per_uid: usize,
+    /// `events --follow` streams one non-admin uid may hold at once.
+    pub follows_per_uid: usize,
+    /// A follow stream silent this long gets an empty keepalive line, so a client that stopped
+    /// reading fills its socket buffer and is cut by `write_timeout` instead of holding its slot.
+    pub follow_keepalive: Duration,
     /// Longest request line; longer gets `too_large` and the connection is closed.
     pub max_line: usize,
     /// Time allowed for a complete request line, so a silent or trickling client lets go.
@@ -73,6 +91,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 64,
+            admin_reserved: 8,
+            per_uid: 16,
+            follows_per_uid: 4,
+            follow_keepalive: Duration::from_secs(60),
             max_line: MAX_REQUEST_LINE,
             idle_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -111,7 +133,7 @@ pub async fn serve_with<A: Api>(
         .map(|m| (m.dev(), m.ino()));
     // Connections hold receivers; dropping the sender is the shutdown broadcast.
     let (notify_shutdown, shutdown_rx) = watch::channel(());
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Slots::new(limits.slots());
     let access = Arc::new(access);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -119,17 +141,16 @@ pub async fn serve_with<A: Api>(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((stream, _)) => match take_slot(&stream, &slots, &access) {
+                    Ok(slot) => {
                         let conn = Connection::new(stream, &api, &access, limits, shutdown_rx.clone());
                         tasks.spawn(async move {
                             if let Some(conn) = conn.await {
-                                conn.run().await;
+                                conn.run(slot).await;
                             }
-                            drop(permit);
                         });
                     }
-                    Err(_) => refuse_busy(stream, limits.max_connections),
+                    Err(why) => refuse_busy(stream, &why),
                 },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
@@ -171,19 +192,34 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Over the limit: one `busy` line, written without waiting (a fresh socket's buffer is empty),
+impl Limits {
+    fn slots(&self) -> SlotLimits {
+        SlotLimits {
+            max_connections: self.max_connections,
+            admin_reserved: self.admin_reserved,
+            per_uid: self.per_uid,
+            follows_per_uid: self.follows_per_uid,
+        }
+    }
+}
+
+/// A slot for the peer, decided from its uid alone (admin or not needs no user database, so the
+/// accept loop never blocks). No credentials: refused, as the peer could not be authorized anyway.
+fn take_slot(stream: &UnixStream, slots: &Arc<Slots>, access: &Access) -> Result<Slot, String> {
+    let uid = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read your credentials: {e}"))?
+        .uid();
+    slots
+        .connect(uid, access.is_admin(uid))
+        .map_err(|why| why.to_string())
+}
+
+/// Over a limit: one `busy` line, written without waiting (a fresh socket's buffer is empty),
 /// then closed. Runs inline in the accept loop so a flood spawns nothing.
-fn refuse_busy(stream: UnixStream, max: usize) {
-    warn!(
-        max_connections = max,
-        "connection refused: too many connections"
-    );
-    let line = Response::error(
-        ErrorCode::Busy,
-        format!("too many connections (limit {max}); try again shortly"),
-    )
-    .to_line()
-        + "\n";
+fn refuse_busy(stream: UnixStream, why: &str) {
+    warn!(reason = why, "connection refused: busy");
+    let line = Response::error(ErrorCode::Busy, why).to_line() + "\n";
     if let Ok(std_stream) = stream.into_std() {
         let _ = (&std_stream).write_all(line.as_bytes());
         let _ = std_stream.shutdown(std::net::Shutdown::Write);
@@ -206,6 +242,17 @@ struct Peer {
     gid: u32,
     pid: Option<i32>,
     role: Role,
+}
+
+impl Peer {
+    /// An event as this peer may see it: whole for root and admins, without the worker's
+    /// command line (which may hold secrets) for readers.
+    fn visible(&self, event: EventRecord) -> EventRecord {
+        match self.role {
+            Role::Admin => event,
+            Role::Reader | Role::Stranger => redact::for_reader(event),
+        }
+    }
 }
 
 struct Connection<A> {
@@ -266,7 +313,8 @@ impl<A: Api> Connection<A> {
         }
     }
 
-    async fn run(mut self) {
+    /// Serves requests until the peer leaves; `slot` is given back when this returns.
+    async fn run(mut self, slot: Slot) {
         let mut line = Vec::new();
         loop {
             let read = tokio::select! {
@@ -338,7 +386,19 @@ impl<A: Api> Connection<A> {
                 return;
             }
             if let Request::Events { last, follow: true } = req {
-                return self.follow(last).await;
+                let follow_slot = match slot.follow() {
+                    Ok(f) => f,
+                    Err(why) => {
+                        warn!(uid = self.peer.uid, pid = self.peer.pid, reason = %why, "follow refused: busy");
+                        self.send(&Response::error(ErrorCode::Busy, why.to_string()))
+                            .await;
+                        self.close_after_error().await;
+                        return;
+                    }
+                };
+                self.follow(last).await;
+                drop(follow_slot);
+                return;
             }
             let resp = tokio::select! {
                 _ = self.shutdown.changed() => {
@@ -346,56 +406,6 @@ impl<A: Api> Connection<A> {
                     return;
                 }
                 resp = execute(&*self.api, req, &self.peer) => resp,
-            };
-            if !self.send(&resp).await {
-                return;
-            }
-        }
-    }
-
-    /// History first, then live events, one response line each, until the peer hangs up.
-    /// Subscribing before reading the history leaves no gap; sequence numbers drop duplicates.
-    async fn follow(&mut self, last: usize) {
-        let mut live = self.api.subscribe();
-        let history = self.api.events(last);
-        let mut seen = history.last().map(|e| e.seq);
-        for event in &history {
-            if !self.send(&Response::ok(event)).await {
-                return;
-            }
-        }
-        let mut scratch = [0u8; 512];
-        loop {
-            let next = tokio::select! {
-                _ = self.shutdown.changed() => {
-                    self.send(&Response::error(ErrorCode::ShuttingDown, "the daemon is shutting down")).await;
-                    return;
-                }
-                // Whatever the client sends now is ignored; EOF means it left.
-                read = self.reader.read(&mut scratch) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                },
-                next = live.recv() => next,
-            };
-            let resp = match next {
-                Ok(event) if seen.is_some_and(|s| event.seq <= s) => continue,
-                Ok(event) => {
-                    seen = Some(event.seq);
-                    Response::ok(&event)
-                }
-                Err(RecvError::Lagged(n)) => Response::error(
-                    ErrorCode::Lagged,
-                    format!("reading too slowly: {n} events were dropped from this stream"),
-                ),
-                Err(RecvError::Closed) => {
-                    self.send(&Response::error(
-                        ErrorCode::ShuttingDown,
-                        "the event stream ended",
-                    ))
-                    .await;
-                    return;
-                }
             };
             if !self.send(&resp).await {
                 return;
@@ -425,12 +435,12 @@ impl<A: Api> Connection<A> {
     async fn send(&mut self, resp: &Response) -> bool {
         let mut line = resp.to_line();
         line.push('\n');
+        self.send_raw(line.as_bytes()).await
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> bool {
         matches!(
-            tokio::time::timeout(
-                self.limits.write_timeout,
-                self.writer.write_all(line.as_bytes())
-            )
-            .await,
+            tokio::time::timeout(self.limits.write_timeout, self.writer.write_all(bytes)).await,
             Ok(Ok(()))
         )
     }
@@ -469,7 +479,14 @@ async fn execute<A: Api>(api: &A, req: Request, peer: &Peer) -> Response {
             let target = target.map(|t| t.to_string());
             reply(api.status(target.as_deref()).map(|s| Response::ok(&s)))
         }
-        Request::Events { last, .. } => Response::ok(&api.events(last)),
+        Request::Events { last, .. } => {
+            let events: Vec<EventRecord> = api
+                .events(last)
+                .into_iter()
+                .map(|e| peer.visible(e))
+                .collect();
+            Response::ok(&events)
+        }
         Request::Restart { target } => {
             info!(uid = peer.uid, pid = peer.pid, target = %target, "restart requested over the socket");
             reply(

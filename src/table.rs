@@ -123,7 +123,7 @@ fn align<const N: usize>(rows: &[[String; N]]) -> String {
 /// One event per line: time (UTC), instance, action, reason, the numbers, the message.
 /// Fixed minimum widths rather than table alignment, since `--follow` prints as events come.
 pub fn render_event(e: &EventRecord) -> String {
-    let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(e.time_ms));
+    let time = event_time(e.time_ms);
     let mut numbers = Vec::new();
     if let Some(m) = e.memory_current {
         numbers.push(format!("mem={}", bytes(m)));
@@ -165,6 +165,17 @@ pub fn render_event(e: &EventRecord) -> String {
         e.message
     );
     line.trim_end().to_string()
+}
+
+/// UTC, to the second. The number comes from the daemon; past year 9999 humantime's Display
+/// returns an error, which `format!` turns into a panic, so such a time prints as `@<ms>ms`.
+fn event_time(ms: u64) -> String {
+    /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 (and humantime) can write.
+    const LAST_MS: u64 = 253_402_300_799_999;
+    if ms > LAST_MS {
+        return format!("@{ms}ms");
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// Binary units as in policy files: "512B", "412M", "1.5G", "2G".
@@ -305,9 +316,8 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
         );
     }
 
-    #[test]
-    fn event_line() {
-        let e = EventRecord {
+    fn sample_event() -> EventRecord {
+        EventRecord {
             seq: 7,
             time_ms: 1_700_000_000_123,
             instance: "celery/0".into(),
@@ -326,13 +336,32 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
             trigger_to_signal_us: Some(1500),
             signal_to_exit_ms: Some(2300),
             message: "celery/0: memory pressure some 41.5% for 30s; sent SIGTERM".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn event_line() {
         assert_eq!(
-            render_event(&e),
+            render_event(&sample_event()),
             "2023-11-14T22:13:20Z  celery/0      restart        pressure    \
              mem=1.8G peak=1.9G psi=41.5%/12.2% high+12 trigger→signal=1.5ms signal→exit=2300ms exit=0  \
              celery/0: memory pressure some 41.5% for 30s; sent SIGTERM"
         );
+    }
+
+    /// The time comes from the daemon: one past year 9999 (a broken or hostile peer) made
+    /// humantime's Display fail, and `format!` panic in the CLI.
+    #[test]
+    fn event_times_past_year_9999_print_as_numbers() {
+        let mut e = EventRecord {
+            time_ms: u64::MAX,
+            ..sample_event()
+        };
+        assert!(render_event(&e).starts_with("@18446744073709551615ms  celery/0"));
+        e.time_ms = 253_402_300_799_999;
+        assert!(render_event(&e).starts_with("9999-12-31T23:59:59Z"));
+        e.time_ms = 253_402_300_800_000;
+        assert!(render_event(&e).starts_with("@253402300800000ms"));
     }
 
     #[test]

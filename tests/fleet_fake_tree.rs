@@ -144,7 +144,7 @@ async fn a_worker_that_exits_is_respawned_and_a_crash_loop_ends_failed() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["crash"]);
     let limits =
-        "restart:\n  backoff: {initial: 10ms, max: 40ms}\n  limit: {count: 3, within: 1h}\n";
+        "restart:\n  backoff: {initial: 100ms, max: 400ms}\n  limit: {count: 3, within: 1h}\n";
     fleet
         .start_policy(
             policy("crash", r#"["/bin/false"]"#, limits),

@@ -29,6 +29,11 @@ const NOGROUP: &str = "nogroup";
 /// The `daemon` user (1:1): unprivileged and not in nogroup.
 const OUTSIDER: u32 = 1;
 
+#[path = "socket/redact.rs"]
+mod redact;
+#[path = "socket/slots.rs"]
+mod slots;
+
 // ---------------------------------------------------------------------------------------------
 // A fake daemon
 // ---------------------------------------------------------------------------------------------

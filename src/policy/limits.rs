@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::bounds;
 use super::raw::{RawMemory, RawTriggers};
 use super::validate::Check;
 use crate::policy::{MemoryLimits, MemoryTrigger, PressureTrigger, StallKind, Triggers};
@@ -139,6 +140,11 @@ impl Check<'_> {
             );
             let sustain =
                 self.optional("triggers.pressure.for", p.sustain, Dur(Duration::ZERO), "");
+            let sustain = self.bounded(
+                "triggers.pressure.for",
+                sustain.map(|d| d.0),
+                bounds::SUSTAIN,
+            );
             let window = window.and_then(|w| self.window(w.0));
             let (kind, key, stall) = match (some, full) {
                 (Some(_), Some(_)) => {
@@ -160,7 +166,7 @@ impl Check<'_> {
                 (Some(t), None) | (None, Some(t)) => t,
             };
             let stall = self.take(key, stall, "")?;
-            self.pressure(kind, key, stall.0, window?, sustain?.0)
+            self.pressure(kind, key, stall.0, window?, sustain?)
         });
         let memory_trigger = raw.memory.and_then(|m| {
             let above = self.required(
@@ -170,6 +176,8 @@ impl Check<'_> {
                 "",
             );
             let sustain = self.optional("triggers.memory.for", m.sustain, Dur(Duration::ZERO), "");
+            let sustain =
+                self.bounded("triggers.memory.for", sustain.map(|d| d.0), bounds::SUSTAIN);
             let above = above?.0;
             if above == 0 {
                 self.fail(
@@ -195,7 +203,7 @@ impl Check<'_> {
             }
             Some(MemoryTrigger {
                 above,
-                sustain: sustain?.0,
+                sustain: sustain?,
             })
         });
         if self.errors.len() > before {

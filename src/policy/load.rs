@@ -1,52 +1,20 @@
 //! Policy files on disk: who may write them, which files in a directory count, and names that must
 //! be unique across files.
 //!
-//! A policy says what oomguard (root) executes, so a file or directory a non-root user can write
-//! is a privilege escalation; it is refused before it is read.
+//! Who may write them is `perms`: every file is read through its checks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::unistd::geteuid;
-
+use super::perms::{read_policy, shown};
 use super::validate::parse;
 use crate::policy::{Policy, PolicyError};
 
-const PERMISSIONS: &str = "(permissions)";
-
-/// Refuses `path` unless it, its directory, and (for a symlink) the target's directory are owned
-/// by root (or by the current euid, so a developer can `oomguard check` their own files) and not
-/// writable by group or others.
-pub fn check_file_permissions(path: &Path) -> Result<(), PolicyError> {
-    let link = fs::symlink_metadata(path).map_err(|e| read_error(path, &e))?;
-    // The directory holding the name decides what the name points at, for links and files alike.
-    check_dir(path, &parent(path))?;
-    if link.file_type().is_symlink() {
-        let target = fs::canonicalize(path).map_err(|e| read_error(path, &e))?;
-        check_dir(path, &parent(&target))?;
-    }
-    let meta = fs::metadata(path).map_err(|e| read_error(path, &e))?;
-    if !meta.is_file() {
-        return Err(PolicyError::new(
-            path,
-            "(file)",
-            "is not a regular file: policies are files named *.yaml",
-        ));
-    }
-    let fix = format!(
-        "chown root:root {0} && chmod 644 {0}",
-        shown(&fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
-    );
-    check_owner_mode(path, "the file", &meta, &fix)
-}
-
-/// Permission check, read, parse.
+/// Permission check and read (one open file, see `perms`), then parse.
 pub fn load_file(path: &Path) -> Result<Policy, Vec<PolicyError>> {
-    check_file_permissions(path).map_err(|e| vec![e])?;
-    let text = fs::read_to_string(path).map_err(|e| vec![read_error(path, &e)])?;
+    let text = read_policy(path).map_err(|e| vec![e])?;
     parse(path, &text)
 }
 
@@ -153,209 +121,11 @@ fn load_all(files: &[PathBuf]) -> (Vec<Policy>, Vec<PolicyError>) {
     (policies, errors)
 }
 
-fn check_dir(file: &Path, dir: &Path) -> Result<(), PolicyError> {
-    let meta = fs::metadata(dir).map_err(|e| {
-        PolicyError::new(
-            file,
-            PERMISSIONS,
-            format!("cannot check directory {}: {e}", dir.display()),
-        )
-    })?;
-    let fix = format!("chown root:root {0} && chmod 755 {0}", shown(dir));
-    check_owner_mode(
-        file,
-        &format!("its directory {}", dir.display()),
-        &meta,
-        &fix,
-    )
-}
-
-fn check_owner_mode(
-    file: &Path,
-    what: &str,
-    meta: &fs::Metadata,
-    fix: &str,
-) -> Result<(), PolicyError> {
-    let euid = geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid {
-        return Err(PolicyError::new(
-            file,
-            PERMISSIONS,
-            format!(
-                "{what} is owned by uid {}, so that user could change what oomguard runs as \
-                 root: {fix}",
-                meta.uid()
-            ),
-        ));
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o022 != 0 {
-        return Err(PolicyError::new(
-            file,
-            PERMISSIONS,
-            format!(
-                "{what} is writable by group or others (mode {:04o}), so they could change what \
-                 oomguard runs as root: {fix}",
-                mode & 0o7777
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn read_error(path: &Path, e: &io::Error) -> PolicyError {
-    let message = match e.kind() {
-        io::ErrorKind::NotFound => {
-            "does not exist (or is a dangling symlink): check the path".to_string()
-        }
-        _ => format!("cannot read: {e}"),
-    };
-    PolicyError::new(path, "(file)", message)
-}
-
-/// `Path::parent` gives "" for a bare file name; the directory is then the current one.
-fn parent(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Paths in suggested shell commands, quoted when they would otherwise split.
-fn shown(path: &Path) -> String {
-    let s = path.display().to_string();
-    if s.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    } else {
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
-
     use super::*;
-    use crate::policy::testutil::BASE;
-
-    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
-        let path = dir.join(name);
-        fs::write(&path, text).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        path
-    }
-
-    fn policy(name: &str) -> String {
-        BASE.replacen("name: web", &format!("name: {name}"), 1)
-    }
-
-    /// tempfile makes its directories 0700 and owned by us: a safe place, unless a test opens it.
-    fn safe_dir() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    }
-
-    fn refused(path: &Path, needle: &str) {
-        let err = check_file_permissions(path).unwrap_err();
-        assert_eq!(err.key, PERMISSIONS, "{err}");
-        assert!(err.message.contains(needle), "{err}");
-    }
-
-    #[test]
-    fn owner_only_writable_file_is_accepted() {
-        let dir = safe_dir();
-        let path = write(dir.path(), "web.yaml", BASE, 0o644);
-        check_file_permissions(&path).unwrap();
-        assert_eq!(load_file(&path).unwrap().name, "web");
-        let path = write(dir.path(), "ro.yaml", BASE, 0o400);
-        check_file_permissions(&path).unwrap();
-    }
-
-    #[test]
-    fn group_or_world_writable_file_is_refused() {
-        let dir = safe_dir();
-        let path = write(dir.path(), "web.yaml", BASE, 0o666);
-        refused(&path, "writable by group or others (mode 0666)");
-        refused(
-            &path,
-            &format!(
-                "chown root:root {0} && chmod 644 {0}",
-                fs::canonicalize(&path).unwrap().display()
-            ),
-        );
-        let errs = load_file(&path).unwrap_err();
-        assert_eq!(errs.len(), 1);
-        let path = write(dir.path(), "g.yaml", BASE, 0o620);
-        refused(&path, "mode 0620");
-    }
-
-    #[test]
-    fn writable_directory_is_refused() {
-        let dir = safe_dir();
-        let path = write(dir.path(), "web.yaml", BASE, 0o644);
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        refused(&path, "its directory");
-        refused(&path, "chmod 755");
-    }
-
-    #[test]
-    fn file_owned_by_another_user_is_refused() {
-        if !geteuid().is_root() {
-            // Only root can give a file away; the mode tests above still run.
-            eprintln!("skipped: needs root to chown");
-            return;
-        }
-        let dir = safe_dir();
-        let path = write(dir.path(), "web.yaml", BASE, 0o644);
-        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-        refused(&path, "owned by uid 65534");
-    }
-
-    #[test]
-    fn symlinks_are_checked_at_both_ends() {
-        let good = safe_dir();
-        let open = safe_dir();
-        fs::set_permissions(open.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let target = write(good.path(), "real.yaml", BASE, 0o644);
-        let bad_target = write(good.path(), "loose.yaml", BASE, 0o666);
-        let in_open = write(open.path(), "x.yaml", BASE, 0o644);
-
-        symlink(&target, good.path().join("ok.yaml")).unwrap();
-        check_file_permissions(&good.path().join("ok.yaml")).unwrap();
-
-        // Anyone could replace this link, even though what it points at is fine.
-        symlink(&target, open.path().join("link.yaml")).unwrap();
-        refused(&open.path().join("link.yaml"), "its directory");
-
-        // The target's own directory lets anyone swap the target.
-        symlink(&in_open, good.path().join("to-open.yaml")).unwrap();
-        refused(&good.path().join("to-open.yaml"), "its directory");
-
-        symlink(&bad_target, good.path().join("to-loose.yaml")).unwrap();
-        refused(&good.path().join("to-loose.yaml"), "mode 0666");
-
-        symlink(
-            good.path().join("gone.yaml"),
-            good.path().join("dangling.yaml"),
-        )
-        .unwrap();
-        let err = check_file_permissions(&good.path().join("dangling.yaml")).unwrap_err();
-        assert_eq!(err.key, "(file)");
-    }
-
-    #[test]
-    fn missing_file_and_directory_as_file() {
-        let dir = safe_dir();
-        let err = check_file_permissions(&dir.path().join("nope.yaml")).unwrap_err();
-        assert_eq!(
-            (err.key.as_str(), err.message.contains("does not exist")),
-            ("(file)", true)
-        );
-        fs::create_dir(dir.path().join("d.yaml")).unwrap();
-        let err = check_file_permissions(&dir.path().join("d.yaml")).unwrap_err();
-        assert!(err.message.contains("not a regular file"), "{err}");
-    }
+    use crate::policy::perms::PERMISSIONS;
+    use crate::policy::testutil::{policy, safe_dir, write};
 
     #[test]
     fn load_dir_takes_yaml_files_in_name_order() {

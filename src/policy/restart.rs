@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::bounds;
 use super::raw::RawRestart;
 use super::validate::Check;
 use crate::policy::RestartPolicy;
@@ -64,7 +65,7 @@ impl Check<'_> {
                 }),
         };
         let grace = self.optional("restart.grace", raw.grace, Dur(DEFAULT_GRACE), "");
-        let grace = self.positive("restart.grace", grace.map(|d| d.0));
+        let grace = self.bounded("restart.grace", grace.map(|d| d.0), bounds::GRACE);
         let (initial, max) = match raw.backoff {
             None => (Some(DEFAULT_BACKOFF_INITIAL), Some(DEFAULT_BACKOFF_MAX)),
             Some(b) => {
@@ -78,7 +79,8 @@ impl Check<'_> {
                 (i.map(|d| d.0), m.map(|d| d.0))
             }
         };
-        let initial = self.positive("restart.backoff.initial", initial);
+        let initial = self.bounded("restart.backoff.initial", initial, bounds::BACKOFF_INITIAL);
+        let max = self.bounded("restart.backoff.max", max, bounds::BACKOFF_MAX);
         if let (Some(i), Some(m)) = (initial, max) {
             if m < i {
                 self.fail(
@@ -124,7 +126,7 @@ impl Check<'_> {
                 None
             }
         });
-        let within = self.positive("restart.limit.within", within);
+        let within = self.bounded("restart.limit.within", within, bounds::LIMIT_WITHIN);
         Some(RestartPolicy {
             signal: signal?,
             grace: grace?,
@@ -204,12 +206,16 @@ mod tests {
 
     #[test]
     fn durations_and_counts_are_positive() {
-        rejects(&restart("  grace: 0s"), "restart.grace", "must be above 0");
+        rejects(
+            &restart("  grace: 0s"),
+            "restart.grace",
+            "is below the allowed range",
+        );
         rejects(&restart("  grace: 30"), "restart.grace", "no unit");
         rejects(
             &restart("  backoff: {initial: 0s}"),
             "restart.backoff.initial",
-            "must be above 0",
+            "is below the allowed range",
         );
         rejects(
             &restart("  backoff: {initial: 1m, max: 30s}"),
@@ -239,7 +245,7 @@ mod tests {
         rejects(
             &restart("  limit: {within: 0s}"),
             "restart.limit.within",
-            "must be above 0",
+            "is below the allowed range",
         );
         rejects(
             &restart("  backof: {initial: 1s}"),

@@ -1,7 +1,9 @@
 //! Shared by the policy tests: a minimal valid policy to vary, and assertions that name the key a
 //! rejection must report.
 
-use std::path::Path;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use crate::policy::{parse, Policy, PolicyError};
 
@@ -56,4 +58,37 @@ fn lines(errors: &[PolicyError]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Writes `text` to `dir/name` with `mode`.
+pub fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// BASE named `name`.
+pub fn policy(name: &str) -> String {
+    BASE.replacen("name: web", &format!("name: {name}"), 1)
+}
+
+/// tempfile makes its directories 0700 and owned by us: a safe place, unless a test opens it.
+/// It lives under the system temp dir (/tmp, world-writable), which is fine for a plain file but
+/// not on the way through a symlink: see [`checkout_dir`].
+pub fn safe_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A 0755 tempdir inside the checkout, whose ancestors (unlike /tmp's) are normally root's or
+/// ours and not group/world writable: where symlink chains that must be accepted live.
+pub fn checkout_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(".perms-test-")
+        .tempdir_in(env!("CARGO_MANIFEST_DIR"))
+        .unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }

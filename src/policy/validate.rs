@@ -5,7 +5,6 @@
 //! `run`, `limits` (memory and triggers) and `restart`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use super::raw::{Field, RawPolicy};
 use super::yaml::yaml_error;
@@ -138,17 +137,6 @@ impl Check<'_> {
         }
     }
 
-    /// A duration that must be above zero.
-    pub(super) fn positive(&mut self, key: &str, d: Option<Duration>) -> Option<Duration> {
-        match d {
-            Some(d) if d.is_zero() => {
-                self.fail(key, "must be above 0: write e.g. 1s");
-                None
-            }
-            other => other,
-        }
-    }
-
     pub(super) fn name(&mut self, path: &Path, field: Option<Field<String>>) -> Option<String> {
         if let Some(field) = field {
             let name = self.take(
@@ -186,6 +174,7 @@ impl Check<'_> {
 mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
+    use std::time::Duration;
 
     use super::*;
     use crate::policy::testutil::{accepts, base_with, errors, rejects, BASE};

@@ -36,6 +36,12 @@ impl Access {
         }
     }
 
+    /// Root or an admin uid: known from the uid alone, without the user database, so the
+    /// accept loop can reserve slots for them before reading anything.
+    pub(super) fn is_admin(&self, uid: u32) -> bool {
+        uid == 0 || self.admin_uids.contains(&uid)
+    }
+
     /// The role of a peer; may consult the user database (NSS) for supplementary groups.
     pub(super) async fn role_of(&self, uid: u32, gid: u32) -> Role {
         if let Some(role) = quick_role(self, uid, gid) {
@@ -94,7 +100,7 @@ pub(super) enum Role {
 
 /// The role when it follows from uid/gid alone; `None` when supplementary groups decide.
 fn quick_role(access: &Access, uid: u32, gid: u32) -> Option<Role> {
-    if uid == 0 || access.admin_uids.contains(&uid) {
+    if access.is_admin(uid) {
         return Some(Role::Admin);
     }
     match access.group_gid {
