@@ -12,6 +12,7 @@ use crate::policy::RestartPolicy;
 use crate::units::Dur;
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_READY: Duration = Duration::from_secs(5);
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const DEFAULT_LIMIT_COUNT: u32 = 10;
@@ -44,6 +45,7 @@ impl Check<'_> {
         let raw = raw.unwrap_or(RawRestart {
             signal: None,
             grace: None,
+            ready: None,
             backoff: None,
             limit: None,
         });
@@ -65,6 +67,8 @@ impl Check<'_> {
         };
         let grace = self.optional("restart.grace", raw.grace, Dur(DEFAULT_GRACE), "");
         let grace = self.positive("restart.grace", grace.map(|d| d.0));
+        // 0 is allowed: a rolling restart then only waits for each replacement to start.
+        let ready = self.optional("restart.ready", raw.ready, Dur(DEFAULT_READY), "");
         let (initial, max) = match raw.backoff {
             None => (Some(DEFAULT_BACKOFF_INITIAL), Some(DEFAULT_BACKOFF_MAX)),
             Some(b) => {
@@ -128,6 +132,7 @@ impl Check<'_> {
         Some(RestartPolicy {
             signal: signal?,
             grace: grace?,
+            ready: ready?.0,
             backoff_initial: initial?,
             backoff_max: max?,
             limit_count: count?,
@@ -176,6 +181,20 @@ mod tests {
                 "{unknown}"
             );
         }
+    }
+
+    #[test]
+    fn ready_defaults_to_5s_and_may_be_zero() {
+        assert_eq!(accepts(BASE).restart.ready, Duration::from_secs(5));
+        assert_eq!(
+            accepts(&restart("  ready: 20s")).restart.ready,
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            accepts(&restart("  ready: 0")).restart.ready,
+            Duration::ZERO
+        );
+        rejects(&restart("  ready: soon"), "restart.ready", "");
     }
 
     #[test]
