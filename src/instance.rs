@@ -1,7 +1,8 @@
 //! One task per worker instance: it owns the instance's state, spawns the worker in its group,
 //! feeds kernel wake-ups to the engine and carries out what the engine decided. The restart
-//! itself is `Instance::restart` in `instance/shutdown.rs`; `report` words the decisions and
-//! `wait` holds the kernel waits.
+//! itself is `Instance::restart` in `instance/shutdown.rs` (over the shared sequence in
+//! `crate::shutdown`); `down` is the backoff and failed states, `ready` a rolling restart's wait
+//! for the replacement, `report` words the decisions and `wait` holds the kernel waits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,23 +11,24 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK};
-use crate::engine::{AfterExit, Offence, Tracker};
+use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS};
+use crate::engine::{Offence, Tracker};
 use crate::events::{now_ms, EventLog};
 use crate::policy::{Mode, Policy};
-use crate::protocol::{Ending, EventRecord, InstanceState, Reason};
+use crate::protocol::{Ending, InstanceState, Reason};
 use crate::psi::PsiTrigger;
 use crate::shutdown::Proc;
 use crate::spawn::{self, Identity};
 use crate::watch::{FileWatch, PidFd};
 
+mod down;
 mod ready;
 mod report;
 mod shutdown;
 mod wait;
 
 pub use report::fmt_dur;
-use report::{delta, describe, exit_signal, fill_numbers, ms, Numbers};
+use report::{delta, describe, exit_signal, fill_numbers, ms};
 use wait::{sleep_until_opt, wait_file, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
@@ -486,136 +488,5 @@ impl Instance {
             w.psi = self.arm_pressure();
         }
         self.tracker.started();
-    }
-
-    /// Backoff or failed after an unplanned exit. Returns false when the task should end.
-    async fn after_unplanned_exit(
-        &mut self,
-        ran_for: Duration,
-        reason: Reason,
-        what: String,
-    ) -> bool {
-        self.count_restart(reason);
-        match self
-            .tracker
-            .on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart)
-        {
-            AfterExit::Respawn { after } => {
-                info!(instance = %self.id, reason = reason.as_str(), "respawning in {}: {what}", fmt_dur(after));
-                self.set_state(InstanceState::Backoff, None);
-                let until = tokio::time::Instant::now() + after;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => return true,
-                        cmd = self.commands.recv() => match cmd {
-                            // A reload during the backoff does not cut it short.
-                            Some(Command::Update(policy, identity, done)) => {
-                                self.policy = policy;
-                                self.identity = identity;
-                                let _ = done.send(());
-                            }
-                            other => return self.command_while_down(other),
-                        },
-                    }
-                }
-            }
-            AfterExit::Fail { exits } => {
-                let r = &self.policy.restart;
-                let msg = format!(
-                    "failed: {exits} unplanned exits within {} (restart.limit {} within {}); left stopped until `oomguard restart {}`",
-                    fmt_dur(r.limit_within), r.limit_count, fmt_dur(r.limit_within), self.id
-                );
-                error!(instance = %self.id, "{msg}");
-                self.events.push(self.event(reason, "failed", &msg));
-                self.set_state(InstanceState::Failed, None);
-                loop {
-                    match self.commands.recv().await {
-                        Some(Command::Update(policy, identity, done)) => {
-                            self.policy = policy;
-                            self.identity = identity;
-                            let _ = done.send(());
-                        }
-                        other => {
-                            self.tracker.reset_limit();
-                            return self.command_while_down(other);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// A command while no worker runs (backoff or failed). Returns whether to start a worker.
-    fn command_while_down(&mut self, cmd: Option<Command>) -> bool {
-        match cmd {
-            Some(Command::Restart(reply, ready)) => {
-                self.reply_when_ready(reply, ready, format!("{} starting", self.id));
-                true
-            }
-            Some(Command::Stop(reply)) => {
-                self.replacement_failed("the instance was stopped");
-                let _ = self.group.remove();
-                self.set_state(InstanceState::Stopped, None);
-                let _ = reply.send(format!("{} stopped", self.id));
-                false
-            }
-            Some(Command::Update(policy, identity, done)) => {
-                self.policy = policy;
-                self.identity = identity;
-                let _ = done.send(());
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The event for a worker's end (an exit, a restart): the numbers, how it ended, and what
-    /// memory.events counted during its life.
-    fn ending_event(
-        &self,
-        w: &Worker,
-        reason: Reason,
-        action: &str,
-        ending: Ending,
-        numbers: &Numbers,
-        what: &str,
-    ) -> EventRecord {
-        let mut ev = self.event(reason, action, what);
-        fill_numbers(&mut ev, numbers);
-        ev.ending = Some(ending);
-        ev.memory_events_delta = delta(
-            &w.events_at_start,
-            &self.group.memory_events().unwrap_or_default(),
-        );
-        ev
-    }
-
-    fn event(&self, reason: Reason, action: &str, message: &str) -> EventRecord {
-        EventRecord {
-            seq: 0,
-            time_ms: 0,
-            instance: self.id.clone(),
-            reason,
-            action: action.into(),
-            memory_current: None,
-            memory_peak: None,
-            memory_events_delta: BTreeMap::new(),
-            psi_some_avg10: None,
-            psi_full_avg10: None,
-            ending: None,
-            trigger_to_signal_us: None,
-            signal_to_exit_ms: None,
-            message: message.into(),
-        }
-    }
-
-    fn numbers(&self) -> Numbers {
-        let pressure = self.group.pressure().ok();
-        Numbers {
-            current: self.group.number(MEMORY_CURRENT).ok(),
-            peak: self.group.number(MEMORY_PEAK).ok(),
-            some_avg10: pressure.map(|p| p.some_avg10),
-            full_avg10: pressure.map(|p| p.full_avg10),
-        }
     }
 }
