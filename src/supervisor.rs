@@ -64,6 +64,9 @@ pub struct Fleet {
     samples: Arc<Samples>,
     /// How many instances may be starting at once, across the fleet.
     start_gate: Arc<Semaphore>,
+    /// Valid policies that failed to start (e.g. a user lookup failed for a moment): their
+    /// groups may hold live workers, so stray reaping leaves them alone (fail closed).
+    unstarted: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Fleet {
@@ -75,6 +78,7 @@ impl Fleet {
             started: Instant::now(),
             samples: Arc::new(Samples::default()),
             start_gate: Arc::new(Semaphore::new(crate::instance::START_GATE)),
+            unstarted: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -90,6 +94,17 @@ impl Fleet {
     /// in `saved` and still in their group). Fails, starting nothing, when the policy's group
     /// cannot be prepared or its user does not exist.
     pub fn start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
+        let name = policy.name.clone();
+        let started = self.try_start_policy(policy, saved);
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
+        match started {
+            Ok(()) => unstarted.remove(&name),
+            Err(_) => unstarted.insert(name),
+        };
+        started
+    }
+
+    fn try_start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group
@@ -171,6 +186,12 @@ impl Fleet {
             .collect();
         let identities = resolve_all(&new, &current)?;
         let new_names: Vec<String> = new.iter().map(|p| p.name.clone()).collect();
+        // A policy that failed to start and is now gone from the files: its groups are strays
+        // for the next daemon start.
+        self.unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|n| new_names.contains(n));
         for name in current.keys().filter(|n| !new_names.contains(n)) {
             info!(policy = %name, "reload: policy removed, stopping its instances");
             self.stop_policy(name.clone()).await;

@@ -16,6 +16,16 @@ use oomguard::supervisor::SavedState;
 
 use fake_tree::*;
 
+/// A process the test started, killed when the test ends (also on a failed assertion).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A worker that ignores SIGTERM (SIG_IGN survives exec).
 const STUBBORN: &str = r#"["/bin/sh", "-c", "trap '' TERM; exec sleep 1000"]"#;
 
@@ -203,4 +213,30 @@ async fn leftovers_are_killed_when_the_group_state_cannot_be_read() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn the_groups_of_a_policy_that_failed_to_start_are_not_strays() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["web"]);
+    let mut live = Reaped(
+        std::process::Command::new("/bin/sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap(),
+    );
+    let g = group_dir(dir.path(), "web/0");
+    std::fs::write(g.join(CGROUP_PROCS), format!("{}\n", live.0.id())).unwrap();
+    std::fs::write(g.join(CGROUP_EVENTS), "populated 1\n").unwrap();
+    // A valid policy whose user lookup fails at start (as a passing NSS failure would).
+    let mut p = policy("web", r#"["/bin/sleep", "1000"]"#, "");
+    p.run.user = Some("no-such-user-oomguard".into());
+    assert!(fleet.start_policy(p, &SavedState::new()).is_err());
+    let strays = fleet.reap_strays();
+    assert!(strays.is_empty(), "{strays:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        live.0.try_wait().unwrap().is_none(),
+        "the worker of a policy that failed to start was stopped"
+    );
 }

@@ -16,8 +16,9 @@ impl Fleet {
     /// Groups under the root that no policy owns any more (a policy removed or shrunk while no
     /// daemon ran): their workers are stopped with the shutdown sequence (the policy's own signal
     /// and grace when the policy still exists, e.g. an instance index past its new count;
-    /// otherwise SIGTERM and `STRAY_GRACE`), and the groups are removed. Runs in the background;
-    /// returns the groups it found.
+    /// otherwise SIGTERM and `STRAY_GRACE`), and the groups are removed. The groups of a valid
+    /// policy that failed to start are not strays: it may start on the next reload and adopt
+    /// them. Runs in the background; returns the groups it found.
     pub fn reap_strays(&self) -> Vec<Group> {
         let managed: Vec<Group> = self.all_groups();
         let known: BTreeMap<String, Arc<Policy>> = self
@@ -27,10 +28,20 @@ impl Fleet {
             .iter()
             .map(|(name, run)| (name.clone(), run.policy.clone()))
             .collect();
+        let unstarted = self
+            .unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut strays = Vec::new();
         for policy_dir in subdirs(self.root.path()) {
+            let name = file_name(&policy_dir);
+            if unstarted.contains(&name) {
+                warn!(policy = %name, "the policy did not start: its groups are left as they are, not reaped");
+                continue;
+            }
             let instances = subdirs(&policy_dir);
-            let policy = known.get(&file_name(&policy_dir)).cloned();
+            let policy = known.get(&name).cloned();
             if instances.is_empty() && policy.is_none() {
                 // An empty group of a policy that is gone (a known one's instances may just not
                 // be created yet).
