@@ -324,3 +324,43 @@ impl Sequence<'_> {
         self.finish(procs, signalled).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn adoption_checks_the_pid_against_the_group_after_opening_the_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Group::new(dir.path().join("g"));
+        g.create().unwrap();
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Not (or no longer) in the group, e.g. the pid was reused by another process.
+        g.write(crate::cgroupfs::CGROUP_PROCS, "1\n").unwrap();
+        let err = Proc::adopt(pid, &g).err().expect("not in the group");
+        assert!(err.contains("no longer in"), "{err}");
+        g.write(crate::cgroupfs::CGROUP_PROCS, &format!("1\n{pid}\n"))
+            .unwrap();
+        let p = Proc::adopt(pid, &g).expect("in the group");
+        assert_eq!(p.pid(), pid);
+        let pids: Vec<u32> = Proc::of_group(&g).iter().map(Proc::pid).collect();
+        assert!(pids.contains(&pid), "{pids:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn only_populated_0_is_empty() {
+        let path = std::path::Path::new("cgroup.events");
+        assert_eq!(
+            Emptiness::of("populated 0\nfrozen 0\n", path),
+            Emptiness::Empty
+        );
+        assert_eq!(Emptiness::of("populated 1\n", path), Emptiness::Populated);
+        assert!(matches!(Emptiness::of("", path), Emptiness::Unknown(_)));
+    }
+}
