@@ -336,10 +336,11 @@ pub fn reload_summary(r: &ReloadReport) -> String {
     .filter(|(_, names)| !names.is_empty())
     .map(|(what, names)| format!("{what} {}", names.join(", ")))
     .collect();
+    let notes: String = r.next_start.iter().map(|n| format!("{n}\n")).collect();
     if parts.is_empty() {
-        "reloaded: no policies\n".to_string()
+        format!("reloaded: no policies\n{notes}")
     } else {
-        format!("reloaded: {}\n", parts.join("; "))
+        format!("reloaded: {}\n{notes}", parts.join("; "))
     }
 }
 
@@ -387,10 +388,22 @@ mod tests {
             changed: vec!["b".into(), "c".into()],
             removed: vec![],
             unchanged: vec!["d".into()],
+            next_start: vec![],
         };
         assert_eq!(
             reload_summary(&r),
             "reloaded: added a; changed b, c; unchanged d\n"
+        );
+        let r = ReloadReport {
+            changed: vec!["b".into()],
+            next_start: vec![
+                "b: run section changed; applies at each instance's next start".into(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            reload_summary(&r),
+            "reloaded: changed b\nb: run section changed; applies at each instance's next start\n"
         );
         assert_eq!(
             reload_summary(&ReloadReport::default()),

@@ -244,11 +244,18 @@ pub async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadReport, Vec<S
             }
             Err(errors)
         }
-        Ok(policies) => {
-            let summary = fleet.reload(policies).await;
-            info!(added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed, "reloaded {}", opts.policies.display());
-            Ok(summary)
-        }
+        Ok(policies) => match fleet.reload(policies).await {
+            Ok(summary) => {
+                info!(added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed, "reloaded {}", opts.policies.display());
+                Ok(summary)
+            }
+            Err(errors) => {
+                for e in &errors {
+                    error!("reload refused, nothing changed: {e}");
+                }
+                Err(errors)
+            }
+        },
     };
     notify(&[NotifyState::Ready]);
     result

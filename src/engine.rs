@@ -173,6 +173,7 @@ mod tests {
         RestartPolicy {
             signal: libc::SIGTERM,
             grace: ms(30_000),
+            ready: ms(5000),
             backoff_initial: ms(1000),
             backoff_max: ms(8000),
             limit_count: 3,

@@ -1,7 +1,8 @@
 //! One task per worker instance: it owns the instance's state, spawns the worker in its group,
 //! feeds kernel wake-ups to the engine and carries out what the engine decided. The restart
-//! itself is `Instance::restart` in `instance/shutdown.rs`; `report` words the decisions and
-//! `wait` holds the kernel waits.
+//! itself is `Instance::restart` in `instance/shutdown.rs` (over the shared sequence in
+//! `crate::shutdown`); `down` is the backoff and failed states, `ready` a rolling restart's wait
+//! for the replacement, `report` words the decisions and `wait` holds the kernel waits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,38 +11,42 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS, MEMORY_PEAK};
-use crate::engine::{AfterExit, Offence, Tracker};
+use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS};
+use crate::engine::{Offence, Tracker};
 use crate::events::{now_ms, EventLog};
 use crate::policy::{Mode, Policy};
-use crate::protocol::{Ending, EventRecord, InstanceState, Reason};
-use crate::psi::{FileWatch, PsiTrigger};
+use crate::protocol::{Ending, InstanceState, Reason};
+use crate::psi::PsiTrigger;
+use crate::shutdown::Proc;
 use crate::spawn::{self, Identity};
+use crate::watch::{FileWatch, PidFd};
 
+mod down;
+mod ready;
 mod report;
 mod shutdown;
 mod wait;
 
 pub use report::fmt_dur;
-use report::{delta, describe, exit_signal, fill_numbers, ms, Numbers};
-pub use wait::wait_empty;
-use wait::{sleep_until_opt, wait_file, wait_main, wait_psi};
+use report::{delta, describe, exit_signal, fill_numbers, ms};
+use wait::{sleep_until_opt, wait_file, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
 const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
-/// How long to wait for an emptied group after cgroup.kill before saying so.
-const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Requests to an instance task.
 #[derive(Debug)]
 pub enum Command {
-    /// Graceful restart; the reply comes once the new worker runs.
-    Restart(oneshot::Sender<Result<String, String>>),
+    /// Graceful restart. With a duration (a rolling restart's `restart.ready`) the reply comes
+    /// once the new worker has run that long, or is an error saying why it did not; without,
+    /// once the old worker is gone.
+    Restart(oneshot::Sender<Result<String, String>>, Option<Duration>),
     /// Graceful stop; the task ends after replying.
     Stop(oneshot::Sender<String>),
-    /// A reloaded policy: new limits and triggers apply to the running worker; the reply comes
-    /// once they are written.
-    Update(Arc<Policy>, oneshot::Sender<()>),
+    /// A reloaded policy and who its workers run as: new limits and triggers apply to the
+    /// running worker; the run section (identity, command, env, workdir) applies at the next
+    /// start. The reply comes once the limits are written.
+    Update(Arc<Policy>, Option<Identity>, oneshot::Sender<()>),
 }
 
 /// What the instance task publishes for status and metrics.
@@ -58,10 +63,9 @@ pub struct View {
 
 /// A running worker.
 struct Worker {
-    /// Our child, or None for a worker adopted from a previous daemon (watched through `pidfd`).
-    child: Option<tokio::process::Child>,
-    pidfd: Option<crate::psi::PidWatch>,
-    pid: u32,
+    /// The main process: our child, or one adopted from a previous daemon; signalled only
+    /// through its pidfd.
+    main: Proc,
     started: Instant,
     psi: Option<PsiTrigger>,
     memory_events: Option<FileWatch>,
@@ -74,7 +78,7 @@ struct Worker {
 /// Why the watch over a running worker ended.
 enum Outcome {
     Offence(Offence, Instant),
-    Manual(oneshot::Sender<Result<String, String>>),
+    Manual(oneshot::Sender<Result<String, String>>, Option<Duration>),
     /// None for an adopted worker, whose status went to its new parent.
     Exited(Option<std::process::ExitStatus>),
     Stop(oneshot::Sender<String>),
@@ -93,6 +97,8 @@ pub struct Instance {
     restart_lock: Arc<Semaphore>,
     start_gate: Arc<Semaphore>,
     events: Arc<EventLog>,
+    /// A rolling restart waiting for this instance's replacement to be ready.
+    awaiting: Option<ready::Awaiting>,
 }
 
 /// What an instance task is given by the fleet.
@@ -143,6 +149,7 @@ impl Instance {
             restart_lock: spec.restart_lock,
             start_gate: spec.start_gate,
             events: spec.events,
+            awaiting: None,
         };
         (instance, view_rx)
     }
@@ -164,16 +171,7 @@ impl Instance {
     /// The task body: start, watch, restart or respawn, until stopped.
     pub async fn run(mut self, mut adopt: Option<u32>) {
         loop {
-            let gate = self.start_gate.clone();
-            let permit = gate.acquire().await;
-            let started = match adopt.take() {
-                Some(pid) => self.adopt(pid).or_else(|e| {
-                    warn!(instance = %self.id, "cannot adopt pid {pid}, starting anew: {e}");
-                    self.start()
-                }),
-                None => self.start(),
-            };
-            drop(permit);
+            let started = self.next_worker(adopt.take()).await;
             let worker = match started {
                 Ok(w) => w,
                 Err(e) => {
@@ -181,6 +179,7 @@ impl Instance {
                     error!(instance = %self.id, "{what}");
                     self.events
                         .push(self.event(Reason::Exited, "start_failed", &what));
+                    self.replacement_failed(&what);
                     if self
                         .after_unplanned_exit(Duration::ZERO, Reason::Exited, what)
                         .await
@@ -202,7 +201,7 @@ impl Instance {
                     )
                     .await;
                 }
-                Outcome::Manual(reply) => {
+                Outcome::Manual(reply, ready) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
                     self.restart(
                         worker,
@@ -211,15 +210,17 @@ impl Instance {
                         "requested by an operator".into(),
                     )
                     .await;
-                    let _ = reply.send(Ok(format!("{} restarted", self.id)));
+                    self.reply_when_ready(reply, ready, format!("{} restarted", self.id));
                 }
                 Outcome::Stop(reply) => {
+                    self.replacement_failed("the instance was stopped");
                     self.stop(worker).await;
                     let _ = reply.send(format!("{} stopped", self.id));
                     return;
                 }
                 Outcome::Exited(status) => {
                     let ran_for = worker.started.elapsed();
+                    let pid = worker.main.pid();
                     let oom = self.finish_group(&mut worker).await;
                     let reason = if oom {
                         Reason::OomKilled
@@ -238,19 +239,42 @@ impl Instance {
                     let how =
                         status.map_or("exit status unknown: adopted".into(), |s| s.to_string());
                     let what = format!(
-                        "worker pid {} ended on its own after {} ({how})",
-                        worker.pid,
+                        "worker pid {pid} ended on its own after {} ({how})",
                         fmt_dur(ran_for)
                     );
                     let ev =
                         self.ending_event(&worker, reason, "exit", ending, &self.numbers(), &what);
                     self.events.push(ev);
+                    self.replacement_failed(&what);
                     if !self.after_unplanned_exit(ran_for, reason, what).await {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// The worker to watch next: the adopted one, or a new one once the group is seen empty
+    /// (whatever is left in it is stopped first: a group never runs two workers).
+    async fn next_worker(&mut self, adopt: Option<u32>) -> Result<Worker, String> {
+        let why = match adopt {
+            Some(pid) => {
+                let gate = self.start_gate.clone();
+                let _permit = gate.acquire().await;
+                match self.adopt(pid) {
+                    Ok(w) => return Ok(w),
+                    Err(e) => {
+                        warn!(instance = %self.id, "cannot adopt pid {pid}: {e}");
+                        format!("its worker (pid {pid}) could not be adopted: {e}")
+                    }
+                }
+            }
+            None => "what is in it could not be adopted (no worker of a previous daemon)".into(),
+        };
+        self.clear_leftovers(&why).await?;
+        let gate = self.start_gate.clone();
+        let _permit = gate.acquire().await;
+        self.start()
     }
 
     /// Creates the group, sets and verifies the limits, spawns the worker inside it and arms the
@@ -260,26 +284,42 @@ impl Instance {
         self.group.create().map_err(|e| e.to_string())?;
         self.apply_limits()?;
         let events_at_start = self.group.memory_events().unwrap_or_default();
-        let child = spawn::spawn(
+        let mut child = spawn::spawn(
             &self.policy.run,
             self.identity.as_ref(),
             &self.group,
             &self.id,
         )
         .map_err(|e| e.to_string())?;
-        let pid = child.id().unwrap_or(0);
+        // Not reaped yet, so the pid is still this child's: the pidfd cannot name another process.
+        let pid = child
+            .id()
+            .ok_or("the new worker ended before it could be watched")?;
+        let pidfd = match PidFd::open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Without a pidfd it could not be signalled safely: kill it (our unreaped child).
+                let _ = child.start_kill();
+                return Err(format!(
+                    "cannot open a pidfd for the new worker pid {pid}: {e}; killed it"
+                ));
+            }
+        };
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
-        Ok(self.watching(Some(child), None, pid, events_at_start))
+        let main = Proc {
+            pidfd,
+            child: Some(child),
+        };
+        Ok(self.watching(main, events_at_start))
     }
 
     /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
     fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
-        let pidfd =
-            crate::psi::PidWatch::open(pid).map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+        let main = Proc::adopt(pid, &self.group)?;
         self.apply_limits()?;
         let events_at_start = self.group.memory_events().unwrap_or_default();
         info!(instance = %self.id, pid, "adopted the running worker");
-        Ok(self.watching(None, Some(pidfd), pid, events_at_start))
+        Ok(self.watching(main, events_at_start))
     }
 
     fn apply_limits(&self) -> Result<(), String> {
@@ -290,22 +330,14 @@ impl Instance {
     }
 
     /// A running worker with its triggers armed and memory.events watched.
-    fn watching(
-        &mut self,
-        child: Option<tokio::process::Child>,
-        pidfd: Option<crate::psi::PidWatch>,
-        pid: u32,
-        events_at_start: BTreeMap<String, u64>,
-    ) -> Worker {
+    fn watching(&mut self, main: Proc, events_at_start: BTreeMap<String, u64>) -> Worker {
         let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS))
             .map_err(|e| warn!(instance = %self.id, "not watching memory.events: {e}"))
             .ok();
         self.tracker.started();
-        self.set_state(InstanceState::Running, Some(pid));
+        self.set_state(InstanceState::Running, Some(main.pid()));
         Worker {
-            child,
-            pidfd,
-            pid,
+            main,
             started: Instant::now(),
             psi: self.arm_pressure(),
             memory_events,
@@ -328,7 +360,9 @@ impl Instance {
     async fn watch(&mut self, w: &mut Worker) -> Outcome {
         loop {
             let memory_due = self.memory_sample_due();
+            let ready_at = self.ready_at(w);
             tokio::select! {
+                _ = sleep_until_opt(ready_at) => self.replacement_ready(w),
                 fired = wait_psi(&mut w.psi) => {
                     let woke = Instant::now();
                     if let Err(e) = fired {
@@ -357,11 +391,12 @@ impl Instance {
                         return out;
                     }
                 }
-                status = wait_main(&mut w.child, &w.pidfd) => return Outcome::Exited(status),
+                status = w.main.wait() => return Outcome::Exited(status),
                 cmd = self.commands.recv() => match cmd {
-                    Some(Command::Restart(reply)) => return Outcome::Manual(reply),
+                    Some(Command::Restart(reply, ready)) => return Outcome::Manual(reply, ready),
                     Some(Command::Stop(reply)) => return Outcome::Stop(reply),
-                    Some(Command::Update(policy, done)) => {
+                    Some(Command::Update(policy, identity, done)) => {
+                        self.identity = identity;
                         self.update(policy, w);
                         let _ = done.send(());
                     }
@@ -453,132 +488,5 @@ impl Instance {
             w.psi = self.arm_pressure();
         }
         self.tracker.started();
-    }
-
-    /// Backoff or failed after an unplanned exit. Returns false when the task should end.
-    async fn after_unplanned_exit(
-        &mut self,
-        ran_for: Duration,
-        reason: Reason,
-        what: String,
-    ) -> bool {
-        self.count_restart(reason);
-        match self
-            .tracker
-            .on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart)
-        {
-            AfterExit::Respawn { after } => {
-                info!(instance = %self.id, reason = reason.as_str(), "respawning in {}: {what}", fmt_dur(after));
-                self.set_state(InstanceState::Backoff, None);
-                let until = tokio::time::Instant::now() + after;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => return true,
-                        cmd = self.commands.recv() => match cmd {
-                            // A reload during the backoff does not cut it short.
-                            Some(Command::Update(policy, done)) => {
-                                self.policy = policy;
-                                let _ = done.send(());
-                            }
-                            other => return self.command_while_down(other),
-                        },
-                    }
-                }
-            }
-            AfterExit::Fail { exits } => {
-                let r = &self.policy.restart;
-                let msg = format!(
-                    "failed: {exits} unplanned exits within {} (restart.limit {} within {}); left stopped until `oomguard restart {}`",
-                    fmt_dur(r.limit_within), r.limit_count, fmt_dur(r.limit_within), self.id
-                );
-                error!(instance = %self.id, "{msg}");
-                self.events.push(self.event(reason, "failed", &msg));
-                self.set_state(InstanceState::Failed, None);
-                loop {
-                    match self.commands.recv().await {
-                        Some(Command::Update(policy, done)) => {
-                            self.policy = policy;
-                            let _ = done.send(());
-                        }
-                        other => {
-                            self.tracker.reset_limit();
-                            return self.command_while_down(other);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// A command while no worker runs (backoff or failed). Returns whether to start a worker.
-    fn command_while_down(&mut self, cmd: Option<Command>) -> bool {
-        match cmd {
-            Some(Command::Restart(reply)) => {
-                let _ = reply.send(Ok(format!("{} starting", self.id)));
-                true
-            }
-            Some(Command::Stop(reply)) => {
-                let _ = self.group.remove();
-                self.set_state(InstanceState::Stopped, None);
-                let _ = reply.send(format!("{} stopped", self.id));
-                false
-            }
-            Some(Command::Update(policy, done)) => {
-                self.policy = policy;
-                let _ = done.send(());
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The event for a worker's end (an exit, a restart): the numbers, how it ended, and what
-    /// memory.events counted during its life.
-    fn ending_event(
-        &self,
-        w: &Worker,
-        reason: Reason,
-        action: &str,
-        ending: Ending,
-        numbers: &Numbers,
-        what: &str,
-    ) -> EventRecord {
-        let mut ev = self.event(reason, action, what);
-        fill_numbers(&mut ev, numbers);
-        ev.ending = Some(ending);
-        ev.memory_events_delta = delta(
-            &w.events_at_start,
-            &self.group.memory_events().unwrap_or_default(),
-        );
-        ev
-    }
-
-    fn event(&self, reason: Reason, action: &str, message: &str) -> EventRecord {
-        EventRecord {
-            seq: 0,
-            time_ms: 0,
-            instance: self.id.clone(),
-            reason,
-            action: action.into(),
-            memory_current: None,
-            memory_peak: None,
-            memory_events_delta: BTreeMap::new(),
-            psi_some_avg10: None,
-            psi_full_avg10: None,
-            ending: None,
-            trigger_to_signal_us: None,
-            signal_to_exit_ms: None,
-            message: message.into(),
-        }
-    }
-
-    fn numbers(&self) -> Numbers {
-        let pressure = self.group.pressure().ok();
-        Numbers {
-            current: self.group.number(MEMORY_CURRENT).ok(),
-            peak: self.group.number(MEMORY_PEAK).ok(),
-            some_avg10: pressure.map(|p| p.some_avg10),
-            full_avg10: pressure.map(|p| p.full_avg10),
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! - `cli` parses the command line; `main.rs` only calls it.
 //! - `policy` and `units` turn YAML into a validated [`policy::Policy`]; nothing else sees raw YAML.
 //! - `engine` is the pure decision core: numbers and events in, decisions out. No I/O, no clock.
-//! - `cgroupfs`, `psi` and `spawn` are the only code that touches the kernel (the OS seam).
+//! - `cgroupfs`, `psi`, `watch` and `spawn` are the only code that touches the kernel (the OS seam).
 //! - `instance` runs one task per worker and carries out the engine's decisions (a restart is
 //!   `Instance::restart` in instance/shutdown.rs); `supervisor` is the fleet of them; `holder` keeps the
 //!   workers' cgroups in a systemd unit of their own.
@@ -27,7 +27,9 @@ pub mod protocol;
 pub mod psi;
 pub mod sampler;
 pub mod server;
+pub mod shutdown;
 pub mod spawn;
 pub mod supervisor;
 pub mod table;
 pub mod units;
+pub mod watch;

@@ -150,6 +150,8 @@ pub struct RestartPolicy {
     /// The worker's graceful shutdown signal (raw number, e.g. libc::SIGTERM).
     pub signal: i32,
     pub grace: Duration,
+    /// A rolling restart moves to the next instance once the replacement ran this long.
+    pub ready: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// More than `limit_count` unplanned exits within `limit_within`: state failed.

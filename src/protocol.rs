@@ -506,6 +506,11 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
     pub removed: Vec<String>,
     pub unchanged: Vec<String>,
+    /// One line per changed policy whose `run` section (user, group, command, env, workdir)
+    /// changed: running workers keep running as they were started, and the change applies at
+    /// each instance's next start. Absent from older daemons' replies.
+    #[serde(default)]
+    pub next_start: Vec<String>,
 }
 
 /// `data` of a successful `restart`.

@@ -2,8 +2,10 @@
 //!
 //! The child moves itself into the instance's group between fork and exec, so the worker's program
 //! never runs an instruction outside its group and every page it touches is charged to it. Only
-//! async-signal-safe calls happen there (write, setgroups, setgid, setuid, setsid): everything that
-//! reads /etc/passwd or allocates is done in the parent first.
+//! async-signal-safe calls happen there (write, setrlimit, setgroups, setgid, setuid, chdir,
+//! setsid): everything that reads /etc/passwd or allocates is done in the parent first. The
+//! working directory is entered after the privilege drop, so a worker can only run in a directory
+//! its own user may enter.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -11,7 +13,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::unistd::{Gid, Group as UnixGroup, Uid, User};
 
@@ -31,21 +32,25 @@ pub enum SpawnError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot start {command:?}: {source}")]
+    #[error("cannot start {command:?}{context}: {source}")]
     Exec {
         command: String,
+        /// The user and workdir it was started with, when set: a refused chdir or setuid shows
+        /// up here as the bare errno.
+        context: String,
         source: std::io::Error,
     },
+    #[error("run.workdir {0:?} contains a NUL byte")]
+    Workdir(PathBuf),
 }
 
-/// The open-files soft limit the daemon started with, restored in each worker (0: leave it). The
+/// The open-files soft limit every worker starts with (its hard limit is left as inherited). The
 /// daemon raises its own to the hard limit (two fds per instance: the PSI trigger and
-/// memory.events); workers keep the usual soft limit, as select()-based code expects (systemd's
-/// advice for services that raise it).
-static WORKER_NOFILE: AtomicU64 = AtomicU64::new(0);
+/// memory.events), and under the unit it starts with LimitNOFILE=65536 anyway; workers get the
+/// usual 1024, as select()-based code expects (systemd's advice for services that raise it).
+pub const WORKER_NOFILE: u64 = 1024;
 
-/// Raises this process's open-files soft limit to its hard limit and remembers the old one for
-/// the workers. Returns (old soft, new soft).
+/// Raises this process's open-files soft limit to its hard limit. Returns (old soft, new soft).
 pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -56,7 +61,6 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
         return Err(std::io::Error::last_os_error());
     }
     let old = lim.rlim_cur;
-    WORKER_NOFILE.store(old, Ordering::Relaxed);
     lim.rlim_cur = lim.rlim_max;
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -163,15 +167,20 @@ pub fn spawn(
     }
     cmd.env("OOMGUARD_INSTANCE", instance);
     cmd.envs(&run.env);
-    if let Some(dir) = &run.workdir {
-        cmd.current_dir(dir);
-    }
+    // Entered in the child after the privilege drop (std's current_dir() would chdir as root,
+    // before pre_exec): prepared here, as the child may not allocate.
+    let workdir = match &run.workdir {
+        Some(dir) => Some(
+            CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| SpawnError::Workdir(dir.clone()))?,
+        ),
+        None => None,
+    };
 
     let fd = procs.as_raw_fd();
     let creds = identity.map(|id| (id.uid, id.gid, id.groups.clone()));
-    let nofile = WORKER_NOFILE.load(Ordering::Relaxed);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls on memory prepared before the fork (the fd and the credential vector).
+    // calls on memory prepared before the fork (the fd, the credential vector, the workdir).
     unsafe {
         cmd.pre_exec(move || {
             // Own session: a Ctrl-C at the daemon's terminal is not the workers'.
@@ -190,15 +199,13 @@ pub fn spawn(
                 libc::write(adj, zero.as_ptr().cast(), zero.len());
                 libc::close(adj);
             }
-            if nofile != 0 {
-                let mut lim = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                    lim.rlim_cur = nofile.min(lim.rlim_max);
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                }
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur = WORKER_NOFILE.min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
             if let Some((uid, gid, groups)) = &creds {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
@@ -208,13 +215,31 @@ pub fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            if let Some(dir) = &workdir {
+                if libc::chdir(dir.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
         command: run.command.join(" "),
+        context: exec_context(identity, run.workdir.as_deref()),
         source,
     })?;
     drop(procs);
     Ok(child)
+}
+
+/// " as user app in workdir /srv/app", for a start that failed.
+fn exec_context(identity: Option<&Identity>, workdir: Option<&std::path::Path>) -> String {
+    let mut context = String::new();
+    if let Some(id) = identity {
+        context.push_str(&format!(" as user {} (uid {})", id.name, id.uid));
+    }
+    if let Some(dir) = workdir {
+        context.push_str(&format!(" in workdir {}", dir.display()));
+    }
+    context
 }

@@ -7,11 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use futures_util::future::join_all;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::cgroupfs::Group;
 use crate::events::EventLog;
@@ -20,6 +18,8 @@ use crate::policy::Policy;
 use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, StatusReport};
 use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
+
+mod strays;
 
 /// Controllers every level of oomguard's subtree enables for the next.
 pub const CONTROLLERS: &[&str] = &["memory", "pids"];
@@ -64,6 +64,9 @@ pub struct Fleet {
     samples: Arc<Samples>,
     /// How many instances may be starting at once, across the fleet.
     start_gate: Arc<Semaphore>,
+    /// Valid policies that failed to start (e.g. a user lookup failed for a moment): their
+    /// groups may hold live workers, so stray reaping leaves them alone (fail closed).
+    unstarted: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Fleet {
@@ -75,6 +78,7 @@ impl Fleet {
             started: Instant::now(),
             samples: Arc::new(Samples::default()),
             start_gate: Arc::new(Semaphore::new(crate::instance::START_GATE)),
+            unstarted: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -90,6 +94,17 @@ impl Fleet {
     /// in `saved` and still in their group). Fails, starting nothing, when the policy's group
     /// cannot be prepared or its user does not exist.
     pub fn start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
+        let name = policy.name.clone();
+        let started = self.try_start_policy(policy, saved);
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
+        match started {
+            Ok(()) => unstarted.remove(&name),
+            Err(_) => unstarted.insert(name),
+        };
+        started
+    }
+
+    fn try_start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group
@@ -156,14 +171,12 @@ impl Fleet {
 
     /// Applies a new set of validated policies: new ones start, removed ones stop gracefully,
     /// changed ones get their limits and triggers live and start or stop instances to match the
-    /// new count. A changed `run` section takes effect at each instance's next start.
-    pub async fn reload(&self, new: Vec<Policy>) -> ReloadReport {
-        let mut summary = ReloadReport {
-            added: vec![],
-            changed: vec![],
-            removed: vec![],
-            unchanged: vec![],
-        };
+    /// new count. A changed `run` section (user, group, command, env, workdir) takes effect at
+    /// each instance's next start; the report says so. Every user and group is resolved first:
+    /// if one cannot be, the reload is refused whole and nothing changes (a worker is never left
+    /// running as root by a reload that meant to drop it).
+    pub async fn reload(&self, new: Vec<Policy>) -> Result<ReloadReport, Vec<String>> {
+        let mut summary = ReloadReport::default();
         let current: BTreeMap<String, Arc<Policy>> = self
             .policies
             .read()
@@ -171,7 +184,14 @@ impl Fleet {
             .iter()
             .map(|(k, r)| (k.clone(), r.policy.clone()))
             .collect();
+        let identities = resolve_all(&new, &current)?;
         let new_names: Vec<String> = new.iter().map(|p| p.name.clone()).collect();
+        // A policy that failed to start and is now gone from the files: its groups are strays
+        // for the next daemon start.
+        self.unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|n| new_names.contains(n));
         for name in current.keys().filter(|n| !new_names.contains(n)) {
             info!(policy = %name, "reload: policy removed, stopping its instances");
             self.stop_policy(name.clone()).await;
@@ -185,16 +205,24 @@ impl Fleet {
                     Err(e) => error!(policy = %name, "reload: not started: {e}"),
                 },
                 Some(old) if **old == policy => summary.unchanged.push(name),
-                Some(_) => {
-                    self.change_policy(policy).await;
+                Some(old) => {
+                    if run_changed(old, &policy) {
+                        let note = format!(
+                            "{name}: run section changed; applies at each instance's next start"
+                        );
+                        info!(policy = %name, "reload: {note}");
+                        summary.next_start.push(note);
+                    }
+                    let identity = identities.get(&name).cloned().flatten();
+                    self.change_policy(policy, identity).await;
                     summary.changed.push(name);
                 }
             }
         }
-        summary
+        Ok(summary)
     }
 
-    async fn change_policy(&self, policy: Policy) {
+    async fn change_policy(&self, policy: Policy, identity: Option<Identity>) {
         let policy = Arc::new(policy);
         let (to_update, to_stop) = {
             let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
@@ -202,9 +230,7 @@ impl Fleet {
                 return;
             };
             run.policy = policy.clone();
-            if let Ok(id) = spawn::resolve_identity(&policy.run) {
-                run.identity = id;
-            }
+            run.identity = identity.clone();
             let keep = policy.run.instances as usize;
             let to_stop: Vec<Handle> = if run.instances.len() > keep {
                 run.instances.split_off(keep)
@@ -224,7 +250,7 @@ impl Fleet {
         for h in to_update {
             let (done, applied) = oneshot::channel();
             if h.commands
-                .send(Command::Update(policy.clone(), done))
+                .send(Command::Update(policy.clone(), identity.clone(), done))
                 .await
                 .is_ok()
             {
@@ -233,6 +259,7 @@ impl Fleet {
         }
         join_all(to_stop.iter().map(stop_instance)).await;
     }
+
     fn handles(&self, target: Option<&str>) -> Result<Selection, FleetError> {
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
         let Some(target) = target else {
@@ -297,78 +324,52 @@ impl Fleet {
             .collect()
     }
 
-    /// Graceful restart of one instance, or a rolling restart of a policy (one after the other;
-    /// each reply arrives once its new worker runs).
+    /// Graceful restart of one instance, or a rolling restart of a policy: one instance after
+    /// the other, each only once the previous replacement has run for `restart.ready` without
+    /// exiting. A replacement that does not stops the rolling restart; the error names it and
+    /// the instances left on their old workers.
     pub async fn restart(&self, target: &str) -> Result<String, FleetError> {
-        let handles: Vec<Handle> = self
-            .handles(Some(target))?
-            .into_iter()
-            .flat_map(|(_, h)| h)
-            .collect();
+        let selected = self.handles(Some(target))?;
+        let rolling = !target.contains('/');
+        let mut handles: Vec<(Handle, Option<std::time::Duration>)> = Vec::new();
+        for (policy, hs) in selected {
+            let ready = rolling.then_some(policy.restart.ready);
+            handles.extend(hs.into_iter().map(|h| (h, ready)));
+        }
         let mut done = Vec::new();
-        for h in handles {
+        for (i, (h, ready)) in handles.iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             h.commands
-                .send(Command::Restart(tx))
+                .send(Command::Restart(tx, *ready))
                 .await
                 .map_err(|_| FleetError::Failed(format!("{} is stopped", h.id)))?;
-            let msg = rx
+            let reply = rx
                 .await
-                .map_err(|_| FleetError::Failed(format!("{} stopped during the restart", h.id)))?;
-            done.push(msg.map_err(FleetError::Failed)?);
+                .map_err(|_| format!("{} stopped during the restart", h.id))
+                .and_then(|r| r);
+            match reply {
+                Ok(msg) => done.push(msg),
+                Err(e) => {
+                    let left: Vec<&str> = handles[i + 1..]
+                        .iter()
+                        .map(|(h, _)| h.id.as_str())
+                        .collect();
+                    let mut msg = e;
+                    if !left.is_empty() {
+                        msg.push_str(&format!(
+                            "; rolling restart stopped: {} not restarted (still on their old workers)",
+                            left.join(", ")
+                        ));
+                    }
+                    if !done.is_empty() {
+                        msg.push_str(&format!("; done before: {}", done.join("; ")));
+                    }
+                    error!("{msg}");
+                    return Err(FleetError::Failed(msg));
+                }
+            }
         }
         Ok(done.join("; "))
-    }
-
-    /// Groups under the root that no policy owns any more (a policy removed or shrunk while no
-    /// daemon ran): their workers get SIGTERM, then cgroup.kill after `STRAY_GRACE`, and the
-    /// groups are removed. Runs in the background; returns the groups it found.
-    pub fn reap_strays(&self) -> Vec<Group> {
-        let managed: Vec<Group> = self.all_groups();
-        let known: Vec<String> = self
-            .policies
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        let mut strays = Vec::new();
-        for policy_dir in subdirs(self.root.path()) {
-            let instances = subdirs(&policy_dir);
-            if instances.is_empty() && !known.contains(&file_name(&policy_dir)) {
-                // An empty group of a policy that is gone (a known one's instances may just not
-                // be created yet).
-                let _ = Group::new(&policy_dir).remove();
-            }
-            strays.extend(
-                instances
-                    .into_iter()
-                    .map(Group::new)
-                    .filter(|g| !managed.contains(g)),
-            );
-        }
-        for g in &strays {
-            let g = g.clone();
-            tokio::spawn(async move {
-                let procs = g.procs().unwrap_or_default();
-                if !procs.is_empty() {
-                    warn!(group = %g.path().display(), ?procs, "no policy owns this group any more: stopping its workers");
-                    for pid in &procs {
-                        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
-                    }
-                    if !crate::instance::wait_empty(&g, STRAY_GRACE).await {
-                        let _ = g.kill();
-                        crate::instance::wait_empty(&g, STRAY_GRACE).await;
-                    }
-                }
-                let _ = g.remove();
-                if let Some(parent) = g.path().parent() {
-                    // Only succeeds once the policy's group is empty, which is what we want.
-                    let _ = std::fs::remove_dir(parent);
-                }
-            });
-        }
-        strays
     }
 
     /// Stops every instance of every policy gracefully, all policies at once.
@@ -399,26 +400,39 @@ impl Fleet {
     }
 }
 
-/// How long a stray worker gets between SIGTERM and cgroup.kill.
-const STRAY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn subdirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<_> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
+/// The identity of every new or changed policy, or every user and group that cannot be resolved.
+fn resolve_all(
+    new: &[Policy],
+    current: &BTreeMap<String, Arc<Policy>>,
+) -> Result<BTreeMap<String, Option<Identity>>, Vec<String>> {
+    let mut identities = BTreeMap::new();
+    let mut errors = Vec::new();
+    for p in new {
+        if current.get(&p.name).is_some_and(|old| **old == *p) {
+            continue;
+        }
+        match spawn::resolve_identity(&p.run) {
+            Ok(id) => {
+                identities.insert(p.name.clone(), id);
+            }
+            Err(e) => errors.push(format!("{}: run.user/run.group: {e}", p.source.display())),
+        }
+    }
+    if errors.is_empty() {
+        Ok(identities)
+    } else {
+        Err(errors)
+    }
 }
 
-fn file_name(p: &std::path::Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// Whether what a worker is started with changed (the instance count is applied live).
+fn run_changed(old: &Policy, new: &Policy) -> bool {
+    let (a, b) = (&old.run, &new.run);
+    a.command != b.command
+        || a.user != b.user
+        || a.group != b.group
+        || a.workdir != b.workdir
+        || a.env != b.env
 }
 
 /// Graceful stop of one instance; returns once its task ended and its group is removed.
@@ -436,7 +450,9 @@ async fn stop_instance(h: &Handle) {
 /// The worker a previous daemon left in `group`: the saved pid if it is still there, else the
 /// process whose parent is outside the group (the workers' own children have parents inside).
 fn find_main_pid(group: &Group, saved: Option<u32>) -> Option<u32> {
-    if !group.populated().unwrap_or(false) {
+    // An unreadable cgroup.events goes on to cgroup.procs: a worker is never overlooked, and a
+    // group that cannot be read at all is cleared before a start (`Instance::clear_leftovers`).
+    if crate::shutdown::emptiness(group).is_empty() {
         return None;
     }
     let procs = group.procs().ok()?;

@@ -4,71 +4,14 @@
 //! covers the logic around it: manual restarts, respawn with backoff, the restart limit, reload
 //! and stop.
 
-use std::path::Path;
-use std::sync::Arc;
+mod fake_tree;
+
 use std::time::{Duration, Instant};
 
-use oomguard::cgroupfs::{Group, CGROUP_PROCS, SUBTREE_CONTROL};
-use oomguard::events::EventLog;
-use oomguard::policy::{parse, Policy};
-use oomguard::protocol::{Ending, InstanceState, InstanceStatus, Reason};
-use oomguard::supervisor::{Fleet, SavedState};
+use oomguard::protocol::{Ending, InstanceState, Reason};
+use oomguard::supervisor::SavedState;
 
-fn policy(name: &str, command: &str, extra: &str) -> Policy {
-    let text = format!(
-        "name: {name}\nrun:\n  command: {command}\n  instances: 1\nmemory:\n  high: 48M\n  max: 96M\n\
-         triggers:\n  pressure: {{some: 100ms, window: 1s}}\n{extra}"
-    );
-    parse(Path::new("/etc/oomguard/policies.d/test.yaml"), &text)
-        .unwrap_or_else(|e| panic!("{e:?}"))
-}
-
-/// A fake tree: the root and policy groups with the files the kernel would create.
-fn fleet(dir: &Path, names: &[&str]) -> Arc<Fleet> {
-    let root = Group::new(dir.join("oomguard"));
-    root.create().unwrap();
-    for name in names {
-        let g = root.child(name);
-        g.create().unwrap();
-        g.write(SUBTREE_CONTROL, "").unwrap();
-        for index in 0..3 {
-            let i = g.child(&index.to_string());
-            i.create().unwrap();
-            i.write(CGROUP_PROCS, "").unwrap();
-        }
-    }
-    Arc::new(Fleet::new(root, Arc::new(EventLog::new())))
-}
-
-async fn wait_for(
-    fleet: &Fleet,
-    id: &str,
-    what: &str,
-    f: impl Fn(&InstanceStatus) -> bool,
-) -> InstanceStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let report = fleet.status(Some(id)).unwrap();
-        let st = report.policies[0].instances[0].clone();
-        if f(&st) {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {id}: {what}; last {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn main_pid(fleet: &Fleet, id: &str) -> Option<u32> {
-    let saved = fleet.saved_state();
-    saved.get(id).and_then(|v| v.main_pid)
-}
-
-fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-}
+use fake_tree::*;
 
 #[tokio::test]
 async fn manual_restart_signals_the_worker_and_respawns_it() {
@@ -111,12 +54,7 @@ async fn manual_restart_signals_the_worker_and_respawns_it() {
         std::fs::read_to_string(dir.path().join("oomguard/sleeper/0/memory.high")).unwrap(),
         "50331648"
     );
-    let ev = fleet
-        .events()
-        .last(10)
-        .into_iter()
-        .find(|e| e.action == "restart")
-        .expect("a restart event");
+    let ev = restart_event(&fleet);
     assert!(
         matches!(
             ev.ending,
@@ -205,7 +143,7 @@ async fn reload_applies_limits_live_and_changes_instance_counts() {
 
     let mut one = two("32M");
     one.run.instances = 1;
-    let summary = fleet.reload(vec![one.clone()]).await;
+    let summary = fleet.reload(vec![one.clone()]).await.unwrap();
     assert_eq!(summary.changed, vec!["web".to_string()]);
     let high = || std::fs::read_to_string(dir.path().join("oomguard/web/0/memory.high")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -221,9 +159,9 @@ async fn reload_applies_limits_live_and_changes_instance_counts() {
     assert!(!alive(pid1), "the extra instance was stopped");
     assert!(fleet.status(Some("web/1")).is_err());
 
-    let summary = fleet.reload(vec![one]).await;
+    let summary = fleet.reload(vec![one]).await.unwrap();
     assert_eq!(summary.unchanged, vec!["web".to_string()]);
-    let summary = fleet.reload(vec![]).await;
+    let summary = fleet.reload(vec![]).await.unwrap();
     assert_eq!(summary.removed, vec!["web".to_string()]);
     assert!(!alive(pid0));
 }
@@ -260,5 +198,123 @@ async fn groups_no_policy_owns_are_found_as_strays() {
         })
         .collect();
     assert_eq!(strays, vec!["gone/0", "gone/1", "gone/2", "web/1", "web/2"]);
+    fleet.stop_all().await;
+}
+
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reload_changes_who_the_next_worker_runs_as() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to start a worker as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["ident"]);
+    let base = policy("ident", r#"["/bin/sleep", "1000"]"#, "");
+    fleet
+        .start_policy(base.clone(), &SavedState::new())
+        .unwrap();
+    wait_for(&fleet, "ident/0", "running", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
+    let first = main_pid(&fleet, "ident/0").unwrap();
+    assert_eq!(uid_of(first), 0);
+
+    // A user that cannot be resolved: the whole reload is refused and nothing changes.
+    let mut bad = base.clone();
+    bad.run.user = Some("no-such-user-oomguard".into());
+    bad.memory.high = "32M".parse().unwrap();
+    let errors = fleet.reload(vec![bad]).await.unwrap_err();
+    assert!(errors[0].contains("no-such-user-oomguard"), "{errors:?}");
+    let high = || std::fs::read_to_string(dir.path().join("oomguard/ident/0/memory.high")).unwrap();
+    assert_eq!(high(), "50331648", "a refused reload changed the limits");
+
+    let mut as_nobody = base.clone();
+    as_nobody.run.user = Some("nobody".into());
+    let summary = fleet.reload(vec![as_nobody]).await.unwrap();
+    assert_eq!(summary.changed, vec!["ident".to_string()]);
+    assert_eq!(
+        summary.next_start,
+        vec!["ident: run section changed; applies at each instance's next start".to_string()]
+    );
+    assert_eq!(
+        main_pid(&fleet, "ident/0"),
+        Some(first),
+        "the running worker keeps running"
+    );
+    fleet.restart("ident/0").await.unwrap();
+    wait_for(&fleet, "ident/0", "running again", |s| {
+        s.state == InstanceState::Running && s.pids.first() != Some(&first)
+    })
+    .await;
+    let second = main_pid(&fleet, "ident/0").unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    assert_eq!(
+        uid_of(second),
+        nobody,
+        "the next start runs as the reloaded user"
+    );
+    fleet.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_rolling_restart_stops_at_a_replacement_that_does_not_stay_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["deploy"]);
+    let with = |command: &str| {
+        let mut p = policy(
+            "deploy",
+            command,
+            "restart:\n  ready: 300ms\n  backoff: {initial: 1s, max: 1s}\n",
+        );
+        p.run.instances = 3;
+        p
+    };
+    fleet
+        .start_policy(with(r#"["/bin/sleep", "1000"]"#), &SavedState::new())
+        .unwrap();
+    for i in 0..3 {
+        wait_for(&fleet, &format!("deploy/{i}"), "running", |s| {
+            s.state == InstanceState::Running
+        })
+        .await;
+    }
+    // A good rolling restart waits for each replacement and succeeds.
+    let msg = fleet.restart("deploy").await.unwrap();
+    assert!(msg.contains("deploy/2 restarted"), "{msg}");
+    let before: Vec<u32> = (0..3)
+        .map(|i| main_pid(&fleet, &format!("deploy/{i}")).unwrap())
+        .collect();
+
+    // A bad deploy: the command exits 1 at once.
+    fleet.reload(vec![with(r#"["/bin/false"]"#)]).await.unwrap();
+    let err = fleet.restart("deploy").await.unwrap_err().to_string();
+    assert!(
+        err.contains("deploy/0: the replacement did not stay up"),
+        "{err}"
+    );
+    assert!(err.contains("deploy/1, deploy/2 not restarted"), "{err}");
+    for (i, pid) in before.iter().enumerate().skip(1) {
+        let id = format!("deploy/{i}");
+        assert_eq!(
+            main_pid(&fleet, &id),
+            Some(*pid),
+            "{id} kept its old worker"
+        );
+        assert!(alive(*pid));
+    }
     fleet.stop_all().await;
 }

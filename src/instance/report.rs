@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::{Instance, Worker};
+use crate::cgroupfs::{MEMORY_CURRENT, MEMORY_PEAK};
 use crate::engine::Offence;
 use crate::policy::{Policy, StallKind};
 use crate::protocol::{Ending, EventRecord, Reason};
@@ -111,5 +113,57 @@ pub fn fmt_dur(d: Duration) -> String {
         format!("{:.1}s", d.as_secs_f64())
     } else {
         humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+impl Instance {
+    /// The event for a worker's end (an exit, a restart): the numbers, how it ended, and what
+    /// memory.events counted during its life.
+    pub(super) fn ending_event(
+        &self,
+        w: &Worker,
+        reason: Reason,
+        action: &str,
+        ending: Ending,
+        numbers: &Numbers,
+        what: &str,
+    ) -> EventRecord {
+        let mut ev = self.event(reason, action, what);
+        fill_numbers(&mut ev, numbers);
+        ev.ending = Some(ending);
+        ev.memory_events_delta = delta(
+            &w.events_at_start,
+            &self.group.memory_events().unwrap_or_default(),
+        );
+        ev
+    }
+
+    pub(super) fn event(&self, reason: Reason, action: &str, message: &str) -> EventRecord {
+        EventRecord {
+            seq: 0,
+            time_ms: 0,
+            instance: self.id.clone(),
+            reason,
+            action: action.into(),
+            memory_current: None,
+            memory_peak: None,
+            memory_events_delta: BTreeMap::new(),
+            psi_some_avg10: None,
+            psi_full_avg10: None,
+            ending: None,
+            trigger_to_signal_us: None,
+            signal_to_exit_ms: None,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn numbers(&self) -> Numbers {
+        let pressure = self.group.pressure().ok();
+        Numbers {
+            current: self.group.number(MEMORY_CURRENT).ok(),
+            peak: self.group.number(MEMORY_PEAK).ok(),
+            some_avg10: pressure.map(|p| p.some_avg10),
+            full_avg10: pressure.map(|p| p.full_avg10),
+        }
     }
 }

@@ -1,20 +1,30 @@
-//! Carrying out a restart or a stop: the worker's own signal, memory.high lifted, the grace
-//! period, cgroup.kill, the limits restored.
+//! Carrying out a restart or a stop with the shutdown sequence (`crate::shutdown`), and putting
+//! how it went into an ending and an event.
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tracing::{error, info, warn};
+use nix::sys::signal::Signal;
+use tracing::{info, warn};
 
 use super::report::{describe_ending, exit_signal, ms};
-use super::wait::{wait_empty, wait_worker};
-use super::{Instance, Worker, KILL_WAIT};
-use crate::cgroupfs::{CgroupError, MEMORY_EVENTS};
+use super::{Instance, Worker};
+use crate::cgroupfs::MEMORY_EVENTS;
 use crate::protocol::{Ending, InstanceState, Reason};
+use crate::shutdown::{self, Emptiness, Proc, Report, Sequence};
 use crate::units::human_bytes;
 
 impl Instance {
+    /// The policy's shutdown sequence for this instance's group.
+    pub(super) fn sequence(&self) -> Sequence<'_> {
+        Sequence {
+            who: &self.id,
+            group: &self.group,
+            signal: Signal::try_from(self.policy.restart.signal).unwrap_or(Signal::SIGTERM),
+            grace: self.policy.restart.grace,
+            high: Some(self.policy.memory.high),
+        }
+    }
+
     /// The graceful restart: the worker's own shutdown signal, memory.high lifted so a throttled
     /// worker can finish its job, up to the grace period for the group to empty, then
     /// cgroup.kill; the limits restored. The caller respawns at once.
@@ -30,114 +40,116 @@ impl Instance {
         let (signalled, to_signal) = self.signal(&mut w, woke);
         let numbers = self.numbers();
         self.count_restart(reason);
-        self.set_state(InstanceState::Restarting, Some(w.pid));
-        let (ending, to_exit) = self.await_exit(&mut w, signalled).await;
+        self.set_state(InstanceState::Restarting, Some(w.main.pid()));
+        let (ending, report) = self.await_exit(&mut w, signalled).await;
         let how = describe_ending(&ending, self.policy.restart.signal);
+        let notes: String = report.notes.iter().map(|n| format!("; {n}")).collect();
         let what = format!(
-            "restart ({}): {why}; memory {} (high {}, max {}), psi some avg10 {:.1}%; {how}",
+            "restart ({}): {why}; memory {} (high {}, max {}), psi some avg10 {:.1}%; {how}{notes}",
             reason.as_str(),
             numbers.current.map_or("?".into(), human_bytes),
             self.policy.memory.high,
             self.policy.memory.max,
             numbers.some_avg10.unwrap_or(0.0),
         );
-        info!(instance = %self.id, reason = reason.as_str(), pid = w.pid, "{what}");
+        info!(instance = %self.id, reason = reason.as_str(), pid = w.main.pid(), "{what}");
         let mut ev = self.ending_event(&w, reason, "restart", ending, &numbers, &what);
         ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
-        ev.signal_to_exit_ms = Some(ms(to_exit));
+        ev.signal_to_exit_ms = Some(ms(report.took));
         self.events.push(ev);
     }
 
     pub(super) async fn stop(&mut self, mut w: Worker) {
-        self.set_state(InstanceState::Restarting, Some(w.pid));
+        self.set_state(InstanceState::Restarting, Some(w.main.pid()));
         let (signalled, _) = self.signal(&mut w, None);
-        let (ending, _) = self.await_exit(&mut w, signalled).await;
-        info!(instance = %self.id, pid = w.pid, "stopped: {}", describe_ending(&ending, self.policy.restart.signal));
+        let (ending, report) = self.await_exit(&mut w, signalled).await;
+        info!(instance = %self.id, pid = w.main.pid(), "stopped: {}{}", describe_ending(&ending, self.policy.restart.signal),
+            report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
         let _ = self.group.remove();
         self.set_state(InstanceState::Stopped, None);
     }
 
-    /// Sends the worker its shutdown signal, then lifts memory.high so a throttled worker can
-    /// finish its job and exit quickly, and drops the PSI trigger (no more events about a worker
-    /// on its way out). Returns when the signal went out and how long after the wake-up.
+    /// Sends the worker its shutdown signal (through its pidfd) and lifts memory.high, then drops
+    /// the PSI trigger (no more events about a worker on its way out). Returns when the signal
+    /// went out and how long after the wake-up.
     pub(super) fn signal(
         &mut self,
         w: &mut Worker,
         woke: Option<Instant>,
     ) -> (Instant, Option<Duration>) {
-        let signal = Signal::try_from(self.policy.restart.signal).unwrap_or(Signal::SIGTERM);
-        let sent = kill(Pid::from_raw(w.pid as i32), signal);
-        let signalled = Instant::now();
-        if let Err(e) = sent {
-            warn!(instance = %self.id, pid = w.pid, "cannot send {signal}: {e}");
-        }
-        if let Err(e) = self.group.set_high(crate::units::Limit::Max) {
-            warn!(instance = %self.id, "cannot lift memory.high for the grace period: {e}");
-        }
+        let signalled = self.sequence().begin(std::slice::from_ref(&w.main));
         w.psi = None;
         (signalled, woke.map(|t| signalled.duration_since(t)))
     }
 
-    /// Waits up to the grace period for the group to empty, then cgroup.kill; restores
-    /// memory.high. Returns how the worker ended and how long after the signal.
+    /// The rest of the sequence: grace, cgroup.kill, SIGKILL through the pidfd for a main process
+    /// that left its group, memory.high restored. Returns how the worker ended.
     pub(super) async fn await_exit(
         &mut self,
         w: &mut Worker,
         signalled: Instant,
-    ) -> (Ending, Duration) {
-        let grace = self.policy.restart.grace;
-        let exited = tokio::time::timeout(grace, async {
-            let status = wait_worker(w).await;
-            wait_empty(&self.group, grace).await;
-            status
-        })
-        .await;
-        let ending = match exited {
-            Ok(status) if !self.group.populated().unwrap_or(false) => Ending::Exited {
-                code: status.and_then(|s| s.code()),
-                signal: status.as_ref().and_then(exit_signal),
-                after_ms: ms(signalled.elapsed()),
-            },
-            _ => {
-                self.kill_group().await;
-                let _ = wait_worker(w).await;
-                Ending::KilledAfterGrace {
-                    after_ms: ms(signalled.elapsed()),
-                }
-            }
-        };
-        let to_exit = signalled.elapsed();
+    ) -> (Ending, Report) {
+        let report = self
+            .sequence()
+            .finish(std::slice::from_mut(&mut w.main), signalled)
+            .await;
+        let after_ms = ms(report.took);
         let ending = if self.oom_killed_since_start(w) {
             Ending::OomKilled
+        } else if report.killed {
+            Ending::KilledAfterGrace { after_ms }
         } else {
-            ending
+            Ending::Exited {
+                code: report.status.and_then(|s| s.code()),
+                signal: report.status.as_ref().and_then(exit_signal),
+                after_ms,
+            }
         };
-        if let Err(e) = self.group.set_high(self.policy.memory.high) {
-            warn!(instance = %self.id, "cannot restore memory.high: {e}");
-        }
-        (ending, to_exit)
+        (ending, report)
     }
 
-    /// cgroup.kill, repeated until the group is empty.
-    pub(super) async fn kill_group(&self) {
-        let deadline = Instant::now() + KILL_WAIT;
-        while Instant::now() < deadline {
-            match self.group.kill() {
-                Ok(()) | Err(CgroupError::Gone { .. }) => {}
-                Err(e) => warn!(instance = %self.id, "cgroup.kill: {e}"),
-            }
-            if wait_empty(&self.group, Duration::from_secs(1)).await {
-                return;
-            }
+    /// Before a start: a group that still holds processes (left by a worker that could not be
+    /// adopted, or not seen to empty after a kill) is cleared with the shutdown sequence first,
+    /// so a group never runs two workers. Fails when it cannot be seen empty afterwards.
+    pub(super) async fn clear_leftovers(&mut self, why: &str) -> Result<(), String> {
+        let state = shutdown::emptiness(&self.group);
+        if state.is_empty() {
+            return Ok(());
         }
-        error!(instance = %self.id, "group still has processes {:?} {}s after cgroup.kill", self.group.procs().unwrap_or_default(), KILL_WAIT.as_secs());
+        let mut procs = Proc::of_group(&self.group);
+        let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+        warn!(instance = %self.id, ?pids, "the group is not empty ({state:?}) and {why}: stopping what is in it before starting a worker");
+        let report = self.sequence().run(&mut procs).await;
+        let after = shutdown::emptiness(&self.group);
+        let outcome = format!(
+            "leftover processes {pids:?} stopped in {} ({}){}",
+            super::fmt_dur(report.took),
+            if report.killed { "killed" } else { "exited" },
+            report
+                .notes
+                .iter()
+                .map(|n| format!("; {n}"))
+                .collect::<String>()
+        );
+        info!(instance = %self.id, "{outcome}");
+        match after {
+            Emptiness::Empty => Ok(()),
+            other => Err(format!(
+                "the group is still not empty after stopping its leftovers ({other:?}): not starting a second worker there"
+            )),
+        }
     }
 
-    /// After the main process exited on its own: kill what it left behind in the group, and say
-    /// whether the kernel OOM killer was involved.
+    /// After the main process exited on its own: kill what it left behind in the group (also
+    /// when the group's state cannot be read), and say whether the kernel OOM killer was
+    /// involved.
     pub(super) async fn finish_group(&mut self, w: &mut Worker) -> bool {
-        if self.group.populated().unwrap_or(false) {
-            self.kill_group().await;
+        let state = shutdown::emptiness(&self.group);
+        if !state.is_empty() {
+            if let Emptiness::Unknown(why) = &state {
+                warn!(instance = %self.id, "cannot tell whether the worker left processes behind ({why}): killing the group");
+            }
+            shutdown::kill_group(&self.id, &self.group).await;
         }
         self.oom_killed_since_start(w)
     }

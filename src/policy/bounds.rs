@@ -43,6 +43,14 @@ pub(super) const GRACE: Bounds = Bounds {
     why: "the restart waits this long for a hung worker",
 };
 
+/// `restart.ready`: 0 (only wait for the replacement to start) up to an hour, because a rolling
+/// restart waits this long per instance and `start + ready` must stay far from `Instant`'s limits.
+pub(super) const READY: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: secs(3600),
+    why: "a rolling restart waits this long for each instance",
+};
+
 /// `restart.backoff.initial`: at least 100ms, so a worker that exits at once is respawned at most
 /// ten times a second instead of in a busy loop (`1ns` did exactly that); at most an hour, like
 /// `backoff.max`, which it must not exceed.

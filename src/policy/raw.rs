@@ -91,6 +91,7 @@ pub(super) struct RawMemoryTrigger {
 pub(super) struct RawRestart {
     pub signal: Option<Field<String>>,
     pub grace: Option<Field<Dur>>,
+    pub ready: Option<Field<Dur>>,
     pub backoff: Option<RawBackoff>,
     pub limit: Option<RawLimit>,
 }

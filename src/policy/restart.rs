@@ -13,6 +13,7 @@ use crate::policy::RestartPolicy;
 use crate::units::Dur;
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_READY: Duration = Duration::from_secs(5);
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const DEFAULT_LIMIT_COUNT: u32 = 10;
@@ -45,6 +46,7 @@ impl Check<'_> {
         let raw = raw.unwrap_or(RawRestart {
             signal: None,
             grace: None,
+            ready: None,
             backoff: None,
             limit: None,
         });
@@ -66,6 +68,9 @@ impl Check<'_> {
         };
         let grace = self.optional("restart.grace", raw.grace, Dur(DEFAULT_GRACE), "");
         let grace = self.bounded("restart.grace", grace.map(|d| d.0), bounds::GRACE);
+        // 0 is allowed: a rolling restart then only waits for each replacement to start.
+        let ready = self.optional("restart.ready", raw.ready, Dur(DEFAULT_READY), "");
+        let ready = self.bounded("restart.ready", ready.map(|d| d.0), bounds::READY);
         let (initial, max) = match raw.backoff {
             None => (Some(DEFAULT_BACKOFF_INITIAL), Some(DEFAULT_BACKOFF_MAX)),
             Some(b) => {
@@ -130,6 +135,7 @@ impl Check<'_> {
         Some(RestartPolicy {
             signal: signal?,
             grace: grace?,
+            ready: ready?,
             backoff_initial: initial?,
             backoff_max: max?,
             limit_count: count?,
@@ -178,6 +184,20 @@ mod tests {
                 "{unknown}"
             );
         }
+    }
+
+    #[test]
+    fn ready_defaults_to_5s_and_may_be_zero() {
+        assert_eq!(accepts(BASE).restart.ready, Duration::from_secs(5));
+        assert_eq!(
+            accepts(&restart("  ready: 20s")).restart.ready,
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            accepts(&restart("  ready: 0")).restart.ready,
+            Duration::ZERO
+        );
+        rejects(&restart("  ready: soon"), "restart.ready", "");
     }
 
     #[test]

@@ -252,6 +252,7 @@ restart:
                 restart: RestartPolicy {
                     signal: libc::SIGINT,
                     grace: secs(45),
+                    ready: secs(5),
                     backoff_initial: secs(2),
                     backoff_max: secs(60),
                     limit_count: 3,
@@ -280,6 +281,7 @@ restart:
             RestartPolicy {
                 signal: libc::SIGTERM,
                 grace: Duration::from_secs(30),
+                ready: Duration::from_secs(5),
                 backoff_initial: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(300),
                 limit_count: 10,

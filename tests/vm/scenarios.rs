@@ -4,6 +4,7 @@
 //! prints the table below, so adding a scenario means adding one row here.
 
 mod bench;
+mod hardening_instance;
 mod harness;
 mod kernels;
 mod lifecycle;
@@ -116,6 +117,46 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: kernels::kill_fallback,
+    },
+    Scenario {
+        name: "reload_identity",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_instance::reload_identity,
+    },
+    Scenario {
+        name: "rolling_restart_bad_deploy",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_instance::rolling_restart_bad_deploy,
+    },
+    Scenario {
+        name: "escaped_main",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_instance::escaped_main,
+    },
+    Scenario {
+        name: "adopt_populated",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_instance::adopt_populated,
+    },
+    Scenario {
+        name: "spawn_hardening",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_instance::spawn_hardening,
     },
     Scenario {
         name: "bench_goodput",

@@ -31,6 +31,8 @@ struct Options {
     exit_after_jobs: Option<u64>,
     crash: bool,
     ignore_sigterm: bool,
+    /// A cgroup directory to move itself into at start: a worker that leaves its group.
+    escape_to: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Options, String> {
         exit_after_jobs: None,
         crash: false,
         ignore_sigterm: false,
+        escape_to: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -70,6 +73,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "--crash" => opts.crash = true,
             "--ignore-sigterm" => opts.ignore_sigterm = true,
+            "--escape-to" => opts.escape_to = Some(value("--escape-to")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -178,6 +182,14 @@ fn main() -> ExitCode {
     if let Err(e) = install_sigterm_handler() {
         eprintln!("testworker {pid}: cannot install the SIGTERM handler: {e}");
         return ExitCode::from(1);
+    }
+    if let Some(dir) = &opts.escape_to {
+        let procs = format!("{dir}/cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+            eprintln!("testworker {pid}: cannot move into {procs}: {e}");
+            return ExitCode::from(1);
+        }
+        println!("testworker {pid}: moved itself into {dir} (--escape-to)");
     }
     let mut ledger = match Ledger::open(opts.ledger.as_deref()) {
         Ok(l) => l,
