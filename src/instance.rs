@@ -54,6 +54,10 @@ pub struct View {
     pub last_restart_reason: Option<Reason>,
     pub last_restart_at: Option<u64>,
     pub oom_kills: u64,
+    /// Wall-clock times (ms) of the unplanned exits the restart limit still counts, so a daemon
+    /// restart neither revives a failed instance nor gives a crash loop a fresh budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplanned_exits_ms: Vec<u64>,
 }
 
 /// A running worker.
@@ -129,14 +133,21 @@ impl Instance {
             last_restart_reason: None,
             last_restart_at: None,
             oom_kills: 0,
+            unplanned_exits_ms: Vec::new(),
         });
+        let mut tracker = Tracker::new();
+        tracker.restore_exits(
+            view.unplanned_exits_ms
+                .iter()
+                .filter_map(|&t| wall_to_instant(t)),
+        );
         let (view_tx, view_rx) = watch::channel(view.clone());
         let instance = Instance {
             id: spec.id,
             policy: spec.policy,
             group: spec.group,
             identity: spec.identity,
-            tracker: Tracker::new(),
+            tracker,
             view,
             view_tx,
             commands,
@@ -161,8 +172,16 @@ impl Instance {
         self.view_tx.send_replace(self.view.clone());
     }
 
-    /// The task body: start, watch, restart or respawn, until stopped.
+    /// The task body: start, watch, restart or respawn, until stopped. An instance a previous
+    /// daemon left failed (and with no worker to adopt) stays failed until `oomguard restart`.
     pub async fn run(mut self, mut adopt: Option<u32>) {
+        if adopt.is_none() && self.view.state == InstanceState::Failed {
+            warn!(instance = %self.id, "failed before the daemon restarted: left stopped until `oomguard restart {}`", self.id);
+            self.set_state(InstanceState::Failed, None);
+            if !self.wait_while_failed().await {
+                return;
+            }
+        }
         loop {
             let gate = self.start_gate.clone();
             let permit = gate.acquire().await;
@@ -463,10 +482,11 @@ impl Instance {
         what: String,
     ) -> bool {
         self.count_restart(reason);
-        match self
+        let after = self
             .tracker
-            .on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart)
-        {
+            .on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart);
+        self.view.unplanned_exits_ms = self.tracker.exits().map(instant_to_wall).collect();
+        match after {
             AfterExit::Respawn { after } => {
                 info!(instance = %self.id, reason = reason.as_str(), "respawning in {}: {what}", fmt_dur(after));
                 self.set_state(InstanceState::Backoff, None);
@@ -492,19 +512,27 @@ impl Instance {
                     fmt_dur(r.limit_within), r.limit_count, fmt_dur(r.limit_within), self.id
                 );
                 error!(instance = %self.id, "{msg}");
-                self.events.push(self.event(reason, "failed", &msg));
+                // State first: the event makes the daemon save state.json, which must say failed.
                 self.set_state(InstanceState::Failed, None);
-                loop {
-                    match self.commands.recv().await {
-                        Some(Command::Update(policy, done)) => {
-                            self.policy = policy;
-                            let _ = done.send(());
-                        }
-                        other => {
-                            self.tracker.reset_limit();
-                            return self.command_while_down(other);
-                        }
-                    }
+                self.events.push(self.event(reason, "failed", &msg));
+                self.wait_while_failed().await
+            }
+        }
+    }
+
+    /// Failed: only reloads are taken in until an operator's restart (or a stop). Returns
+    /// whether to start a worker.
+    async fn wait_while_failed(&mut self) -> bool {
+        loop {
+            match self.commands.recv().await {
+                Some(Command::Update(policy, done)) => {
+                    self.policy = policy;
+                    let _ = done.send(());
+                }
+                other => {
+                    self.tracker.reset_limit();
+                    self.view.unplanned_exits_ms.clear();
+                    return self.command_while_down(other);
                 }
             }
         }
@@ -581,4 +609,16 @@ impl Instance {
             full_avg10: pressure.map(|p| p.full_avg10),
         }
     }
+}
+
+/// An `Instant` as wall-clock ms, for state.json (Instants do not survive the process).
+fn instant_to_wall(t: Instant) -> u64 {
+    now_ms().saturating_sub(ms(t.elapsed()))
+}
+
+/// The inverse of [`instant_to_wall`]; None for a time before this host's monotonic clock began
+/// (such an old exit no longer counts anyway).
+fn wall_to_instant(wall_ms: u64) -> Option<Instant> {
+    let ago = Duration::from_millis(now_ms().saturating_sub(wall_ms));
+    Instant::now().checked_sub(ago)
 }
