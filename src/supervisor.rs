@@ -88,8 +88,18 @@ impl Fleet {
 
     /// Starts every instance of `policy`, adopting workers a previous daemon left running (found
     /// in `saved` and still in their group). Fails, starting nothing, when the policy's group
-    /// cannot be prepared or its user does not exist.
+    /// cannot be prepared, its user does not exist, or a policy of that name already runs (its
+    /// tasks would go on supervising, unseen, beside the new ones).
     pub fn start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
+        // Held from the check to the insert, so two callers cannot both start the name; the work
+        // under it is synchronous (mkdir, fork), as in change_policy.
+        let mut policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        if policies.contains_key(&policy.name) {
+            return Err(FleetError::Failed(format!(
+                "policy {} is already running",
+                policy.name
+            )));
+        }
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group
@@ -111,10 +121,7 @@ impl Fleet {
             run.instances.push(handle);
         }
         info!(policy = %policy.name, mode = ?policy.mode, instances = policy.run.instances, "policy started from {}", policy.source.display());
-        self.policies
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(policy.name.clone(), run);
+        policies.insert(policy.name.clone(), run);
         Ok(())
     }
 
@@ -323,7 +330,10 @@ impl Fleet {
     /// Groups under the root that no policy owns any more (a policy removed or shrunk while no
     /// daemon ran): their workers get SIGTERM, then cgroup.kill after `STRAY_GRACE`, and the
     /// groups are removed. Runs in the background; returns the groups it found.
-    pub fn reap_strays(&self) -> Vec<Group> {
+    ///
+    /// `keep`: policies in the policy directory that failed to start (a transient NSS error,
+    /// say): their live workers are not strays and are left alone. `dry_run`: only report.
+    pub fn reap_strays(&self, keep: &[String], dry_run: bool) -> Vec<Group> {
         let managed: Vec<Group> = self.all_groups();
         let known: Vec<String> = self
             .policies
@@ -334,8 +344,15 @@ impl Fleet {
             .collect();
         let mut strays = Vec::new();
         for policy_dir in subdirs(self.root.path()) {
+            let name = file_name(&policy_dir);
+            if keep.contains(&name) {
+                warn!(group = %policy_dir.display(), "policy {name} failed to start: its groups and workers are left as they are until a reload starts it");
+                continue;
+            }
             let instances = subdirs(&policy_dir);
-            if instances.is_empty() && !known.contains(&file_name(&policy_dir)) {
+            if dry_run {
+                // Reported below, never touched.
+            } else if instances.is_empty() && !known.contains(&name) {
                 // An empty group of a policy that is gone (a known one's instances may just not
                 // be created yet).
                 let _ = Group::new(&policy_dir).remove();
@@ -346,6 +363,24 @@ impl Fleet {
                     .map(Group::new)
                     .filter(|g| !managed.contains(g)),
             );
+        }
+        if !strays.is_empty() {
+            info!(
+                "{} group(s) under the root belong to no policy: {}",
+                strays.len(),
+                if dry_run {
+                    "dry run, would stop their workers"
+                } else {
+                    "stopping their workers"
+                }
+            );
+        }
+        if dry_run {
+            for g in &strays {
+                let procs = g.procs().unwrap_or_default();
+                warn!(group = %g.path().display(), ?procs, "dry run: would stop the workers of this group (no policy owns it); nothing signalled");
+            }
+            return strays;
         }
         for g in &strays {
             let g = g.clone();

@@ -4,6 +4,7 @@
 //! prints the table below, so adding a scenario means adding one row here.
 
 mod bench;
+mod hardening_daemon;
 mod harness;
 mod lifecycle;
 
@@ -107,6 +108,30 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: lifecycle::reload,
+    },
+    Scenario {
+        name: "concurrent_reload",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_daemon::concurrent_reload,
+    },
+    Scenario {
+        name: "second_daemon",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: hardening_daemon::second_daemon,
+    },
+    Scenario {
+        name: "failed_persists",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_daemon::failed_persists,
     },
     Scenario {
         name: "bench_goodput",

@@ -1,0 +1,131 @@
+//! Reloads have one owner: a task fed by a channel. A reload may stop a slow policy (up to its
+//! grace) and so must never run in the main loop, which pings the watchdog, handles signals and
+//! saves state. And two reloads must never run at once: both would start the same new policy,
+//! and the replaced tasks would go on supervising, unseen, a second worker per group.
+//!
+//! Requests that queue up while a reload runs (SIGHUPs, socket reloads) are answered together
+//! by one more reload after it, which reads the policy files after every one of them was made.
+
+use std::sync::Arc;
+
+use sd_notify::NotifyState;
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tracing::{debug, error, info};
+
+use super::{load_policies, notify, Options};
+use crate::protocol::ReloadReport;
+use crate::supervisor::Fleet;
+
+/// Why a reload changed nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReloadError {
+    /// Every problem found in the policy directory.
+    Invalid(Vec<String>),
+    /// The daemon is stopping its workers: nothing may start any more.
+    ShuttingDown,
+}
+
+pub type ReloadResult = Result<ReloadReport, ReloadError>;
+
+/// How a requester hears the result; None for a SIGHUP, which only logs.
+type Request = Option<oneshot::Sender<ReloadResult>>;
+
+/// Requests waiting for the reload task. More would only wait behind the same next reload.
+const QUEUE: usize = 64;
+
+/// The way to the reload task.
+#[derive(Clone)]
+pub struct Reloads {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Reloads {
+    /// Starts the reload task. It takes `owner` for each reload; whoever holds it (the
+    /// shutdown) knows no reload runs. `closing` set: every reload is refused.
+    pub fn spawn(
+        fleet: Arc<Fleet>,
+        opts: Options,
+        owner: Arc<Mutex<()>>,
+        closing: watch::Receiver<bool>,
+    ) -> Reloads {
+        let (requests, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(reload_task(fleet, opts, owner, closing, rx));
+        Reloads { requests }
+    }
+
+    /// SIGHUP: a reload soon, without waiting for it. A full queue already holds a reload that
+    /// will read the files after this signal, so nothing is lost.
+    pub fn signal(&self) {
+        if self.requests.try_send(None).is_err() {
+            debug!("SIGHUP: a reload is already queued");
+        }
+    }
+
+    /// A reload whose result the caller waits for. Cancel-safe: dropping the future drops only
+    /// the reply; the reload itself runs to its end in the reload task.
+    pub async fn request(&self) -> ReloadResult {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Some(tx)).await.is_err() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        rx.await.unwrap_or(Err(ReloadError::ShuttingDown))
+    }
+}
+
+async fn reload_task(
+    fleet: Arc<Fleet>,
+    opts: Options,
+    owner: Arc<Mutex<()>>,
+    closing: watch::Receiver<bool>,
+    mut rx: mpsc::Receiver<Request>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting: Vec<oneshot::Sender<ReloadResult>> = first.into_iter().collect();
+        let mut coalesced = 0;
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+            coalesced += 1;
+        }
+        if coalesced > 0 {
+            debug!("{coalesced} more reload request(s) answered by this reload");
+        }
+        let result = {
+            let _owner = owner.lock().await;
+            if *closing.borrow() {
+                info!("reload refused: shutting down");
+                Err(ReloadError::ShuttingDown)
+            } else {
+                reload(&fleet, &opts).await.map_err(ReloadError::Invalid)
+            }
+        };
+        for reply in waiting {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Re-reads and validates every policy first; only a fully valid set is applied, so a bad file
+/// changes nothing.
+async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadReport, Vec<String>> {
+    let mut reloading = vec![NotifyState::Reloading];
+    // systemd >= 253 wants the monotonic time with RELOADING=1 (Type=notify-reload).
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        reloading.push(now);
+    }
+    notify(&reloading);
+    let result = match load_policies(opts) {
+        Err(errors) => {
+            for e in &errors {
+                error!("reload refused, nothing changed: {e}");
+            }
+            Err(errors)
+        }
+        Ok(policies) => {
+            let summary = fleet.reload(policies).await;
+            info!(added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed, "reloaded {}", opts.policies.display());
+            Ok(summary)
+        }
+    };
+    notify(&[NotifyState::Ready]);
+    result
+}
