@@ -119,6 +119,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         fleet: fleet.clone(),
         reloads: reloads.clone(),
         closing,
+        dry_run: opts.dry_run,
     });
     let access = Access::new(opts.socket_group.as_deref(), opts.admin_uids.clone());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -128,7 +129,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     info!(root = %fleet.root().path().display(), socket = %opts.socket.display(), "oomguard {} running", env!("CARGO_PKG_VERSION"));
     notify(&[NotifyState::Ready, NotifyState::Status("guarding")]);
 
-    let exit = main_loop(&fleet, &reloads, &runtime).await?;
+    let mut exit = main_loop(&fleet, &reloads, &runtime).await?;
+    if opts.dry_run && matches!(exit, Exit::Stop) {
+        // Stopping a worker means signalling it, and a dry run signals nothing: the workers
+        // stay, and the next daemon adopts them as after a SIGUSR2.
+        info!("dry run: leaving every worker running (nothing is signalled)");
+        exit = Exit::Detach;
+    }
     notify(&[NotifyState::Stopping]);
     closing_tx.send_replace(true);
     // Status stays available while workers are being stopped; the socket goes last.
@@ -167,6 +174,8 @@ struct DaemonApi {
     reloads: Reloads,
     /// True once shutdown started.
     closing: watch::Receiver<bool>,
+    /// A restart signals the worker: refused in a dry run.
+    dry_run: bool,
 }
 
 fn api_error(e: FleetError) -> ApiError {
@@ -194,6 +203,11 @@ impl Api for DaemonApi {
         info!(target, "restart requested over the socket");
         if !self.accepting_changes() {
             return Err(shutting_down());
+        }
+        if self.dry_run {
+            return Err(ApiError::failed(
+                "dry run: restarts are refused (a dry run signals nothing)",
+            ));
         }
         self.fleet.restart(target).await.map_err(api_error)
     }

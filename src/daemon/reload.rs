@@ -6,6 +6,7 @@
 //! Requests that queue up while a reload runs (SIGHUPs, socket reloads) are answered together
 //! by one more reload after it, which reads the policy files after every one of them was made.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sd_notify::NotifyState;
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tracing::{debug, error, info};
 
 use super::{load_policies, notify, Options};
+use crate::policy::Policy;
 use crate::protocol::ReloadReport;
 use crate::supervisor::Fleet;
 
@@ -121,6 +123,14 @@ async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadReport, Vec<Strin
             Err(errors)
         }
         Ok(policies) => {
+            if opts.dry_run {
+                let running = running_counts(fleet);
+                if let Some(why) = dry_run_refusal(&running, &policies) {
+                    error!("reload refused, nothing changed: {why}");
+                    notify(&[NotifyState::Ready]);
+                    return Err(vec![why]);
+                }
+            }
             let summary = fleet.reload(policies).await;
             info!(added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed, "reloaded {}", opts.policies.display());
             Ok(summary)
@@ -128,4 +138,79 @@ async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadReport, Vec<Strin
     };
     notify(&[NotifyState::Ready]);
     result
+}
+
+/// Each running policy's instance count.
+fn running_counts(fleet: &Fleet) -> BTreeMap<String, usize> {
+    fleet.status(None).map_or_else(
+        |_| BTreeMap::new(),
+        |s| {
+            s.policies
+                .into_iter()
+                .map(|p| (p.name, p.instances.len()))
+                .collect()
+        },
+    )
+}
+
+/// A dry run signals nothing, and a reload that removes a policy or lowers its instance count
+/// would stop workers: such a reload is refused, naming what it would stop.
+fn dry_run_refusal(running: &BTreeMap<String, usize>, new: &[Policy]) -> Option<String> {
+    let stops: Vec<String> = running
+        .iter()
+        .filter_map(
+            |(name, &count)| match new.iter().find(|p| &p.name == name) {
+                None => Some(format!("{name} (removed)")),
+                Some(p) if (p.run.instances as usize) < count => {
+                    Some(format!("{name} ({count} -> {} instances)", p.run.instances))
+                }
+                Some(_) => None,
+            },
+        )
+        .collect();
+    (!stops.is_empty()).then(|| {
+        format!(
+            "dry run: this reload would stop workers of {}, and a dry run signals nothing",
+            stops.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+
+    fn policy(name: &str, instances: u32) -> Policy {
+        let text = format!(
+            "name: {name}\nrun:\n  command: [\"/bin/true\"]\n  instances: {instances}\n\
+             memory:\n  high: 48M\n  max: 96M\ntriggers:\n  pressure: {{some: 100ms, window: 1s}}\n"
+        );
+        parse(
+            std::path::Path::new("/etc/oomguard/policies.d/t.yaml"),
+            &text,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_dry_run_refuses_reloads_that_would_stop_workers() {
+        let running: BTreeMap<String, usize> =
+            [("web".to_string(), 2), ("jobs".to_string(), 1)].into();
+        assert_eq!(
+            dry_run_refusal(&running, &[policy("web", 2), policy("jobs", 1)]),
+            None
+        );
+        assert_eq!(
+            dry_run_refusal(
+                &running,
+                &[policy("web", 3), policy("jobs", 1), policy("new", 1)]
+            ),
+            None,
+            "growing and adding stop nothing"
+        );
+        let why = dry_run_refusal(&running, &[policy("web", 1)]).unwrap();
+        assert!(why.contains("jobs (removed)"), "{why}");
+        assert!(why.contains("web (2 -> 1 instances)"), "{why}");
+    }
 }

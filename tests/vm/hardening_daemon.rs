@@ -1,5 +1,5 @@
 //! Issue 7, the daemon's share: reloads serialized (`concurrent_reload`), one daemon per cgroup
-//! root and a dry run that signals nothing (`second_daemon`), the failed state kept across a
+//! root and a dry run that signals nothing, not even on exit (`second_daemon`), the failed state kept across a
 //! daemon restart (`failed_persists`).
 
 use std::collections::BTreeMap;
@@ -166,17 +166,7 @@ pub fn second_daemon() -> Result<()> {
     let empty = "/tmp/empty-policies";
     std::fs::create_dir_all(empty)?;
     set_mode(Path::new(empty), 0o755)?;
-    let dry = [
-        "run",
-        "--dry-run",
-        "--policies",
-        empty,
-        "--socket",
-        "/run/second/oomguard.sock",
-        "--cgroup-root",
-        CGROUP_ROOT,
-    ];
-    let out = run_cmd(OOMGUARD, &dry, Duration::from_secs(20))?;
+    let out = run_cmd(OOMGUARD, &dry_args(empty), Duration::from_secs(20))?;
     evidence("second daemon", out.summary());
     ensure!(!out.status.success(), "the second daemon exited 0");
     let named = format!("(pid {})", daemon.pid());
@@ -209,40 +199,99 @@ pub fn second_daemon() -> Result<()> {
     ensure!(status.success(), "SIGUSR2 exit {status}");
 
     // No daemon now: a dry run with no policies sees three strays, reports, signals nothing.
-    let log = std::fs::File::create("/tmp/dry-run.log")?;
-    let mut dry_run = std::process::Command::new(OOMGUARD)
-        .args(dry)
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let mut dry_run = spawn_dry_run(empty)?;
     let said = wait_until(
         "the dry run to report the strays",
         Duration::from_secs(20),
         || {
-            let text = std::fs::read_to_string("/tmp/dry-run.log").unwrap_or_default();
+            let text = std::fs::read_to_string(DRY_LOG).unwrap_or_default();
             text.contains("would stop").then_some(text)
         },
     )?;
     evidence(
-        "dry run",
+        "dry run, no policies",
         said.lines().filter(|l| l.contains("would stop")).count(),
     );
     sleep(Duration::from_secs(2));
-    signal(dry_run.id(), libc::SIGTERM)?;
-    let status = dry_run.wait()?;
-    ensure!(status.success(), "the dry run exited {status}");
-    for (id, pid) in &pids {
-        ensure!(
-            pid_alive(*pid),
-            "{id} (pid {pid}) was signalled by the dry run"
-        );
-    }
+    end_dry_run(&mut dry_run)?;
+    all_alive(&pids, "the dry run with no policies")?;
+
+    // A dry run with the policies adopts the workers, refuses a restart, and leaves them all
+    // running when it exits: stopping them would mean signalling them.
+    let mut dry_run = spawn_dry_run(POLICY_DIR)?;
+    let dry_socket = ["--socket", DRY_SOCKET];
+    wait_until(
+        "the dry run to adopt three/0..2",
+        Duration::from_secs(20),
+        || {
+            let out = oomguard(&[&["status"][..], &dry_socket[..]].concat()).ok()?;
+            (ids.iter().all(|id| out.stdout.contains(&format!("{id} ")))
+                && out.stdout.contains("running"))
+            .then_some(())
+        },
+    )?;
+    let out = oomguard(&[&["restart", "three/0"][..], &dry_socket[..]].concat())?;
+    evidence("restart in a dry run", out.summary());
+    ensure!(
+        !out.status.success() && out.text().contains("dry run"),
+        "a dry run restarted a worker: {}",
+        out.text()
+    );
+    end_dry_run(&mut dry_run)?;
+    all_alive(&pids, "the dry run with the policies")?;
+    ensure!(
+        one_worker_each(&ids)? == pids,
+        "the groups changed under the dry run"
+    );
+
     // Clean up: adopt and stop them.
     let mut last = Daemon::start(POLICY_DIR)?;
     last.wait_running(&ids, Duration::from_secs(20))?;
     let status = last.stop()?;
     ensure!(status.success(), "the daemon exited with {status}");
+    Ok(())
+}
+
+const DRY_SOCKET: &str = "/run/second/oomguard.sock";
+const DRY_LOG: &str = "/tmp/dry-run.log";
+
+/// `oomguard run --dry-run` on the scenarios' cgroup root, with its own socket.
+fn dry_args(policies: &str) -> Vec<&str> {
+    let mut args = run_args(policies);
+    args.insert(1, "--dry-run");
+    let socket = args
+        .iter()
+        .position(|a| *a == "--socket")
+        .expect("run_args has --socket");
+    args[socket + 1] = DRY_SOCKET;
+    args
+}
+
+fn spawn_dry_run(policies: &str) -> Result<std::process::Child> {
+    let log = std::fs::File::create(DRY_LOG)?;
+    Ok(std::process::Command::new(OOMGUARD)
+        .args(dry_args(policies))
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
+}
+
+/// SIGTERM, and a clean exit within 20 s.
+fn end_dry_run(dry_run: &mut std::process::Child) -> Result<()> {
+    signal(dry_run.id(), libc::SIGTERM)?;
+    let status = wait_until("the dry run to exit", Duration::from_secs(20), || {
+        dry_run.try_wait().ok().flatten()
+    })?;
+    let log = std::fs::read_to_string(DRY_LOG).unwrap_or_default();
+    ensure!(status.success(), "the dry run exited {status}: {log}");
+    Ok(())
+}
+
+fn all_alive(pids: &BTreeMap<String, u32>, after: &str) -> Result<()> {
+    for (id, pid) in pids {
+        ensure!(pid_alive(*pid), "{id} (pid {pid}) was killed by {after}");
+    }
     Ok(())
 }
 
