@@ -222,6 +222,9 @@ impl Api for DaemonApi {
                 errors,
             ),
             ReloadError::ShuttingDown => shutting_down(),
+            ReloadError::Gone => {
+                ApiError::failed("reload failed: the reload task ended (see the log)")
+            }
         })
     }
 

@@ -25,6 +25,8 @@ pub enum ReloadError {
     Invalid(Vec<String>),
     /// The daemon is stopping its workers: nothing may start any more.
     ShuttingDown,
+    /// The reload task is gone (it panicked: a bug, in the log).
+    Gone,
 }
 
 pub type ReloadResult = Result<ReloadReport, ReloadError>;
@@ -68,9 +70,9 @@ impl Reloads {
     pub async fn request(&self) -> ReloadResult {
         let (tx, rx) = oneshot::channel();
         if self.requests.send(Some(tx)).await.is_err() {
-            return Err(ReloadError::ShuttingDown);
+            return Err(ReloadError::Gone);
         }
-        rx.await.unwrap_or(Err(ReloadError::ShuttingDown))
+        rx.await.unwrap_or(Err(ReloadError::Gone))
     }
 }
 
