@@ -158,7 +158,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let _no_reload = with_watchdog(reload_owner.lock()).await;
             save_state(&runtime, &fleet);
             info!(
-                "exiting on SIGUSR2, leaving workers running for the next daemon to adopt ({})",
+                "exiting (SIGUSR2, or the end of a dry run), leaving workers running for the next daemon to adopt ({})",
                 runtime.state_path().display()
             );
         }
