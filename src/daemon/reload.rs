@@ -181,7 +181,10 @@ fn dry_run_refusal(running: &BTreeMap<String, usize>, new: &[Policy]) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroupfs::{Group, CGROUP_PROCS, SUBTREE_CONTROL};
+    use crate::events::EventLog;
     use crate::policy::parse;
+    use std::os::unix::fs::PermissionsExt;
 
     fn policy(name: &str, instances: u32) -> Policy {
         let text = format!(
@@ -214,5 +217,64 @@ mod tests {
         let why = dry_run_refusal(&running, &[policy("web", 1)]).unwrap();
         assert!(why.contains("jobs (removed)"), "{why}");
         assert!(why.contains("web (2 -> 1 instances)"), "{why}");
+    }
+
+    /// The reload task over a fake cgroup tree in a tempdir, with a real policy directory.
+    #[tokio::test]
+    async fn requests_queued_during_a_reload_are_answered_by_one_more() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (policy files must be root's)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::set_permissions(&policies, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let yaml =
+            "run:\n  command: [\"/bin/sleep\", \"1000\"]\nmemory:\n  high: 48M\n  max: 96M\n\
+                    triggers:\n  pressure: {some: 100ms, window: 1s}\n";
+        let file = policies.join("web.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let root = Group::new(dir.path().join("oomguard"));
+        root.create().unwrap();
+        root.child("web").create().unwrap();
+        root.child("web").write(SUBTREE_CONTROL, "").unwrap();
+        root.child("web").child("0").create().unwrap();
+        root.child("web")
+            .child("0")
+            .write(CGROUP_PROCS, "")
+            .unwrap();
+        let fleet = Arc::new(Fleet::new(root, Arc::new(EventLog::new())));
+        let opts = Options {
+            policies,
+            socket: dir.path().join("oomguard.sock"),
+            cgroup_root: None,
+            dry_run: false,
+            socket_group: None,
+            admin_uids: vec![],
+        };
+        let (closing_tx, closing) = watch::channel(false);
+        let reloads = Reloads::spawn(fleet.clone(), opts, Arc::new(Mutex::new(())), closing);
+
+        // A SIGHUP and five requests queue before the reload task runs (one thread): one
+        // reload answers them all, so every reply says it added web. One reload per request
+        // would have answered four of them "unchanged".
+        reloads.signal();
+        let replies = futures_util::future::join_all((0..5).map(|_| reloads.request())).await;
+        for r in &replies {
+            assert_eq!(
+                r.as_ref().unwrap().added,
+                vec!["web".to_string()],
+                "{replies:?}"
+            );
+        }
+        // A request after it gets a reload of its own, which finds web running.
+        let again = reloads.request().await.unwrap();
+        assert_eq!(again.unchanged, vec!["web".to_string()]);
+
+        closing_tx.send_replace(true);
+        assert_eq!(reloads.request().await, Err(ReloadError::ShuttingDown));
+        fleet.stop_all().await;
     }
 }
