@@ -1,5 +1,10 @@
-//! `oomguard run`: start-up checks, the cgroup subtree, the fleet, the socket, signals, reloads,
-//! the systemd watchdog and the state kept across daemon restarts.
+//! `oomguard run`: start-up checks, the cgroup subtree and its lock, the fleet, the socket,
+//! signals, the systemd watchdog and the state kept across daemon restarts. Reloads run in their
+//! own task (`reload`); the runtime directory and state.json are `runtime`.
+
+mod lock;
+mod reload;
+mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,17 +14,20 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use self::reload::{ReloadError, Reloads};
+pub use self::runtime::{RuntimeDir, RuntimeDirError};
 use crate::cgroupfs::Group;
 use crate::events::EventLog;
 use crate::hostcheck;
+use crate::layout::{cgroup_root, own_cgroup, CGROUP_MOUNT};
 use crate::policy::{self, Mode};
-use crate::protocol::{ApiError, EventRecord, ReloadReport, StatusReport};
+use crate::protocol::{ApiError, ErrorCode, EventRecord, ReloadReport, StatusReport};
 use crate::server::{self, Access, Api};
-use crate::supervisor::{Fleet, FleetError, SavedState, CONTROLLERS};
+use crate::supervisor::{Fleet, FleetError, CONTROLLERS};
 
-pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_POLICIES: &str = "/etc/oomguard/policies.d";
 pub const DEFAULT_SOCKET: &str = "/run/oomguard/oomguard.sock";
 
@@ -79,28 +87,39 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => warn!("cannot raise the open-files limit: {e}"),
     }
+    let runtime_dir = opts.socket.parent().unwrap_or(Path::new("/run"));
+    let runtime = RuntimeDir::open(runtime_dir)?;
     let root = prepare_root(mount, &root)?;
-    let state_file = state_path(&opts.socket);
-    let saved = load_state(&state_file);
+    // Before anything under the root is adopted, reaped or started: another daemon's workers
+    // are not ours to touch.
+    let _root_lock = lock::lock_root(root.path())?;
+    let saved = runtime.load_state();
     let fleet = Arc::new(Fleet::new(root, Arc::new(EventLog::new())));
+    let mut not_started = Vec::new();
     for p in policies {
         let name = p.name.clone();
         if let Err(e) = fleet.start_policy(p, &saved) {
             error!(policy = %name, "not started: {e}");
+            not_started.push(name);
         }
     }
-    let strays = fleet.reap_strays();
-    if !strays.is_empty() {
-        info!(
-            "{} group(s) under the root belong to no policy: stopping their workers",
-            strays.len()
-        );
-    }
+    fleet.reap_strays(&not_started, opts.dry_run);
     let listener = server::bind(&opts.socket, opts.socket_group.as_deref())
         .with_context(|| format!("binding {}", opts.socket.display()))?;
+    // Set once shutdown starts: reloads and restarts are refused from then on.
+    let (closing_tx, closing) = watch::channel(false);
+    let reload_owner = Arc::new(tokio::sync::Mutex::new(()));
+    let reloads = Reloads::spawn(
+        fleet.clone(),
+        opts.clone(),
+        reload_owner.clone(),
+        closing.clone(),
+    );
     let api = Arc::new(DaemonApi {
         fleet: fleet.clone(),
-        opts: opts.clone(),
+        reloads: reloads.clone(),
+        closing,
+        dry_run: opts.dry_run,
     });
     let access = Access::new(opts.socket_group.as_deref(), opts.admin_uids.clone());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -110,8 +129,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     info!(root = %fleet.root().path().display(), socket = %opts.socket.display(), "oomguard {} running", env!("CARGO_PKG_VERSION"));
     notify(&[NotifyState::Ready, NotifyState::Status("guarding")]);
 
-    let exit = main_loop(&fleet, &opts, &state_file).await?;
+    let mut exit = main_loop(&fleet, &reloads, &runtime).await?;
+    if opts.dry_run && matches!(exit, Exit::Stop) {
+        // Stopping a worker means signalling it, and a dry run signals nothing: the workers
+        // stay, and the next daemon adopts them as after a SIGUSR2.
+        info!("dry run: leaving every worker running (nothing is signalled)");
+        exit = Exit::Detach;
+    }
     notify(&[NotifyState::Stopping]);
+    closing_tx.send_replace(true);
     // Status stays available while workers are being stopped; the socket goes last.
     let stop_socket = || {
         let _ = stop_server.send(());
@@ -120,17 +146,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Exit::Stop => {
             info!("shutting down: stopping workers gracefully (a second SIGTERM exits at once)");
             arm_second_signal()?;
-            fleet.stop_all().await;
+            // A reload in flight finishes first (it may be starting a policy); none starts after.
+            let _no_reload = with_watchdog(reload_owner.lock()).await;
+            with_watchdog(fleet.stop_all()).await;
             // The (empty) root stays: under systemd it is oomguard-workers.service's `workers`
             // group, which the next start must find again.
-            let _ = std::fs::remove_file(&state_file);
+            runtime.remove_state();
             info!("all workers stopped");
         }
         Exit::Detach => {
-            save_state(&state_file, &fleet);
+            let _no_reload = with_watchdog(reload_owner.lock()).await;
+            save_state(&runtime, &fleet);
             info!(
-                "exiting on SIGUSR2, leaving workers running for the next daemon to adopt ({})",
-                state_file.display()
+                "exiting (SIGUSR2, or the end of a dry run), leaving workers running for the next daemon to adopt ({})",
+                runtime.state_path().display()
             );
         }
     }
@@ -142,7 +171,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 /// The socket server's view of the daemon.
 struct DaemonApi {
     fleet: Arc<Fleet>,
-    opts: Options,
+    reloads: Reloads,
+    /// True once shutdown started.
+    closing: watch::Receiver<bool>,
+    /// A restart signals the worker: refused in a dry run.
+    dry_run: bool,
 }
 
 fn api_error(e: FleetError) -> ApiError {
@@ -168,20 +201,43 @@ impl Api for DaemonApi {
     // Cancel-safe: the instance task owns the restart; dropping this future only drops the reply.
     async fn restart(&self, target: &str) -> Result<String, ApiError> {
         info!(target, "restart requested over the socket");
+        if !self.accepting_changes() {
+            return Err(shutting_down());
+        }
+        if self.dry_run {
+            return Err(ApiError::failed(
+                "dry run: restarts are refused (a dry run signals nothing)",
+            ));
+        }
         self.fleet.restart(target).await.map_err(api_error)
     }
 
     async fn reload(&self) -> Result<ReloadReport, ApiError> {
-        reload(&self.fleet, &self.opts).await.map_err(|errors| {
-            ApiError::failed_with(
+        self.reloads.request().await.map_err(|e| match e {
+            ReloadError::Invalid(errors) => ApiError::failed_with(
                 format!(
                     "reload refused, nothing changed: {} problem(s)",
                     errors.len()
                 ),
                 errors,
-            )
+            ),
+            ReloadError::ShuttingDown => shutting_down(),
+            ReloadError::Gone => {
+                ApiError::failed("reload failed: the reload task ended (see the log)")
+            }
         })
     }
+
+    fn accepting_changes(&self) -> bool {
+        !*self.closing.borrow()
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        ErrorCode::ShuttingDown,
+        "the daemon is shutting down: no restart or reload any more",
+    )
 }
 
 /// Loads and validates the policy directory; `--dry-run` turns every policy to observe mode.
@@ -202,63 +258,49 @@ enum Exit {
     Detach,
 }
 
-/// Signals, reloads, the watchdog and state saving, until it is time to exit.
-async fn main_loop(fleet: &Arc<Fleet>, opts: &Options, state_file: &Path) -> anyhow::Result<Exit> {
+/// Signals, the watchdog and state saving, until it is time to exit. Nothing here may wait for
+/// long: a reload runs in its own task (see `reload`), or a slow one would starve the watchdog
+/// and systemd would SIGABRT the daemon.
+async fn main_loop(
+    fleet: &Arc<Fleet>,
+    reloads: &Reloads,
+    runtime: &RuntimeDir,
+) -> anyhow::Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
     let mut events = fleet.events().subscribe();
-    // Half the watchdog interval, as sd_watchdog_enabled(3) advises; a day when there is none.
-    let period = sd_notify::watchdog_enabled().map_or(Duration::from_secs(86_400), |d| d / 2);
-    let mut watchdog = tokio::time::interval(period);
+    let mut watchdog = watchdog_interval();
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(Exit::Stop),
             _ = int.recv() => return Ok(Exit::Stop),
             _ = usr2.recv() => return Ok(Exit::Detach),
-            _ = hup.recv() => {
-                // Errors are logged by reload() itself.
-                let _ = reload(fleet, opts).await;
-            }
+            _ = hup.recv() => reloads.signal(),
             // Every decision changes counters worth keeping across a daemon restart.
-            _ = events.recv() => save_state(state_file, fleet),
+            _ = events.recv() => save_state(runtime, fleet),
             _ = watchdog.tick() => notify(&[NotifyState::Watchdog]),
         }
     }
 }
 
-/// Re-reads and validates every policy first; only a fully valid set is applied, so a bad file
-/// changes nothing.
-pub async fn reload(fleet: &Fleet, opts: &Options) -> Result<ReloadReport, Vec<String>> {
-    let mut reloading = vec![NotifyState::Reloading];
-    // systemd >= 253 wants the monotonic time with RELOADING=1 (Type=notify-reload).
-    if let Ok(now) = NotifyState::monotonic_usec_now() {
-        reloading.push(now);
-    }
-    notify(&reloading);
-    let result = match load_policies(opts) {
-        Err(errors) => {
-            for e in &errors {
-                error!("reload refused, nothing changed: {e}");
-            }
-            Err(errors)
+/// Half the watchdog interval, as sd_watchdog_enabled(3) advises; a day when there is none.
+fn watchdog_interval() -> tokio::time::Interval {
+    let period = sd_notify::watchdog_enabled().map_or(Duration::from_secs(86_400), |d| d / 2);
+    tokio::time::interval(period)
+}
+
+/// Runs `work` while pinging the watchdog: stopping the workers takes up to their grace.
+async fn with_watchdog<T>(work: impl std::future::Future<Output = T>) -> T {
+    let mut watchdog = watchdog_interval();
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = watchdog.tick() => notify(&[NotifyState::Watchdog]),
         }
-        Ok(policies) => match fleet.reload(policies).await {
-            Ok(summary) => {
-                info!(added = ?summary.added, changed = ?summary.changed, removed = ?summary.removed, "reloaded {}", opts.policies.display());
-                Ok(summary)
-            }
-            Err(errors) => {
-                for e in &errors {
-                    error!("reload refused, nothing changed: {e}");
-                }
-                Err(errors)
-            }
-        },
-    };
-    notify(&[NotifyState::Ready]);
-    result
+    }
 }
 
 fn notify(states: &[NotifyState]) {
@@ -279,67 +321,10 @@ fn arm_second_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// state.json lives beside the socket (RuntimeDirectory= under systemd).
-pub fn state_path(socket: &Path) -> PathBuf {
-    socket
-        .parent()
-        .unwrap_or(Path::new("/run"))
-        .join("state.json")
-}
-
-fn load_state(path: &Path) -> SavedState {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            warn!("ignoring unreadable {}: {e}", path.display());
-            SavedState::new()
-        }),
-        Err(_) => SavedState::new(),
+fn save_state(runtime: &RuntimeDir, fleet: &Fleet) {
+    if let Err(e) = runtime.save_state(&fleet.saved_state()) {
+        warn!("cannot save {}: {e}", runtime.state_path().display());
     }
-}
-
-/// Written to a temporary file and renamed, so a crash never leaves half a file.
-fn save_state(path: &Path, fleet: &Fleet) {
-    let tmp = path.with_extension("json.tmp");
-    let result = serde_json::to_vec(&fleet.saved_state())
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        warn!("cannot save {}: {e}", path.display());
-    }
-}
-
-/// The cgroup every policy's group goes under: `--cgroup-root`, else the `workers` group that
-/// oomguard-workers.service holds (see `holder`), else /sys/fs/cgroup/oomguard.
-pub fn cgroup_root(mount: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        if !p.starts_with(mount) || p == mount {
-            bail!(
-                "--cgroup-root {} must be a group below {}",
-                p.display(),
-                mount.display()
-            );
-        }
-        return Ok(p.to_path_buf());
-    }
-    // The holder unit's own group, not its `workers` child: if that child was ever removed, the
-    // daemon must still put the workers there (prepare_root recreates it), never fall back to a
-    // group outside systemd's delegation.
-    let held = Path::new(crate::holder::HOLDER_WORKERS);
-    if mount == Path::new(CGROUP_MOUNT) && held.parent().is_some_and(Path::is_dir) {
-        return Ok(held.to_path_buf());
-    }
-    Ok(mount.join("oomguard"))
-}
-
-/// This process's cgroup v2 path ("0::/system.slice/oomguard.service").
-pub fn own_cgroup() -> anyhow::Result<String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("/")
-        .to_string())
 }
 
 /// Creates the root group with memory and pids enabled from the mount down. A delegated parent
@@ -414,23 +399,6 @@ mod tests {
         assert!(
             errors[0].contains("a.yaml") && errors[1].contains("b.yaml"),
             "{errors:?}"
-        );
-    }
-
-    #[test]
-    fn an_explicit_cgroup_root_must_be_below_the_mount() {
-        let mount = Path::new("/sys/fs/cgroup");
-        assert!(cgroup_root(mount, Some(Path::new("/tmp/x"))).is_err());
-        assert!(cgroup_root(mount, Some(mount)).is_err());
-        let ok = cgroup_root(mount, Some(Path::new("/sys/fs/cgroup/og"))).unwrap();
-        assert_eq!(ok, Path::new("/sys/fs/cgroup/og"));
-    }
-
-    #[test]
-    fn state_lives_beside_the_socket() {
-        assert_eq!(
-            state_path(Path::new("/run/oomguard/oomguard.sock")),
-            Path::new("/run/oomguard/state.json")
         );
     }
 }

@@ -149,6 +149,18 @@ impl Tracker {
         self.exits.clear();
         self.backoff = None;
     }
+
+    /// The unplanned exits the restart limit still counts, oldest first: kept across a daemon
+    /// restart, or a crash loop would be revived with a fresh budget.
+    pub fn exits(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.exits.iter().copied()
+    }
+
+    /// Counts exits a previous daemon saw (see [`Tracker::exits`]).
+    pub fn restore_exits(&mut self, exits: impl IntoIterator<Item = Instant>) {
+        self.exits.extend(exits);
+        self.exits.make_contiguous().sort();
+    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 use crate::cgroupfs::{Group, CGROUP_PROCS};
-use crate::daemon::{own_cgroup, CGROUP_MOUNT};
+use crate::layout::{own_cgroup, CGROUP_MOUNT};
 use crate::supervisor::CONTROLLERS;
-
-/// Where the holder's subtree is when systemd runs oomguard-workers.service in system.slice.
-pub const HOLDER_WORKERS: &str = "/sys/fs/cgroup/system.slice/oomguard-workers.service/workers";
 
 pub async fn hold() -> anyhow::Result<()> {
     let own = own_cgroup()?;

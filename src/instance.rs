@@ -59,6 +59,10 @@ pub struct View {
     pub last_restart_reason: Option<Reason>,
     pub last_restart_at: Option<u64>,
     pub oom_kills: u64,
+    /// Wall-clock times (ms) of the unplanned exits the restart limit still counts, so a daemon
+    /// restart neither revives a failed instance nor gives a crash loop a fresh budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplanned_exits_ms: Vec<u64>,
 }
 
 /// A running worker.
@@ -135,14 +139,21 @@ impl Instance {
             last_restart_reason: None,
             last_restart_at: None,
             oom_kills: 0,
+            unplanned_exits_ms: Vec::new(),
         });
+        let mut tracker = Tracker::new();
+        tracker.restore_exits(
+            view.unplanned_exits_ms
+                .iter()
+                .filter_map(|&t| wall_to_instant(t)),
+        );
         let (view_tx, view_rx) = watch::channel(view.clone());
         let instance = Instance {
             id: spec.id,
             policy: spec.policy,
             group: spec.group,
             identity: spec.identity,
-            tracker: Tracker::new(),
+            tracker,
             view,
             view_tx,
             commands,
@@ -168,8 +179,16 @@ impl Instance {
         self.view_tx.send_replace(self.view.clone());
     }
 
-    /// The task body: start, watch, restart or respawn, until stopped.
+    /// The task body: start, watch, restart or respawn, until stopped. An instance a previous
+    /// daemon left failed (and with no worker to adopt) stays failed until `oomguard restart`.
     pub async fn run(mut self, mut adopt: Option<u32>) {
+        if adopt.is_none() && self.view.state == InstanceState::Failed {
+            warn!(instance = %self.id, "failed before the daemon restarted: left stopped until `oomguard restart {}`", self.id);
+            self.set_state(InstanceState::Failed, None);
+            if !self.wait_while_failed().await {
+                return;
+            }
+        }
         loop {
             let started = self.next_worker(adopt.take()).await;
             let worker = match started {
@@ -489,4 +508,16 @@ impl Instance {
         }
         self.tracker.started();
     }
+}
+
+/// An `Instant` as wall-clock ms, for state.json (Instants do not survive the process).
+fn instant_to_wall(t: Instant) -> u64 {
+    now_ms().saturating_sub(ms(t.elapsed()))
+}
+
+/// The inverse of [`instant_to_wall`]; None for a time before this host's monotonic clock began
+/// (such an old exit no longer counts anyway).
+fn wall_to_instant(wall_ms: u64) -> Option<Instant> {
+    let ago = Duration::from_millis(now_ms().saturating_sub(wall_ms));
+    Instant::now().checked_sub(ago)
 }

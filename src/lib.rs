@@ -8,7 +8,7 @@
 //! - `cgroupfs`, `psi`, `watch` and `spawn` are the only code that touches the kernel (the OS seam).
 //! - `instance` runs one task per worker and carries out the engine's decisions (a restart is
 //!   `Instance::restart` in instance/shutdown.rs); `supervisor` is the fleet of them; `holder` keeps the
-//!   workers' cgroups in a systemd unit of their own.
+//!   workers' cgroups in a systemd unit of their own; `layout` says where those cgroups are.
 //! - `daemon` wires it together; `server`, `client` and `protocol` are the unix-socket surface.
 //!   `metrics` (Prometheus text) and `table` (the CLI's human output) are pure renderings of a status.
 
@@ -21,6 +21,7 @@ pub mod events;
 pub mod holder;
 pub mod hostcheck;
 pub mod instance;
+pub mod layout;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;

@@ -60,6 +60,11 @@ pub trait Api: Send + Sync + 'static {
     fn restart(&self, target: &str) -> impl Future<Output = Result<String, ApiError>> + Send;
     /// Re-read the policies; on failure nothing changed and `details` lists every problem.
     fn reload(&self) -> impl Future<Output = Result<ReloadReport, ApiError>> + Send;
+    /// False once the daemon started shutting down: `restart` and `reload` then get
+    /// `shutting_down` (nothing may start while workers are being stopped); reads still work.
+    fn accepting_changes(&self) -> bool {
+        true
+    }
 }
 
 /// Robustness limits; [`serve`] uses the defaults, tests shrink them.
@@ -474,6 +479,18 @@ async fn read_line(
 
 async fn execute<A: Api>(api: &A, req: Request, peer: &Peer) -> Response {
     let reply = |r: Result<Response, ApiError>| r.unwrap_or_else(|e| Response::Err(e.into()));
+    if req.changes_state() && !api.accepting_changes() {
+        info!(
+            uid = peer.uid,
+            pid = peer.pid,
+            cmd = req.name(),
+            "refused: shutting down"
+        );
+        return Response::error(
+            ErrorCode::ShuttingDown,
+            format!("the daemon is shutting down: no {} any more", req.name()),
+        );
+    }
     match req {
         Request::Status { target } => {
             let target = target.map(|t| t.to_string());

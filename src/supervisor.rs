@@ -92,7 +92,8 @@ impl Fleet {
 
     /// Starts every instance of `policy`, adopting workers a previous daemon left running (found
     /// in `saved` and still in their group). Fails, starting nothing, when the policy's group
-    /// cannot be prepared or its user does not exist.
+    /// cannot be prepared, its user does not exist, or a policy of that name already runs (its
+    /// tasks would go on supervising, unseen, beside the new ones).
     pub fn start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
         let name = policy.name.clone();
         let started = self.try_start_policy(policy, saved);
@@ -105,6 +106,19 @@ impl Fleet {
     }
 
     fn try_start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
+        // Reloads run one at a time (daemon/reload.rs), so nothing starts the name between this
+        // check and the insert below.
+        if self
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&policy.name)
+        {
+            return Err(FleetError::Failed(format!(
+                "policy {} is already running",
+                policy.name
+            )));
+        }
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group

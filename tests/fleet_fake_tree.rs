@@ -6,7 +6,10 @@
 
 mod fake_tree;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use oomguard::cgroupfs::CGROUP_PROCS;
 
 use oomguard::protocol::{Ending, InstanceState, Reason};
 use oomguard::supervisor::SavedState;
@@ -81,11 +84,9 @@ async fn manual_restart_signals_the_worker_and_respawns_it() {
 async fn a_worker_that_exits_is_respawned_and_a_crash_loop_ends_failed() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["crash"]);
-    let limits =
-        "restart:\n  backoff: {initial: 100ms, max: 400ms}\n  limit: {count: 3, within: 1h}\n";
     fleet
         .start_policy(
-            policy("crash", r#"["/bin/false"]"#, limits),
+            policy("crash", r#"["/bin/false"]"#, CRASH_LIMITS),
             &SavedState::new(),
         )
         .unwrap();
@@ -187,7 +188,7 @@ async fn groups_no_policy_owns_are_found_as_strays() {
         .unwrap();
     // web has one instance: web/1 and web/2 (made by the fake tree) and all of `gone` are strays.
     let strays: Vec<String> = fleet
-        .reap_strays()
+        .reap_strays(&[], false)
         .iter()
         .map(|g| {
             g.path()
@@ -316,5 +317,166 @@ async fn a_rolling_restart_stops_at_a_replacement_that_does_not_stay_up() {
         );
         assert!(alive(*pid));
     }
+    fleet.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_policy_already_running_is_not_started_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["web"]);
+    let web = policy("web", r#"["/bin/sleep", "1000"]"#, "");
+    fleet.start_policy(web.clone(), &SavedState::new()).unwrap();
+    wait_for(&fleet, "web/0", "running", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
+    let pid = main_pid(&fleet, "web/0").unwrap();
+    let err = fleet
+        .start_policy(web, &SavedState::new())
+        .expect_err("a second start of web");
+    assert!(err.to_string().contains("already running"), "{err}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        main_pid(&fleet, "web/0"),
+        Some(pid),
+        "the first worker kept"
+    );
+    fleet.stop_all().await;
+    assert!(!alive(pid), "the only task stopped the only worker");
+}
+
+/// A live process placed in a fake group's cgroup.procs.
+fn live_worker_in(dir: &Path, group: &str) -> std::process::Child {
+    let child = std::process::Command::new("/bin/sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let procs = dir.join("oomguard").join(group).join(CGROUP_PROCS);
+    std::fs::write(procs, child.id().to_string()).unwrap();
+    child
+}
+
+#[tokio::test]
+async fn strays_of_a_policy_that_failed_to_start_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["nss", "gone"]);
+    let mut kept = live_worker_in(dir.path(), "nss/0");
+    let mut reaped = live_worker_in(dir.path(), "gone/0");
+    let strays = fleet.reap_strays(&["nss".to_string()], false);
+    assert!(
+        strays
+            .iter()
+            .all(|g| !g.path().to_string_lossy().contains("/nss/")),
+        "{strays:?}"
+    );
+    // The reaper sends SIGTERM at once: the stray dies, the kept worker does not.
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(s) = reaped.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stray was stopped");
+    assert!(!status.success());
+    assert!(
+        kept.try_wait().unwrap().is_none(),
+        "nss/0's worker was signalled"
+    );
+    kept.kill().unwrap();
+    kept.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_strays_and_signals_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["gone"]);
+    let mut worker = live_worker_in(dir.path(), "gone/0");
+    let strays = fleet.reap_strays(&[], true);
+    assert_eq!(strays.len(), 3, "{strays:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the dry run signalled"
+    );
+    assert!(
+        dir.path().join("oomguard/gone/1").is_dir(),
+        "a group removed"
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
+
+const CRASH_LIMITS: &str =
+    "restart:\n  backoff: {initial: 100ms, max: 400ms}\n  limit: {count: 3, within: 1h}\n";
+
+#[tokio::test]
+async fn a_failed_instance_stays_failed_under_the_next_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = fleet(dir.path(), &["crash"]);
+    let crash = policy("crash", r#"["/bin/false"]"#, CRASH_LIMITS);
+    first
+        .start_policy(crash.clone(), &SavedState::new())
+        .unwrap();
+    wait_for(&first, "crash/0", "failed", |s| {
+        s.state == InstanceState::Failed
+    })
+    .await;
+    // What the daemon writes to state.json, read back as the next daemon would.
+    let saved: SavedState =
+        serde_json::from_str(&serde_json::to_string(&first.saved_state()).unwrap()).unwrap();
+    drop(first);
+
+    let next_dir = tempfile::tempdir().unwrap();
+    let next = fleet(next_dir.path(), &["crash"]);
+    next.start_policy(crash, &saved).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = wait_for(&next, "crash/0", "failed", |s| {
+        s.state == InstanceState::Failed
+    })
+    .await;
+    assert_eq!(st.restarts, 4, "nothing was started: {st:?}");
+    assert!(
+        next.events().last(10).is_empty(),
+        "{:?}",
+        next.events().last(10)
+    );
+    // Until an operator restarts it.
+    next.restart("crash/0").await.unwrap();
+    wait_for(&next, "crash/0", "failed again", |s| {
+        s.state == InstanceState::Failed && s.restarts == 8
+    })
+    .await;
+    next.stop_all().await;
+}
+
+#[tokio::test]
+async fn the_restart_limit_history_survives_a_daemon_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["crash"]);
+    let now_ms = oomguard::events::now_ms();
+    // Three unplanned exits in the last minute, saved by a previous daemon (limit 3 within 1h).
+    let saved: SavedState = serde_json::from_str(&format!(
+        r#"{{"crash/0":{{"state":"backoff","main_pid":null,"restarts":3,"restarts_by_reason":{{}},
+        "last_restart_reason":"exited","last_restart_at":null,"oom_kills":0,
+        "unplanned_exits_ms":[{},{},{}]}}}}"#,
+        now_ms - 30_000,
+        now_ms - 20_000,
+        now_ms - 10_000
+    ))
+    .unwrap();
+    fleet
+        .start_policy(policy("crash", r#"["/bin/false"]"#, CRASH_LIMITS), &saved)
+        .unwrap();
+    let st = wait_for(&fleet, "crash/0", "failed", |s| {
+        s.state == InstanceState::Failed
+    })
+    .await;
+    assert_eq!(
+        st.restarts, 4,
+        "the first exit under this daemon is the 4th"
+    );
     fleet.stop_all().await;
 }

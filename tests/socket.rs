@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ struct FakeApi {
     /// Targets restarted, in order, so tests can tell a refusal from a call.
     restarted: Mutex<Vec<String>>,
     reload: Result<ReloadReport, ApiError>,
+    /// Set: the daemon is shutting down.
+    closing: AtomicBool,
 }
 
 impl Api for FakeApi {
@@ -88,6 +91,10 @@ impl Api for FakeApi {
     fn reload(&self) -> impl std::future::Future<Output = Result<ReloadReport, ApiError>> + Send {
         let result = self.reload.clone();
         async move { result }
+    }
+
+    fn accepting_changes(&self) -> bool {
+        !self.closing.load(Ordering::SeqCst)
     }
 }
 
@@ -153,6 +160,7 @@ fn fake() -> FakeApi {
             unchanged: vec!["celery".into()],
             ..Default::default()
         }),
+        closing: AtomicBool::new(false),
     }
 }
 
@@ -832,4 +840,54 @@ async fn shutdown_ends_streams_and_removes_the_socket() {
         }
         other => panic!("expected unreachable, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn during_shutdown_changes_are_refused_and_reads_still_work() {
+    let srv = start().await;
+    srv.api.closing.store(true, Ordering::SeqCst);
+    for req in [restart_req(), Request::Reload] {
+        match client::request(&srv.path, &req).await {
+            Ok(Response::Err(b)) => {
+                assert_eq!(b.code, ErrorCode::ShuttingDown, "{b}");
+                assert!(b.message.contains("shutting down"), "{b}");
+            }
+            other => panic!("{req:?}: expected shutting_down, got {other:?}"),
+        }
+    }
+    assert_eq!(client::cmd_reload(&srv.path).await, client::EXIT_REFUSED);
+    assert!(
+        srv.api.restarted.lock().expect("not poisoned").is_empty(),
+        "the restart reached the daemon"
+    );
+    assert_eq!(
+        client::cmd_status(&srv.path, None, false).await,
+        client::EXIT_OK
+    );
+    assert_eq!(
+        client::cmd_events(&srv.path, 2, false, false).await,
+        client::EXIT_OK
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn bind_refuses_a_symlink_at_the_socket_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("real.sock");
+    drop(std::os::unix::net::UnixListener::bind(&real).expect("a stale socket"));
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").expect("victim");
+    for target in [&real, &victim] {
+        let path = dir.path().join("oomguard.sock");
+        std::os::unix::fs::symlink(target, &path).expect("symlink");
+        let err = server::bind(&path, Some(NOGROUP)).expect_err("a symlink");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(target.exists(), "the symlink's target was removed");
+        std::fs::remove_file(&path).expect("rm symlink");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious"
+    );
 }

@@ -18,10 +18,12 @@ impl Instance {
         what: String,
     ) -> bool {
         self.count_restart(reason);
-        match self
+        let after = self
             .tracker
-            .on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart)
-        {
+            .on_unplanned_exit(Instant::now(), ran_for, &self.policy.restart);
+        // Kept in state.json, so a daemon restart does not give a crash loop a fresh budget.
+        self.view.unplanned_exits_ms = self.tracker.exits().map(super::instant_to_wall).collect();
+        match after {
             AfterExit::Respawn { after } => {
                 info!(instance = %self.id, reason = reason.as_str(), "respawning in {}: {what}", fmt_dur(after));
                 self.set_state(InstanceState::Backoff, None);
@@ -48,20 +50,28 @@ impl Instance {
                     fmt_dur(r.limit_within), r.limit_count, fmt_dur(r.limit_within), self.id
                 );
                 error!(instance = %self.id, "{msg}");
-                self.events.push(self.event(reason, "failed", &msg));
+                // State first: the event makes the daemon save state.json, which must say failed.
                 self.set_state(InstanceState::Failed, None);
-                loop {
-                    match self.commands.recv().await {
-                        Some(Command::Update(policy, identity, done)) => {
-                            self.policy = policy;
-                            self.identity = identity;
-                            let _ = done.send(());
-                        }
-                        other => {
-                            self.tracker.reset_limit();
-                            return self.command_while_down(other);
-                        }
-                    }
+                self.events.push(self.event(reason, "failed", &msg));
+                self.wait_while_failed().await
+            }
+        }
+    }
+
+    /// Failed: only reloads are taken in until an operator's restart (or a stop). Returns
+    /// whether to start a worker.
+    pub(super) async fn wait_while_failed(&mut self) -> bool {
+        loop {
+            match self.commands.recv().await {
+                Some(Command::Update(policy, identity, done)) => {
+                    self.policy = policy;
+                    self.identity = identity;
+                    let _ = done.send(());
+                }
+                other => {
+                    self.tracker.reset_limit();
+                    self.view.unplanned_exits_ms.clear();
+                    return self.command_while_down(other);
                 }
             }
         }

@@ -18,8 +18,10 @@ impl Fleet {
     /// and grace when the policy still exists, e.g. an instance index past its new count;
     /// otherwise SIGTERM and `STRAY_GRACE`), and the groups are removed. The groups of a valid
     /// policy that failed to start are not strays: it may start on the next reload and adopt
-    /// them. Runs in the background; returns the groups it found.
-    pub fn reap_strays(&self) -> Vec<Group> {
+    /// them; so are those of the policies in `keep` (in the policy directory, but not started).
+    /// `dry_run`: only report what would be stopped, never signal. Runs in the background;
+    /// returns the groups it found.
+    pub fn reap_strays(&self, keep: &[String], dry_run: bool) -> Vec<Group> {
         let managed: Vec<Group> = self.all_groups();
         let known: BTreeMap<String, Arc<Policy>> = self
             .policies
@@ -36,13 +38,13 @@ impl Fleet {
         let mut strays = Vec::new();
         for policy_dir in subdirs(self.root.path()) {
             let name = file_name(&policy_dir);
-            if unstarted.contains(&name) {
+            if unstarted.contains(&name) || keep.contains(&name) {
                 warn!(policy = %name, "the policy did not start: its groups are left as they are, not reaped");
                 continue;
             }
             let instances = subdirs(&policy_dir);
             let policy = known.get(&name).cloned();
-            if instances.is_empty() && policy.is_none() {
+            if instances.is_empty() && policy.is_none() && !dry_run {
                 // An empty group of a policy that is gone (a known one's instances may just not
                 // be created yet).
                 let _ = Group::new(&policy_dir).remove();
@@ -54,6 +56,13 @@ impl Fleet {
                     .filter(|g| !managed.contains(g))
                     .map(|g| (g, policy.clone())),
             );
+        }
+        if dry_run {
+            for (g, _) in &strays {
+                let procs = g.procs().unwrap_or_default();
+                warn!(group = %g.path().display(), ?procs, "dry run: would stop the workers of this group (no policy owns it); nothing signalled");
+            }
+            return strays.into_iter().map(|(g, _)| g).collect();
         }
         for (g, policy) in &strays {
             let (g, policy) = (g.clone(), policy.clone());

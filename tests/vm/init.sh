@@ -8,7 +8,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# 0755, as RuntimeDirectory= makes it: the daemon refuses a runtime directory others may write.
+mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t cgroup2 -o nsdelegate none /sys/fs/cgroup
 
 # One write per controller: no_memory_controller boots with cgroup_disable=memory, and a

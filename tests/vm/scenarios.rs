@@ -5,6 +5,7 @@
 
 mod bench;
 mod hardening_instance;
+mod hardening_daemon;
 mod harness;
 mod kernels;
 mod lifecycle;
@@ -117,6 +118,30 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: kernels::kill_fallback,
+    },
+    Scenario {
+        name: "concurrent_reload",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_daemon::concurrent_reload,
+    },
+    Scenario {
+        name: "second_daemon",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: hardening_daemon::second_daemon,
+    },
+    Scenario {
+        name: "failed_persists",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: hardening_daemon::failed_persists,
     },
     Scenario {
         name: "reload_identity",

@@ -285,12 +285,63 @@ first_ms=$(jq -s 'map(select(.action == "restart")) | first | .time_ms // empty'
 RELEAK_S=$(awk -v a="$kill_ms" -v b="$first_ms" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
 evidence "d: new daemon restarted the adopted leaker" "${RELEAK_S}s after the SIGKILL (event time)"
 
+# ======== g. a SIGHUP reload that waits out a slow stop ========
+# The reload stops a policy whose worker ignores SIGTERM: 14 s of grace. With WatchdogSec=8s a
+# daemon whose main loop waited for the reload was SIGABRTed; now the reload runs beside it.
+echo "=== g. WatchdogSec=8s; a SIGHUP reload that has to stop a slow policy (grace 14s)"
+slow_policy() { policy slow 1 48M --ignore-sigterm | sed "s/grace: 10s/grace: $1/"; }
+mkdir -p /run/systemd/system/oomguard.service.d
+printf '[Service]\nWatchdogSec=8s\n' >/run/systemd/system/oomguard.service.d/watchdog.conf
+systemctl daemon-reload
+write_policy slow "$(slow_policy 14s)"
+systemctl restart oomguard.service || fail "g: systemctl restart with WatchdogSec=8s failed"
+wait_for 60 "healthy and slow/0 running" instances_running healthy/0 healthy/1 slow/0
+DPID4=$(main_pid)
+NR4=$(systemctl show -P NRestarts oomguard.service)
+S0=$(pids_of slow/0)
+evidence "g: daemon" "pid $DPID4, WatchdogUSec=$(systemctl show -P WatchdogUSec oomguard.service), NRestarts=$NR4, slow/0 pid $S0"
+rm -f "$POLICIES/slow.yaml"
+t=$(now)
+since=$(date '+%Y-%m-%d %H:%M:%S')
+systemctl reload oomguard.service || fail "g: systemctl reload removing slow failed"
+slow_gone() { ! kill -0 "$S0" 2>/dev/null; }
+wait_for 60 "slow/0 (pid $S0) to be killed after its 14 s grace" slow_gone
+evidence "g: slow/0 gone after" "$(secs_since "$t")s"
+sleep 2
+dogs=$(journalctl --no-pager -u oomguard.service --since "$since" | grep -i 'watchdog')
+[ -z "$dogs" ] || fail "g: the watchdog fired during the reload: $dogs"
+active oomguard.service || fail "g: oomguard.service is $(systemctl is-active oomguard.service) after the slow reload"
+[ "$(main_pid)" = "$DPID4" ] || fail "g: MainPID changed during the slow reload ($DPID4 -> $(main_pid))"
+[ "$(systemctl show -P NRestarts oomguard.service)" = "$NR4" ] || fail "g: NRestarts changed during the slow reload"
+status_json || fail "g: status after the slow reload"
+[ -z "$(inst slow/0 .id)" ] || fail "g: slow/0 still listed after the reload removed it"
+evidence "g: after the slow reload" "daemon $DPID4 still up, no watchdog in the journal, NRestarts=$NR4"
+
 # ======== e. stop ========
-echo "=== e. systemctl stop oomguard"
+echo "=== e. systemctl stop oomguard, with a slow policy: restart and reload refused meanwhile"
+write_policy slow "$(slow_policy 8s)"
+out=$(timeout 30 oomguard reload 2>&1) || fail "e: oomguard reload adding slow failed: $out"
+wait_for 30 "slow/0 running" instances_running slow/0
 status_json || fail "e: status before stop"
 LAST=$(all_pids)
 t=$(now)
-systemctl stop oomguard.service || fail "e: systemctl stop failed"
+since=$(date '+%Y-%m-%d %H:%M:%S')
+systemctl stop oomguard.service &
+STOPPER=$!
+stopping() { journalctl --no-pager -u oomguard.service --since "$since" | grep -q 'shutting down: stopping workers'; }
+wait_for 20 "the daemon to start shutting down" stopping
+out=$(timeout 30 oomguard reload 2>&1)
+rc=$?
+evidence "e: oomguard reload during the stop" "exit $rc: $(tr '\n' ' ' <<<"$out")"
+[ "$rc" = 1 ] && grep -q 'shutting down' <<<"$out" || fail "e: a reload during the stop exited $rc: $out"
+out=$(timeout 30 oomguard restart slow/0 2>&1)
+rc=$?
+evidence "e: oomguard restart during the stop" "exit $rc: $(tr '\n' ' ' <<<"$out")"
+[ "$rc" = 1 ] && grep -q 'shutting down' <<<"$out" || fail "e: a restart during the stop exited $rc: $out"
+out=$(timeout 10 oomguard status 2>&1) || fail "e: status during the stop failed: $out"
+evidence "e: status during the stop" "$(tr '\n' ';' <<<"$out")"
+wait "$STOPPER" || fail "e: systemctl stop failed"
+rm -f "$POLICIES/slow.yaml"
 STOP_S=$(secs_since "$t")
 evidence "e: systemctl stop took" "${STOP_S}s (workers before: $LAST)"
 active oomguard.service && fail "e: oomguard.service still active after stop"
@@ -328,7 +379,7 @@ esac
 systemctl stop oomguard.service || fail "f: second stop failed"
 
 kill "$WATCHDOG" 2>/dev/null
-evidence "timings" "start ${START_S}s, reload ${RELOAD_S}s, restart ${RESTART_S}s, sigkill-recovery ${CRASH_S}s, adopted leaker restarted ${RELEAK_S}s after the kill, stop ${STOP_S}s"
+evidence "timings" "(stop includes an 8 s grace) start ${START_S}s, reload ${RELOAD_S}s, restart ${RESTART_S}s, sigkill-recovery ${CRASH_S}s, adopted leaker restarted ${RELEAK_S}s after the kill, stop ${STOP_S}s"
 evidence "scenario seconds" "$(secs_since "$T0")"
 echo "SCENARIO systemd PASS"
 poweroff_now
