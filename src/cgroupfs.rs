@@ -100,6 +100,11 @@ impl Group {
         Group::new(self.path.join(name))
     }
 
+    /// The enclosing group (the policy's group for an instance).
+    pub fn parent(&self) -> Option<Group> {
+        self.path.parent().map(Group::new)
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }

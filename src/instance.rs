@@ -300,6 +300,7 @@ impl Instance {
     /// triggers.
     fn start(&mut self) -> Result<Worker, String> {
         self.set_state(InstanceState::Starting, None);
+        self.ensure_policy_group()?;
         self.group.create().map_err(|e| e.to_string())?;
         self.apply_limits()?;
         let events_at_start = self.group.memory_events().unwrap_or_default();
@@ -330,6 +331,24 @@ impl Instance {
             child: Some(child),
         };
         Ok(self.watching(main, events_at_start))
+    }
+
+    /// The policy's group may have been removed from under the daemon (an operator's rmdir, a
+    /// cleanup script): recreate it with the controllers its children need, or the instance could
+    /// never set its limits again.
+    fn ensure_policy_group(&self) -> Result<(), String> {
+        let Some(parent) = self.group.parent() else {
+            return Ok(());
+        };
+        if parent.exists() {
+            return Ok(());
+        }
+        parent.create().map_err(|e| e.to_string())?;
+        parent
+            .enable_controllers(crate::supervisor::CONTROLLERS)
+            .map_err(|e| e.to_string())?;
+        warn!(instance = %self.id, group = %parent.path().display(), "the policy's group had been removed: recreated it");
+        Ok(())
     }
 
     /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.

@@ -480,3 +480,68 @@ async fn the_restart_limit_history_survives_a_daemon_restart() {
     );
     fleet.stop_all().await;
 }
+
+/// The memory trigger on a fake tree: memory.current written by the test stands in for the
+/// kernel's. Below the threshold nothing happens; above it for `for`, the worker is restarted with
+/// reason `memory` and the number that crossed the line in its event.
+#[tokio::test]
+async fn the_memory_trigger_restarts_only_above_its_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["mem"]);
+    let current = dir.path().join("oomguard/mem/0/memory.current");
+    std::fs::write(&current, "31457280").unwrap(); // 30M, under the 40M threshold
+    let mut p = policy("mem", r#"["/bin/sleep", "1000"]"#, "");
+    p.triggers.memory = Some(oomguard::policy::MemoryTrigger {
+        above: 40 << 20,
+        sustain: Duration::from_millis(1500),
+    });
+    fleet.start_policy(p, &SavedState::new()).unwrap();
+    wait_for(&fleet, "mem/0", "running", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
+    let first = main_pid(&fleet, "mem/0").unwrap();
+    // Several one-second samples below the line: no restart.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(
+        main_pid(&fleet, "mem/0"),
+        Some(first),
+        "restarted below the threshold"
+    );
+    assert!(
+        fleet.events().last(10).is_empty(),
+        "{:?}",
+        fleet.events().last(10)
+    );
+
+    // Above the line, but back under before `for` passed: still nothing.
+    std::fs::write(&current, "52428800").unwrap(); // 50M
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&current, "31457280").unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        main_pid(&fleet, "mem/0"),
+        Some(first),
+        "restarted on a short spike"
+    );
+
+    // Above the line and held: restarted, with the number in the event.
+    std::fs::write(&current, "52428800").unwrap();
+    let st = wait_for(&fleet, "mem/0", "restarted on memory", |s| s.restarts == 1).await;
+    assert_eq!(st.last_restart_reason, Some(Reason::Memory));
+    let ev = fleet
+        .events()
+        .last(10)
+        .into_iter()
+        .find(|e| e.action == "restart")
+        .expect("a restart event");
+    assert_eq!(ev.reason, Reason::Memory);
+    assert!(
+        ev.message.contains("50M") || ev.message.contains("50.0M"),
+        "{}",
+        ev.message
+    );
+    assert!(!alive(first), "the old worker was stopped");
+    std::fs::write(&current, "0").unwrap();
+    fleet.stop_all().await;
+}

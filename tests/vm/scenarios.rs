@@ -4,8 +4,9 @@
 //! prints the table below, so adding a scenario means adding one row here.
 
 mod bench;
-mod hardening_instance;
+mod faults;
 mod hardening_daemon;
+mod hardening_instance;
 mod harness;
 mod kernels;
 mod lifecycle;
@@ -182,6 +183,38 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: hardening_instance::spawn_hardening,
+    },
+    Scenario {
+        name: "fault_fd_exhaustion",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: faults::fault_fd_exhaustion,
+    },
+    Scenario {
+        name: "fault_enospc",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: faults::fault_enospc,
+    },
+    Scenario {
+        name: "fault_group_removed",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: faults::fault_group_removed,
+    },
+    Scenario {
+        name: "fault_kill_mid_restart",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: faults::fault_kill_mid_restart,
     },
     Scenario {
         name: "bench_goodput",
