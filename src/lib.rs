@@ -32,5 +32,7 @@ pub mod shutdown;
 pub mod spawn;
 pub mod supervisor;
 pub mod table;
+#[doc(hidden)]
+pub mod testing;
 pub mod units;
 pub mod watch;

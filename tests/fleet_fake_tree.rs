@@ -214,7 +214,7 @@ fn uid_of(pid: u32) -> u32 {
 #[tokio::test]
 async fn a_reload_changes_who_the_next_worker_runs_as() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root to start a worker as another user");
+        oomguard::testing::skip_without_root("needs root to start a worker as another user");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -227,7 +227,9 @@ fn is_root() -> bool {
     if nix::unistd::Uid::effective().is_root() {
         return true;
     }
-    eprintln!("skipped: needs root to chown the socket and run clients as other uids");
+    oomguard::testing::skip_without_root(
+        "needs root to chown the socket and run clients as other uids",
+    );
     false
 }
 

@@ -232,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn requests_queued_during_a_reload_are_answered_by_one_more() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (policy files must be root's)");
+            crate::testing::skip_without_root("needs root (policy files must be root's)");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

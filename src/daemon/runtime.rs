@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn state_round_trips_and_a_leftover_temp_file_is_replaced() {
         if !is_root() {
-            eprintln!("skipped: needs root (the directory must be root-owned)");
+            crate::testing::skip_without_root("needs root (the directory must be root-owned)");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn symlinks_are_never_followed() {
         if !is_root() {
-            eprintln!("skipped: needs root (the directory must be root-owned)");
+            crate::testing::skip_without_root("needs root (the directory must be root-owned)");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn a_directory_others_may_write_is_refused() {
         if !is_root() {
-            eprintln!("skipped: needs root (chown)");
+            crate::testing::skip_without_root("needs root (chown)");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -58,7 +58,7 @@ fn writable_directory_is_refused() {
 fn file_owned_by_another_user_is_refused() {
     if !geteuid().is_root() {
         // Only root can give a file away; the mode tests above still run.
-        eprintln!("skipped: needs root to chown");
+        crate::testing::skip_without_root("needs root to chown");
         return;
     }
     let dir = safe_dir();
@@ -139,7 +139,7 @@ fn a_symlink_through_a_world_writable_directory_is_refused() {
 #[test]
 fn a_symlink_through_a_directory_owned_by_another_user_is_refused() {
     if !geteuid().is_root() {
-        eprintln!("skipped: needs root to chown");
+        crate::testing::skip_without_root("needs root to chown");
         return;
     }
     let good = checkout_dir();
