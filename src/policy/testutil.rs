@@ -82,12 +82,23 @@ pub fn safe_dir() -> tempfile::TempDir {
     dir
 }
 
-/// A 0755 tempdir inside the checkout, whose ancestors (unlike /tmp's) are normally root's or
-/// ours and not group/world writable: where symlink chains that must be accepted live.
+/// A 0755 tempdir whose ancestors (unlike /tmp's) are not group/world writable: where symlink
+/// chains that must be accepted live. Inside the checkout when its ancestors qualify; a checkout
+/// under /tmp (a CI clone, say) falls back to /run or /root.
 pub fn checkout_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::MetadataExt;
+    let tight = |p: &std::path::Path| {
+        p.ancestors()
+            .all(|a| fs::metadata(a).is_ok_and(|m| m.mode() & 0o022 == 0))
+    };
+    let base = [env!("CARGO_MANIFEST_DIR"), "/run", "/root"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| tight(p))
+        .expect("no directory without group/world-writable ancestors for the symlink tests");
     let dir = tempfile::Builder::new()
         .prefix(".perms-test-")
-        .tempdir_in(env!("CARGO_MANIFEST_DIR"))
+        .tempdir_in(base)
         .unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     dir
