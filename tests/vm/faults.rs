@@ -299,6 +299,20 @@ pub fn fault_group_removed() -> Result<()> {
     Ok(())
 }
 
+/// SIGKILLs every process in `g`: cgroup.kill where the kernel has it (5.14+), else each pid.
+fn kill_all_in(g: &Path) -> Result<()> {
+    if g.join("cgroup.kill").exists() {
+        fs::write(g.join("cgroup.kill"), "1")?;
+        return Ok(());
+    }
+    for pid in read_trimmed(&g.join("cgroup.procs"))?.lines() {
+        if let Ok(pid) = pid.trim().parse::<u32>() {
+            let _ = signal(pid, libc::SIGKILL);
+        }
+    }
+    Ok(())
+}
+
 /// Kills the groups of `ids` and removes them (and their policy's group with `parent`), racing
 /// the daemon's respawn; retries while the kernel still lists the dying processes.
 fn remove_groups(ids: &[&str], parent: bool) -> Result<()> {
@@ -306,8 +320,7 @@ fn remove_groups(ids: &[&str], parent: bool) -> Result<()> {
     let mut removed = Vec::new();
     for id in ids {
         let g = instance_group(id);
-        fs::write(g.join("cgroup.kill"), "1")
-            .with_context(|| format!("cgroup.kill {}", g.display()))?;
+        kill_all_in(&g).with_context(|| format!("killing {}", g.display()))?;
     }
     for id in ids {
         let g = instance_group(id);
@@ -333,7 +346,7 @@ fn remove_groups(ids: &[&str], parent: bool) -> Result<()> {
                 // The daemon may already have recreated a child: remove it again.
                 Err(_) => {
                     for id in ids {
-                        let _ = fs::write(instance_group(id).join("cgroup.kill"), "1");
+                        let _ = kill_all_in(&instance_group(id));
                         let _ = fs::remove_dir(instance_group(id));
                     }
                     sleep(Duration::from_millis(5));
