@@ -175,6 +175,13 @@ impl Group {
         })
     }
 
+    /// mkdir (an existing group is fine) and enable `controllers` for its children: a group that
+    /// holds other groups, such as the root or a policy's group.
+    pub fn create_with_controllers(&self, controllers: &[&str]) -> Result<()> {
+        self.create()?;
+        self.enable_controllers(controllers)
+    }
+
     /// Controllers this group may hand to its children (cgroup.controllers).
     pub fn controllers(&self) -> Result<Vec<String>> {
         Ok(self
@@ -316,12 +323,6 @@ impl Group {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect())
-    }
-
-    /// cgroup.events `populated`: false once no process is left in the subtree.
-    pub fn populated(&self) -> Result<bool> {
-        let events = parse_keyed(&self.read(CGROUP_EVENTS)?);
-        Ok(events.get("populated").copied().unwrap_or(0) != 0)
     }
 
     /// This group and every group below it, parents first. A directory that cannot be listed is
@@ -512,7 +513,15 @@ mod tests {
             g.number(MEMORY_CURRENT),
             Err(CgroupError::Gone { .. })
         ));
-        assert!(matches!(g.populated(), Err(CgroupError::Gone { .. })));
+        assert!(matches!(
+            g.read(CGROUP_EVENTS),
+            Err(CgroupError::Gone { .. })
+        ));
+        // Whether a group is empty is read through shutdown::emptiness, which fails closed.
+        assert_eq!(
+            crate::shutdown::emptiness(&g),
+            crate::shutdown::Emptiness::Empty
+        );
         g.remove().expect("removing a gone group is fine");
     }
 
@@ -529,7 +538,10 @@ mod tests {
         let (_dir, g) = fake_group();
         g.write(CGROUP_EVENTS, "populated 1\nfrozen 0\n").unwrap();
         g.write(CGROUP_PROCS, "12\n34\n").unwrap();
-        assert!(g.populated().unwrap());
+        assert_eq!(
+            crate::shutdown::emptiness(&g),
+            crate::shutdown::Emptiness::Populated
+        );
         assert_eq!(g.procs().unwrap(), vec![12, 34]);
     }
 

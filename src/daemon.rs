@@ -95,15 +95,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _root_lock = lock::lock_root(root.path())?;
     let saved = runtime.load_state();
     let fleet = Arc::new(Fleet::new(root, Arc::new(EventLog::new())));
-    let mut not_started = Vec::new();
     for p in policies {
         let name = p.name.clone();
+        // The fleet remembers it: reap_strays leaves its groups alone.
         if let Err(e) = fleet.start_policy(p, &saved) {
             error!(policy = %name, "not started: {e}");
-            not_started.push(name);
         }
     }
-    fleet.reap_strays(&not_started, opts.dry_run);
+    fleet.reap_strays(opts.dry_run);
     let listener = server::bind(&opts.socket, opts.socket_group.as_deref())
         .with_context(|| format!("binding {}", opts.socket.display()))?;
     // Set once shutdown starts: reloads and restarts are refused from then on.
@@ -357,8 +356,7 @@ fn prepare_root(mount: &Path, root: &Path) -> anyhow::Result<Group> {
             .with_context(|| format!("enabling {CONTROLLERS:?} in {}", dir.display()))?;
     }
     let group = Group::new(root);
-    group.create()?;
-    group.enable_controllers(CONTROLLERS)?;
+    group.create_with_controllers(CONTROLLERS)?;
     Ok(group)
 }
 

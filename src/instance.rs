@@ -343,9 +343,8 @@ impl Instance {
         if parent.exists() {
             return Ok(());
         }
-        parent.create().map_err(|e| e.to_string())?;
         parent
-            .enable_controllers(crate::supervisor::CONTROLLERS)
+            .create_with_controllers(crate::supervisor::CONTROLLERS)
             .map_err(|e| e.to_string())?;
         warn!(instance = %self.id, group = %parent.path().display(), "the policy's group had been removed: recreated it");
         Ok(())

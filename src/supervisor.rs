@@ -95,19 +95,9 @@ impl Fleet {
     /// cannot be prepared, its user does not exist, or a policy of that name already runs (its
     /// tasks would go on supervising, unseen, beside the new ones).
     pub fn start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
-        let name = policy.name.clone();
-        let started = self.try_start_policy(policy, saved);
-        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
-        match started {
-            Ok(()) => unstarted.remove(&name),
-            Err(_) => unstarted.insert(name),
-        };
-        started
-    }
-
-    fn try_start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
         // Reloads run one at a time (daemon/reload.rs), so nothing starts the name between this
-        // check and the insert below.
+        // check and the insert in try_start_policy. Checked before the bookkeeping below: a
+        // running policy is not one that failed to start.
         if self
             .policies
             .read()
@@ -119,13 +109,21 @@ impl Fleet {
                 policy.name
             )));
         }
+        let name = policy.name.clone();
+        let started = self.try_start_policy(policy, saved);
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
+        match started {
+            Ok(()) => unstarted.remove(&name),
+            Err(_) => unstarted.insert(name),
+        };
+        started
+    }
+
+    fn try_start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group
-            .create()
-            .map_err(|e| FleetError::Failed(e.to_string()))?;
-        group
-            .enable_controllers(CONTROLLERS)
+            .create_with_controllers(CONTROLLERS)
             .map_err(|e| FleetError::Failed(e.to_string()))?;
         let identity =
             spawn::resolve_identity(&policy.run).map_err(|e| FleetError::Failed(e.to_string()))?;

@@ -188,7 +188,7 @@ async fn groups_no_policy_owns_are_found_as_strays() {
         .unwrap();
     // web has one instance: web/1 and web/2 (made by the fake tree) and all of `gone` are strays.
     let strays: Vec<String> = fleet
-        .reap_strays(&[], false)
+        .reap_strays(false)
         .iter()
         .map(|g| {
             g.path()
@@ -362,7 +362,11 @@ async fn strays_of_a_policy_that_failed_to_start_are_kept() {
     let fleet = fleet(dir.path(), &["nss", "gone"]);
     let mut kept = live_worker_in(dir.path(), "nss/0");
     let mut reaped = live_worker_in(dir.path(), "gone/0");
-    let strays = fleet.reap_strays(&["nss".to_string()], false);
+    // A valid policy whose user lookup fails at start (as a passing NSS failure would).
+    let mut nss = policy("nss", r#"["/bin/sleep", "1000"]"#, "");
+    nss.run.user = Some("no-such-user-oomguard".into());
+    assert!(fleet.start_policy(nss, &SavedState::new()).is_err());
+    let strays = fleet.reap_strays(false);
     assert!(
         strays
             .iter()
@@ -393,7 +397,7 @@ async fn a_dry_run_reports_strays_and_signals_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["gone"]);
     let mut worker = live_worker_in(dir.path(), "gone/0");
-    let strays = fleet.reap_strays(&[], true);
+    let strays = fleet.reap_strays(true);
     assert_eq!(strays.len(), 3, "{strays:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

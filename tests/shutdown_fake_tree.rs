@@ -142,7 +142,7 @@ async fn a_stray_of_a_known_policy_gets_that_policys_signal() {
     let g = group_dir(dir.path(), "web/1");
     std::fs::write(g.join(CGROUP_PROCS), format!("{}\n", stray.id())).unwrap();
     std::fs::write(g.join(CGROUP_EVENTS), "populated 1\n").unwrap();
-    let found = fleet.reap_strays(&[], false);
+    let found = fleet.reap_strays(false);
     assert!(found.iter().any(|s| s.path() == g), "{found:?}");
     let status = tokio::task::spawn_blocking(move || stray.wait().unwrap())
         .await
@@ -232,7 +232,7 @@ async fn the_groups_of_a_policy_that_failed_to_start_are_not_strays() {
     let mut p = policy("web", r#"["/bin/sleep", "1000"]"#, "");
     p.run.user = Some("no-such-user-oomguard".into());
     assert!(fleet.start_policy(p, &SavedState::new()).is_err());
-    let strays = fleet.reap_strays(&[], false);
+    let strays = fleet.reap_strays(false);
     assert!(strays.is_empty(), "{strays:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

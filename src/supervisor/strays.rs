@@ -18,10 +18,9 @@ impl Fleet {
     /// and grace when the policy still exists, e.g. an instance index past its new count;
     /// otherwise SIGTERM and `STRAY_GRACE`), and the groups are removed. The groups of a valid
     /// policy that failed to start are not strays: it may start on the next reload and adopt
-    /// them; so are those of the policies in `keep` (in the policy directory, but not started).
-    /// `dry_run`: only report what would be stopped, never signal. Runs in the background;
+    /// them. `dry_run`: only report what would be stopped, never signal. Runs in the background;
     /// returns the groups it found.
-    pub fn reap_strays(&self, keep: &[String], dry_run: bool) -> Vec<Group> {
+    pub fn reap_strays(&self, dry_run: bool) -> Vec<Group> {
         let managed: Vec<Group> = self.all_groups();
         let known: BTreeMap<String, Arc<Policy>> = self
             .policies
@@ -38,7 +37,7 @@ impl Fleet {
         let mut strays = Vec::new();
         for policy_dir in subdirs(self.root.path()) {
             let name = file_name(&policy_dir);
-            if unstarted.contains(&name) || keep.contains(&name) {
+            if unstarted.contains(&name) {
                 warn!(policy = %name, "the policy did not start: its groups are left as they are, not reaped");
                 continue;
             }

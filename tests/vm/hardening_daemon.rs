@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use oomguard::protocol::InstanceState;
 
+use crate::crasher_policy;
 use crate::harness::*;
-use crate::GUARDS;
 
 /// A plain testworker policy with `instances` instances.
 fn plain(instances: u32, high: &str) -> String {
@@ -298,15 +298,7 @@ fn all_alive(pids: &BTreeMap<String, u32>, after: &str) -> Result<()> {
 /// A crash loop reaches `failed`; a daemon restart (SIGUSR2, as systemd restarts it) keeps it
 /// failed with its counters and starts nothing, until `oomguard restart`.
 pub fn failed_persists() -> Result<()> {
-    let crasher = worker_command(&["--crash"]);
-    write_policy(
-        POLICY_DIR,
-        "crasher",
-        &format!(
-            "run:\n  command: {crasher}\n  instances: 1\n{GUARDS}restart:\n  grace: 5s\n  \
-             backoff: {{initial: 100ms, max: 1s}}\n  limit: {{count: 2, within: 1h}}\n"
-        ),
-    )?;
+    write_policy(POLICY_DIR, "crasher", &crasher_policy(2))?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
     let restarts = daemon.wait_status("crasher/0 to fail", Duration::from_secs(30), |r| {
         let i = instance(r, "crasher/0")?;

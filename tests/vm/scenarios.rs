@@ -335,6 +335,15 @@ fn healthy_policy() -> String {
     )
 }
 
+/// One instance that crashes at once, backoff 100ms..1s, failed after `limit` exits within 1h.
+fn crasher_policy(limit: u32) -> String {
+    let crasher = worker_command(&["--crash"]);
+    format!(
+        "run:\n  command: {crasher}\n  instances: 1\n{GUARDS}restart:\n  grace: 5s\n  \
+         backoff: {{initial: 100ms, max: 1s}}\n  limit: {{count: {limit}, within: 1h}}\n"
+    )
+}
+
 /// One plain, valid instance: for scenarios about what happens before any worker runs.
 fn plain_policy() -> String {
     format!(
@@ -648,15 +657,7 @@ fn respawn() -> Result<()> {
              restart:\n  grace: 5s\n  limit: {{count: 100, within: 1m}}\n"
         ),
     )?;
-    let crasher = worker_command(&["--crash"]);
-    write_policy(
-        POLICY_DIR,
-        "crasher",
-        &format!(
-            "run:\n  command: {crasher}\n  instances: 1\n{GUARDS}restart:\n  grace: 5s\n  \
-             backoff: {{initial: 100ms, max: 1s}}\n  limit: {{count: 3, within: 1h}}\n"
-        ),
-    )?;
+    write_policy(POLICY_DIR, "crasher", &crasher_policy(3))?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
     let first = daemon.wait_running(&["finisher/0"], Duration::from_secs(20))?["finisher/0"];
     let (second, reason) =
