@@ -82,6 +82,8 @@ put "$binary" usr/bin/oomguard 0755
 strip --remove-section=.comment --remove-section=.note --strip-unneeded "$stage/usr/bin/oomguard"
 # Units in /lib/systemd/system, where Debian 12's debhelper puts them (and bookworm's lintian
 # wants them). Debian 12 systemd reads both; on merged-/usr systems it is /usr/lib/systemd/system.
+# Moving them to /usr/lib in a later version (trixie's lintian wants that) must follow DEP 17:
+# dpkg sees /lib/x and /usr/lib/x as two files and can delete the moved one on upgrade.
 for unit in oomguard.service oomguard-workers.service oomguard-metrics.service oomguard-metrics.timer; do
   put "systemd/$unit" "lib/systemd/system/$unit" 0644
 done
