@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2012  # ls vmlinuz-<version>: no odd file names there
-# The `systemd` VM scenario, host side: boots a Debian bookworm rootfs with a real systemd (252) in
-# qemu TCG, with oomguard's units from systemd/ installed, and runs scenario.sh in it: start,
-# reload (good and bad policy), restart (workers adopted), SIGKILL of the daemon (Restart= and
-# re-adoption, then a leaking worker restarted gracefully), stop (workers drained).
+# The `systemd` VM scenario, host side: builds the .deb twice (packaging/build-deb.sh, revisions 1
+# and 2), runs lintian on it, boots a Debian bookworm rootfs with a real systemd (252) in qemu TCG
+# and runs scenario.sh in it: `dpkg -i`, start, reload (good and bad policy), restart (workers
+# adopted), SIGKILL of the daemon (Restart= and re-adoption, then a leaking worker restarted
+# gracefully), stop (workers drained), then the package's life (package.sh): upgrade to revision 2
+# with workers running (kept and adopted), `dpkg -r` (workers drained, config kept), `dpkg -P`.
 #
 #   tests/vm/systemd/run.sh        (also run by `tests/vm/run.sh systemd` and the default suite)
 #
@@ -38,7 +40,7 @@ host_mirror() {
 MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
 # In-VM budget of scenario.sh (its own watchdog), and the host's hard limit for the whole boot
 # (about 100 s to multi-user under TCG, plus the budget, plus shutdown).
-BUDGET_S=300
+BUDGET_S=900
 VM_LIMIT_S=$((BUDGET_S + 240))
 
 say() { printf '[vm/systemd] %s\n' "$*" >&2; }
@@ -52,6 +54,10 @@ ensure_packages() {
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   command -v cpio >/dev/null || missing+=(cpio)
+  # packaging/build-deb.sh needs dpkg-shlibdeps and strip; the package is linted before the boot.
+  command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+  command -v strip >/dev/null || missing+=(binutils)
+  command -v lintian >/dev/null || missing+=(lintian)
   if [ ${#missing[@]} -gt 0 ]; then
     apt_update_once
     say "installing ${missing[*]}"
@@ -60,7 +66,13 @@ ensure_packages() {
 }
 
 
-# ---- binaries ----
+# Failing before the boot still ends with a verdict line (tests/vm/run.sh reads the last one).
+fail_early() {
+  echo "SCENARIO systemd FAIL: $*"
+  exit 1
+}
+
+# ---- binaries and the package ----
 build_binaries() {
   say "cargo build --release --bin oomguard --example testworker"
   (cd "$repo" && cargo build --release --bin oomguard --example testworker)
@@ -69,6 +81,29 @@ build_binaries() {
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')}
   bin_oomguard="$target/release/oomguard"
   bin_worker="$target/release/examples/testworker"
+}
+
+# Two builds of the package from the same binary: revision 1 is installed, revision 2 is the
+# upgrade. Only the version differs, which is all dpkg and the maintainer scripts look at.
+build_debs() {
+  rm -rf "$cache/debs"
+  local r
+  for r in 1 2; do
+    "$repo/packaging/build-deb.sh" --binary "$bin_oomguard" --revision "$r" --out "$cache/debs" >/dev/null ||
+      fail_early "packaging/build-deb.sh --revision $r failed"
+  done
+  debs=("$cache"/debs/oomguard_*-[12]_*.deb)
+  [ ${#debs[@]} = 2 ] || fail_early "expected two .debs in $cache/debs, found: ${debs[*]}"
+  # Errors, warnings and info tags: every one is fixed or overridden with its reason in
+  # packaging/deb/lintian-overrides. Experimental tags (X:) are not shown.
+  say "lintian ${debs[0]##*/}"
+  local out
+  out=$(lintian --display-info --fail-on error,warning,info "${debs[0]}" 2>&1 |
+    grep -v '^running with root privileges' || true)
+  if [ -n "$out" ]; then
+    printf '%s\n' "$out" | sed 's/^/    | /' >&2
+    fail_early "lintian: $(printf '%s' "$out" | tr '\n' ';')"
+  fi
 }
 
 # ---- rootfs: debootstrap once, cached ----
@@ -88,25 +123,21 @@ ensure_rootfs() {
   mv "$rootfs.tmp" "$rootfs"
 }
 
-# ---- image: a copy of the rootfs with oomguard, its units, a policy and the scenario ----
+# ---- image: a copy of the rootfs with the two .debs, the test worker and the scenario ----
+# oomguard itself is not installed here: the scenario installs the package with `dpkg -i` under
+# the running systemd, as an operator would (its dependencies, adduser included, are in the
+# minbase rootfs).
 build_image() {
   rm -rf "$image"
   cp -a "$rootfs" "$image"
-  install -m 0755 "$bin_oomguard" "$image/usr/bin/oomguard"
   install -m 0755 "$bin_worker" "$image/usr/bin/testworker"
   local missing
-  missing=$(chroot "$image" ldd /usr/bin/oomguard /usr/bin/testworker | grep 'not found' || true)
+  missing=$(chroot "$image" ldd /usr/bin/testworker | grep 'not found' || true)
   [ -z "$missing" ] || { echo "libraries missing in the VM: $missing" >&2; exit 1; }
-  # The units exactly as shipped (copied, not forked), where the .deb puts them.
-  local unit
-  for unit in "$repo"/systemd/*.service "$repo"/systemd/*.timer; do
-    install -m 0644 "$unit" "$image/usr/lib/systemd/system/"
-  done
-  # What postinst and ConfigurationDirectory= would give: the socket group, /etc/oomguard.
-  chroot "$image" groupadd --system oomguard
-  install -d -o root -g root -m 0755 "$image/etc/oomguard" "$image/etc/oomguard/policies.d"
+  install -D -m 0644 -t "$image/var/cache/oomguard-test" "${debs[@]}"
   # The scenario, started once multi-user is reached.
   install -D -m 0755 "$here/scenario.sh" "$image/usr/local/lib/oomguard-test/scenario.sh"
+  install -m 0755 "$here/package.sh" "$image/usr/local/lib/oomguard-test/package.sh"
   install -m 0644 "$here/oomguard-scenario.service" "$image/etc/systemd/system/"
   ln -sf /etc/systemd/system/oomguard-scenario.service \
     "$image/etc/systemd/system/multi-user.target.wants/oomguard-scenario.service"
@@ -148,6 +179,7 @@ main() {
   ensure_packages
   ensure_kernel
   build_binaries
+  build_debs
   ensure_rootfs
   build_image
   boot

@@ -1,9 +1,10 @@
 #!/bin/bash
 # shellcheck disable=SC2317,SC2015  # helpers are called through wait_for; `a && b || fail` is intended
 # The `systemd` VM scenario, run inside a Debian bookworm VM with a real systemd 252 by
-# oomguard-scenario.service (packed by tests/vm/systemd/run.sh). It drives oomguard.service and
-# oomguard-workers.service through start, reload (good and bad), restart, SIGKILL of the daemon and
-# stop, prints `EVIDENCE ...` lines, ends with `SCENARIO systemd PASS` or
+# oomguard-scenario.service (packed by tests/vm/systemd/run.sh). It installs the .deb (package.sh),
+# drives oomguard.service and oomguard-workers.service through start, reload (good and bad),
+# restart, SIGKILL of the daemon and stop, then upgrades, removes and purges the package
+# (package.sh), prints `EVIDENCE ...` lines, ends with `SCENARIO systemd PASS` or
 # `SCENARIO systemd FAIL: <why>`, and powers the VM off.
 set -uo pipefail
 
@@ -12,7 +13,7 @@ POLICIES=/etc/oomguard/policies.d
 LEDGERS=/var/lib/oomguard-test
 HOLDER=/sys/fs/cgroup/system.slice/oomguard-workers.service
 WORKERS=$HOLDER/workers
-BUDGET_S=${OOMGUARD_SCENARIO_BUDGET:-300}
+BUDGET_S=${OOMGUARD_SCENARIO_BUDGET:-900}
 T0=$(date +%s.%N)
 
 evidence() { printf 'EVIDENCE %s: %s\n' "$1" "$2"; }
@@ -122,8 +123,12 @@ write_policy() { # <name> <yaml>: root:root 0644, written atomically
   mv "$tmp" "$POLICIES/$1.yaml"
 }
 
+# shellcheck source=tests/vm/systemd/package.sh
+. "$(dirname "$0")/package.sh"
+
 echo "scenario: $(systemctl --version | head -n 1), kernel $(uname -r)"
 evidence "boot to scenario" "$(cut -d' ' -f1 /proc/uptime)s since kernel start"
+package_install
 mkdir -p "$LEDGERS"
 chmod 0777 "$LEDGERS"
 # The fleet the steps below work on: 2 healthy instances, memory.high 48M.
@@ -378,8 +383,13 @@ case "$g" in
 esac
 systemctl stop oomguard.service || fail "f: second stop failed"
 
+# ======== h, i, j. upgrade, remove, purge (package.sh) ========
+t=$(now)
+package_lifecycle
+PACKAGE_S=$(secs_since "$t")
+
 kill "$WATCHDOG" 2>/dev/null
-evidence "timings" "(stop includes an 8 s grace) start ${START_S}s, reload ${RELOAD_S}s, restart ${RESTART_S}s, sigkill-recovery ${CRASH_S}s, adopted leaker restarted ${RELEAK_S}s after the kill, stop ${STOP_S}s"
+evidence "timings" "(stop includes an 8 s grace) start ${START_S}s, reload ${RELOAD_S}s, restart ${RESTART_S}s, sigkill-recovery ${CRASH_S}s, adopted leaker restarted ${RELEAK_S}s after the kill, stop ${STOP_S}s, upgrade+remove+purge ${PACKAGE_S}s"
 evidence "scenario seconds" "$(secs_since "$T0")"
 echo "SCENARIO systemd PASS"
 poweroff_now
