@@ -10,6 +10,7 @@ mod hardening_instance;
 mod harness;
 mod kernels;
 mod lifecycle;
+mod pressure_log;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -220,7 +221,8 @@ const SCENARIOS: &[Scenario] = &[
         name: "bench_goodput",
         demo: true,
         kernel_args: "",
-        budget_s: 400,
+        // Five 40 s fleets, each started and stopped.
+        budget_s: 500,
         vm_mb: 512,
         run: bench::bench_goodput,
     },
@@ -589,6 +591,8 @@ fn leak_restart() -> Result<()> {
     let mut lost = leaky_ledger.lost_jobs(&running);
     lost.extend(healthy_ledger.lost_jobs(&running));
     ensure!(lost.is_empty(), "lost jobs (pid, job): {lost:?}");
+    let checked = pressure_log::check_pressure_restarts()?;
+    evidence("pressure restarts naming their stall", checked);
     daemon.stop()?;
     Ok(())
 }
