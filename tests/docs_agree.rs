@@ -6,8 +6,8 @@
 //!   documented; a documented key the parser no longer knows fails it too.
 //! - Every key must have a row in the README's "Policy reference" tables and a line in
 //!   docs/policy.md's key index (see `reference_rows` and `index_keys` for the two forms).
-//! - Every example policy (policies/*.yaml, packaging/example.yaml.sample, the YAML blocks of the
-//!   README and docs/policy.md) parses.
+//! - Every example policy (policies/*.yaml, packaging/example.yaml.sample, and each YAML block
+//!   of the README and docs/*.md that holds a whole policy) parses.
 //! - Every mention of the policy directory is the daemon's default, `/etc/oomguard/policies.d`.
 
 use std::collections::BTreeSet;
@@ -250,13 +250,29 @@ fn every_example_policy_parses() {
         "packaging/example.yaml.sample",
         &read("packaging/example.yaml.sample"),
     );
-    for doc in ["README.md", "docs/policy.md"] {
+    // Whole policies (a block with run, memory and triggers) in any doc; fragments that show
+    // one section are not policies on their own.
+    let mut docs = vec!["README.md".to_string()];
+    for entry in fs::read_dir(repo("docs")).expect("docs/") {
+        let name = entry.expect("dir entry").file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".md") {
+            docs.push(format!("docs/{name}"));
+        }
+    }
+    for doc in &docs {
         let text = read(doc);
         let blocks = yaml_blocks(&text)
             .into_iter()
-            .filter(|b| b.contains("run:"))
+            .filter(|b| {
+                ["run:", "memory:", "triggers:"]
+                    .iter()
+                    .all(|k| b.contains(k))
+            })
             .collect::<Vec<_>>();
-        assert!(!blocks.is_empty(), "{doc} has no example policy");
+        if doc == "README.md" || doc == "docs/policy.md" {
+            assert!(!blocks.is_empty(), "{doc} has no example policy");
+        }
         for block in blocks {
             assert_example_parses(&format!("a YAML block of {doc}"), block);
         }
