@@ -21,10 +21,22 @@ pub struct StallText {
 pub fn stall_in(text: &str, kind: &str) -> Option<StallText> {
     let rest = &text[text.find(&format!("{kind} stall "))? + kind.len() + " stall ".len()..];
     let (stalled, rest) = rest.split_once(" in the last ")?;
-    let over = rest.split([';', ',', ')']).next()?.trim();
+    // The interval is the words that start with a digit (`1.1s`, or `2m 5s`), up to the first
+    // punctuation; the log's fields (`instance=...`) or colour codes may follow it.
+    let mut words = Vec::new();
+    for word in rest.split_whitespace() {
+        if !word.starts_with(|c: char| c.is_ascii_digit()) {
+            break;
+        }
+        let bare = word.trim_end_matches([';', ',', ')']);
+        words.push(bare);
+        if bare.len() != word.len() {
+            break;
+        }
+    }
     Some(StallText {
         stalled: parse_dur(stalled)?,
-        over: parse_dur(over)?,
+        over: parse_dur(&words.join(" "))?,
     })
 }
 
@@ -120,5 +132,12 @@ mod tests {
             Some(Duration::from_secs(125))
         );
         assert_eq!(avg10_in("psi some avg10 ?; z"), None);
+        // An observe-mode line ends with the stall, then the log's fields.
+        let would = "would restart (observe mode): memory pressure held 1.0s (trigger some \
+            100ms/1.0s for 1.0s), some stall 617ms in the last 1.0s \x1b[3minstance\x1b[0m=leaky/0";
+        assert_eq!(
+            stall_in(would, "some").map(|s| s.over),
+            Some(Duration::from_secs(1))
+        );
     }
 }

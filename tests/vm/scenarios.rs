@@ -640,6 +640,18 @@ fn observe() -> Result<()> {
         log.contains("would restart") || log.contains("would_restart"),
         "the daemon log never says it would restart"
     );
+    // Observe mode reads the stall at the event itself (no signal to go first).
+    let would = log
+        .lines()
+        .find(|l| l.contains("would restart") && l.contains("pressure held"))
+        .context("no `would restart` line for pressure")?;
+    let stall = pressure_log::stall_in(would, "some")
+        .with_context(|| format!("the `would restart` line names no stall: {would}"))?;
+    evidence("would restart stall", format!("{stall:?}"));
+    ensure!(
+        stall.stalled > Duration::ZERO,
+        "a zero stall on a `would restart`: {would}"
+    );
     daemon.stop()?;
     Ok(())
 }
