@@ -28,7 +28,7 @@ mod shutdown;
 mod wait;
 
 pub use report::fmt_dur;
-use report::{delta, describe, exit_signal, fill_numbers, ms};
+use report::{delta, describe, describe_avg10, exit_signal, fill_numbers, ms};
 use wait::{sleep_until_opt, wait_file, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
@@ -445,12 +445,13 @@ impl Instance {
         if self.policy.mode == Mode::Enforce {
             return Some(Outcome::Offence(offence, woke));
         }
+        let numbers = self.numbers();
         let what = format!(
-            "would restart (observe mode): {}",
-            describe(&offence, &self.policy)
+            "would restart (observe mode): {}; {}",
+            describe(&offence, &self.policy),
+            describe_avg10(numbers.some_avg10)
         );
         info!(instance = %self.id, reason = offence.reason.as_str(), "{what}");
-        let numbers = self.numbers();
         let mut ev = self.event(offence.reason, "would_restart", &what);
         fill_numbers(&mut ev, &numbers);
         self.events.push(ev);

@@ -649,6 +649,10 @@ fn observe() -> Result<()> {
         .with_context(|| format!("the `would restart` line names no stall: {would}"))?;
     evidence("would restart stall", format!("{stall:?}"));
     ensure!(
+        pressure_log::avg10_in(would).is_some(),
+        "the `would restart` line has no numeric psi some avg10: {would}"
+    );
+    ensure!(
         stall.stalled > Duration::ZERO,
         "a zero stall on a `would restart`: {would}"
     );
