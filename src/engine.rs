@@ -18,6 +18,29 @@ pub struct Offence {
     pub held_for: Duration,
     /// memory.current at the decision, for the memory trigger.
     pub memory_current: Option<u64>,
+    /// What the PSI trigger itself measured, for the pressure trigger. avg10 lags the trigger by
+    /// seconds (it can still read 0.0 % when the trigger fires), so the log needs this figure to
+    /// show why the instance was restarted. Filled in by the caller, which reads the kernel.
+    pub stall: Option<Stall>,
+}
+
+/// A stall measured from memory.pressure's `total=` (microseconds, of the trigger's kind: `some`
+/// or `full`): `stalled` out of the last `over`, between two readings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub stalled: Duration,
+    pub over: Duration,
+}
+
+impl Stall {
+    /// The stall between two readings `(when, total_us)`. Saturating: a counter that went
+    /// backwards (a new group under the same path) reads as no stall, not as a panic.
+    pub fn between(earlier: (Instant, u64), later: (Instant, u64)) -> Stall {
+        Stall {
+            stalled: Duration::from_micros(later.1.saturating_sub(earlier.1)),
+            over: later.0.saturating_duration_since(earlier.0),
+        }
+    }
 }
 
 /// What to do after a worker ended without oomguard asking it to.
@@ -84,6 +107,7 @@ impl Tracker {
             reason: Reason::Pressure,
             held_for,
             memory_current: None,
+            stall: None,
         })
     }
 
@@ -99,6 +123,7 @@ impl Tracker {
             reason: Reason::Memory,
             held_for,
             memory_current: Some(current),
+            stall: None,
         })
     }
 

@@ -28,7 +28,7 @@ mod shutdown;
 mod wait;
 
 pub use report::fmt_dur;
-use report::{delta, describe, exit_signal, fill_numbers, ms};
+use report::{delta, describe, describe_avg10, exit_signal, fill_numbers, ms};
 use wait::{sleep_until_opt, wait_file, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
@@ -212,23 +212,13 @@ impl Instance {
             match self.watch(&mut worker).await {
                 Outcome::Offence(offence, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
-                    self.restart(
-                        worker,
-                        offence.reason,
-                        Some(woke),
-                        describe(&offence, &self.policy),
-                    )
-                    .await;
+                    self.restart(worker, offence.reason, Some(woke), Some(offence))
+                        .await;
                 }
                 Outcome::Manual(reply, ready) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
-                    self.restart(
-                        worker,
-                        Reason::Manual,
-                        None,
-                        "requested by an operator".into(),
-                    )
-                    .await;
+                    // No offence: an operator's request.
+                    self.restart(worker, Reason::Manual, None, None).await;
                     self.reply_when_ready(reply, ready, format!("{} restarted", self.id));
                 }
                 Outcome::Stop(reply) => {
@@ -408,7 +398,13 @@ impl Instance {
                         continue;
                     }
                     let Some(t) = self.policy.triggers.pressure else { continue };
-                    if let Some(offence) = self.tracker.on_pressure(woke, &t) {
+                    let offence = self.tracker.on_pressure(woke, &t);
+                    // memory.pressure is read at every event, so the next one measures from
+                    // here; but a restart's own reading waits until its signal is out.
+                    let restarts = offence.is_some() && self.policy.mode == Mode::Enforce;
+                    let stall = if restarts { None } else { w.psi.as_mut().and_then(|p| p.measure(woke)) };
+                    if let Some(mut offence) = offence {
+                        offence.stall = stall;
                         if let Some(out) = self.offence(offence, woke) {
                             return out;
                         }
@@ -449,12 +445,13 @@ impl Instance {
         if self.policy.mode == Mode::Enforce {
             return Some(Outcome::Offence(offence, woke));
         }
+        let numbers = self.numbers();
         let what = format!(
-            "would restart (observe mode): {}",
-            describe(&offence, &self.policy)
+            "would restart (observe mode): {}; {}",
+            describe(&offence, &self.policy),
+            describe_avg10(numbers.some_avg10)
         );
         info!(instance = %self.id, reason = offence.reason.as_str(), "{what}");
-        let numbers = self.numbers();
         let mut ev = self.event(offence.reason, "would_restart", &what);
         fill_numbers(&mut ev, &numbers);
         self.events.push(ev);

@@ -6,11 +6,13 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::cgroupfs::parse_pressure;
+use crate::engine::Stall;
 use crate::policy::{PressureTrigger, StallKind};
 use crate::watch::{register, wait_priority};
 
@@ -52,6 +54,11 @@ pub fn trigger_text(t: &PressureTrigger) -> String {
 pub struct PsiTrigger {
     fd: AsyncFd<File>,
     path: PathBuf,
+    kind: StallKind,
+    /// The last reading of the trigger kind's `total=` (at arming, then at each event), so an
+    /// event can say how much stall the group had since: the kernel sends at most one event per
+    /// window, so during a run of events this spans about one window.
+    mark: Option<(Instant, u64)>,
 }
 
 impl PsiTrigger {
@@ -79,7 +86,31 @@ impl PsiTrigger {
                 source,
             }
         })?;
-        Ok(PsiTrigger { fd, path })
+        let mut armed = PsiTrigger {
+            fd,
+            path,
+            kind: trigger.kind,
+            mark: None,
+        };
+        armed.mark = armed.total_us().map(|total| (Instant::now(), total));
+        Ok(armed)
+    }
+
+    /// The stall (of the trigger's kind) since the previous event, or since the arming: the
+    /// trigger's own measurement, read at the event `now`. None when memory.pressure cannot be
+    /// read (the group is going away) or there was no earlier reading to compare with.
+    pub fn measure(&mut self, now: Instant) -> Option<Stall> {
+        let reading = self.total_us().map(|total| (now, total));
+        let earlier = std::mem::replace(&mut self.mark, reading);
+        Some(Stall::between(earlier?, reading?))
+    }
+
+    fn total_us(&self) -> Option<u64> {
+        let p = parse_pressure(&std::fs::read_to_string(&self.path).ok()?)?;
+        Some(match self.kind {
+            StallKind::Some => p.some_total_us,
+            StallKind::Full => p.full_total_us,
+        })
     }
 
     /// Waits for the next trigger event. The kernel sends at most one per window.

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 
 use super::{Instance, Worker};
 use crate::cgroupfs::{MEMORY_CURRENT, MEMORY_PEAK};
-use crate::engine::Offence;
+use crate::engine::{Offence, Stall};
 use crate::policy::{Policy, StallKind};
 use crate::protocol::{Ending, EventRecord, Reason};
 use crate::units::human_bytes;
@@ -50,16 +50,17 @@ pub(super) fn describe(offence: &Offence, policy: &Policy) -> String {
                 .triggers
                 .pressure
                 .expect("a pressure offence needs a pressure trigger");
+            let kind = match t.kind {
+                StallKind::Some => "some",
+                StallKind::Full => "full",
+            };
             format!(
-                "memory pressure held {} (trigger {} {}/{} for {})",
+                "memory pressure held {} (trigger {kind} {}/{} for {}), {}",
                 fmt_dur(offence.held_for),
-                match t.kind {
-                    StallKind::Some => "some",
-                    StallKind::Full => "full",
-                },
                 fmt_dur(t.stall),
                 fmt_dur(t.window),
-                fmt_dur(t.sustain)
+                fmt_dur(t.sustain),
+                describe_stall(kind, offence.stall.as_ref()),
             )
         }
         Reason::Memory => {
@@ -77,6 +78,26 @@ pub(super) fn describe(offence: &Offence, policy: &Policy) -> String {
         }
         other => other.as_str().to_string(),
     }
+}
+
+/// The trigger's own measurement, e.g. `some stall 640ms in the last 1.1s`: what made the kernel
+/// fire, where avg10 (a 10 s average) may still read near 0.
+fn describe_stall(kind: &str, stall: Option<&Stall>) -> String {
+    match stall {
+        Some(s) => format!(
+            "{kind} stall {} in the last {}",
+            fmt_dur(s.stalled),
+            fmt_dur(s.over)
+        ),
+        None => format!("{kind} stall not measured (memory.pressure unreadable)"),
+    }
+}
+
+/// avg10 named as such, `?` when memory.pressure could not be read (never a reassuring 0).
+pub(super) fn describe_avg10(avg10: Option<f64>) -> String {
+    avg10.map_or("psi some avg10 ?".into(), |a| {
+        format!("psi some avg10 {a:.1}%")
+    })
 }
 
 pub(super) fn describe_ending(ending: &Ending, signal: i32) -> String {
@@ -165,5 +186,82 @@ impl Instance {
             some_avg10: pressure.map(|p| p.some_avg10),
             full_avg10: pressure.map(|p| p.full_avg10),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+
+    fn policy(triggers: &str) -> Policy {
+        let text = format!(
+            "run:\n  command: [\"/bin/sleep\", \"1000\"]\nmemory:\n  high: 48M\n  max: 96M\n\
+             triggers:\n{triggers}"
+        );
+        parse(
+            std::path::Path::new("/etc/oomguard/policies.d/leaky.yaml"),
+            &text,
+        )
+        .expect("a valid policy")
+    }
+
+    fn pressure_offence(stall: Option<Stall>) -> Offence {
+        Offence {
+            reason: Reason::Pressure,
+            held_for: Duration::from_millis(1080),
+            memory_current: None,
+            stall,
+        }
+    }
+
+    #[test]
+    fn a_pressure_decision_names_the_stall_the_trigger_measured() {
+        let p = policy("  pressure: {some: 100ms, window: 1s, for: 1s}\n");
+        let stall = Stall {
+            stalled: Duration::from_micros(640_123),
+            over: Duration::from_millis(1084),
+        };
+        assert_eq!(
+            describe(&pressure_offence(Some(stall)), &p),
+            "memory pressure held 1.1s (trigger some 100ms/1.0s for 1.0s), \
+             some stall 640ms in the last 1.1s"
+        );
+        let full = policy("  pressure: {full: 150ms, window: 2s}\n");
+        assert!(
+            describe(&pressure_offence(Some(stall)), &full)
+                .ends_with("full stall 640ms in the last 1.1s"),
+            "the stall is named by the trigger's kind"
+        );
+    }
+
+    #[test]
+    fn an_unread_stall_or_avg10_is_said_so_never_zero() {
+        let p = policy("  pressure: {some: 100ms, window: 1s}\n");
+        assert!(describe(&pressure_offence(None), &p)
+            .ends_with("some stall not measured (memory.pressure unreadable)"));
+        assert_eq!(describe_avg10(None), "psi some avg10 ?");
+        assert_eq!(describe_avg10(Some(5.44)), "psi some avg10 5.4%");
+    }
+
+    #[test]
+    fn stall_between_two_readings_saturates() {
+        let t0 = std::time::Instant::now();
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(
+            Stall::between((t0, 1_000), (t1, 301_000)),
+            Stall {
+                stalled: Duration::from_millis(300),
+                over: Duration::from_millis(1000)
+            }
+        );
+        // A counter that went backwards (a recreated group) is no stall, not a panic.
+        assert_eq!(
+            Stall::between((t1, 5_000), (t0, 1_000)),
+            Stall {
+                stalled: Duration::ZERO,
+                over: Duration::ZERO
+            }
+        );
     }
 }

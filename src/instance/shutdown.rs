@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
-use super::report::{describe_ending, exit_signal, ms};
+use super::report::{describe, describe_avg10, describe_ending, exit_signal, ms};
 use super::{Instance, Worker};
 use crate::cgroupfs::MEMORY_EVENTS;
+use crate::engine::{Offence, Stall};
 use crate::protocol::{Ending, InstanceState, Reason};
 use crate::shutdown::{self, Emptiness, Proc, Report, Sequence};
 use crate::units::human_bytes;
@@ -27,17 +28,27 @@ impl Instance {
 
     /// The graceful restart: the worker's own shutdown signal, memory.high lifted so a throttled
     /// worker can finish its job, up to the grace period for the group to empty, then
-    /// cgroup.kill; the limits restored. The caller respawns at once.
+    /// cgroup.kill; the limits restored. The caller respawns at once. `offence` is None for an
+    /// operator's restart.
     pub(super) async fn restart(
         &mut self,
         mut w: Worker,
         reason: Reason,
         woke: Option<Instant>,
-        why: String,
+        offence: Option<Offence>,
     ) {
-        // The signal goes first: everything else (numbers, bookkeeping, dropping the PSI trigger,
-        // whose close waits for an RCU grace period) would only delay it.
-        let (signalled, to_signal) = self.signal(&mut w, woke);
+        // The signal goes first: everything else (numbers, bookkeeping, the PSI trigger's
+        // reading and drop, whose close waits for an RCU grace period) would only delay it.
+        let (signalled, to_signal, stall) = self.signal(&mut w, woke);
+        let why = offence.map_or_else(
+            || "requested by an operator".to_string(),
+            |mut o| {
+                if o.reason == Reason::Pressure {
+                    o.stall = stall;
+                }
+                describe(&o, &self.policy)
+            },
+        );
         let numbers = self.numbers();
         self.count_restart(reason);
         self.set_state(InstanceState::Restarting, Some(w.main.pid()));
@@ -45,12 +56,12 @@ impl Instance {
         let how = describe_ending(&ending, self.policy.restart.signal);
         let notes: String = report.notes.iter().map(|n| format!("; {n}")).collect();
         let what = format!(
-            "restart ({}): {why}; memory {} (high {}, max {}), psi some avg10 {:.1}%; {how}{notes}",
+            "restart ({}): {why}; memory {} (high {}, max {}), {}; {how}{notes}",
             reason.as_str(),
             numbers.current.map_or("?".into(), human_bytes),
             self.policy.memory.high,
             self.policy.memory.max,
-            numbers.some_avg10.unwrap_or(0.0),
+            describe_avg10(numbers.some_avg10),
         );
         info!(instance = %self.id, reason = reason.as_str(), pid = w.main.pid(), "{what}");
         let mut ev = self.ending_event(&w, reason, "restart", ending, &numbers, &what);
@@ -61,7 +72,7 @@ impl Instance {
 
     pub(super) async fn stop(&mut self, mut w: Worker) {
         self.set_state(InstanceState::Restarting, Some(w.main.pid()));
-        let (signalled, _) = self.signal(&mut w, None);
+        let (signalled, _, _) = self.signal(&mut w, None);
         let (ending, report) = self.await_exit(&mut w, signalled).await;
         info!(instance = %self.id, pid = w.main.pid(), "stopped: {}{}", describe_ending(&ending, self.policy.restart.signal),
             report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
@@ -71,15 +82,16 @@ impl Instance {
 
     /// Sends the worker its shutdown signal (through its pidfd) and lifts memory.high, then drops
     /// the PSI trigger (no more events about a worker on its way out). Returns when the signal
-    /// went out and how long after the wake-up.
+    /// went out, how long after the wake-up, and the stall since the trigger's last event (what
+    /// a restart on pressure reports; read here so that it does not delay the signal).
     pub(super) fn signal(
         &mut self,
         w: &mut Worker,
         woke: Option<Instant>,
-    ) -> (Instant, Option<Duration>) {
+    ) -> (Instant, Option<Duration>, Option<Stall>) {
         let signalled = self.sequence().begin(std::slice::from_ref(&w.main));
-        w.psi = None;
-        (signalled, woke.map(|t| signalled.duration_since(t)))
+        let stall = w.psi.take().and_then(|mut p| p.measure(Instant::now()));
+        (signalled, woke.map(|t| signalled.duration_since(t)), stall)
     }
 
     /// The rest of the sequence: grace, cgroup.kill, SIGKILL through the pidfd for a main process

@@ -10,6 +10,7 @@ mod hardening_instance;
 mod harness;
 mod kernels;
 mod lifecycle;
+mod pressure_log;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -220,7 +221,8 @@ const SCENARIOS: &[Scenario] = &[
         name: "bench_goodput",
         demo: true,
         kernel_args: "",
-        budget_s: 400,
+        // Five 40 s fleets, each started and stopped.
+        budget_s: 500,
         vm_mb: 512,
         run: bench::bench_goodput,
     },
@@ -589,6 +591,8 @@ fn leak_restart() -> Result<()> {
     let mut lost = leaky_ledger.lost_jobs(&running);
     lost.extend(healthy_ledger.lost_jobs(&running));
     ensure!(lost.is_empty(), "lost jobs (pid, job): {lost:?}");
+    let checked = pressure_log::check_pressure_restarts()?;
+    evidence("pressure restarts naming their stall", checked);
     daemon.stop()?;
     Ok(())
 }
@@ -635,6 +639,22 @@ fn observe() -> Result<()> {
     ensure!(
         log.contains("would restart") || log.contains("would_restart"),
         "the daemon log never says it would restart"
+    );
+    // Observe mode reads the stall at the event itself (no signal to go first).
+    let would = log
+        .lines()
+        .find(|l| l.contains("would restart") && l.contains("pressure held"))
+        .context("no `would restart` line for pressure")?;
+    let stall = pressure_log::stall_in(would, "some")
+        .with_context(|| format!("the `would restart` line names no stall: {would}"))?;
+    evidence("would restart stall", format!("{stall:?}"));
+    ensure!(
+        pressure_log::avg10_in(would).is_some(),
+        "the `would restart` line has no numeric psi some avg10: {would}"
+    );
+    ensure!(
+        stall.stalled > Duration::ZERO,
+        "a zero stall on a `would restart`: {would}"
     );
     daemon.stop()?;
     Ok(())
