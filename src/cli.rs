@@ -79,6 +79,8 @@ pub enum Cmd {
     Metrics,
     /// Hold the workers' cgroup subtree (run by oomguard-workers.service; see docs/install.md).
     Hold,
+    /// Print the JSON Schema of a policy file (for editors: see docs/install.md).
+    Schema,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -119,6 +121,16 @@ pub fn main() -> ExitCode {
         Cmd::Restart { target } => client_cmd(client::cmd_restart(&socket, &target)),
         Cmd::Reload => client_cmd(client::cmd_reload(&socket)),
         Cmd::Metrics => client_cmd(client::cmd_metrics(&socket)),
+        Cmd::Schema => match serde_json::to_string_pretty(&policy::schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("oomguard: cannot print the schema: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
