@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
             socket_group,
             admin_uids,
         } => {
-            init_logging();
+            crate::logging::init();
             let opts = daemon::Options {
                 policies,
                 socket,
@@ -110,7 +110,7 @@ pub fn main() -> ExitCode {
             block_on(daemon::run(opts))
         }
         Cmd::Hold => {
-            init_logging();
+            crate::logging::init();
             block_on(crate::holder::hold())
         }
         Cmd::Check { paths } => check(&paths),
@@ -212,16 +212,6 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         eprintln!("{} error(s)", errors.len());
         ExitCode::FAILURE
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 #[cfg(test)]

@@ -195,7 +195,6 @@ impl Instance {
                 Ok(w) => w,
                 Err(e) => {
                     let what = format!("cannot start the worker: {e}");
-                    error!(instance = %self.id, "{what}");
                     self.events
                         .push(self.event(Reason::Exited, "start_failed", &what));
                     self.replacement_failed(&what);
@@ -453,7 +452,6 @@ impl Instance {
             "would restart (observe mode): {}",
             describe(&offence, &self.policy)
         );
-        info!(instance = %self.id, reason = offence.reason.as_str(), "{what}");
         let numbers = self.numbers();
         let mut ev = self.event(offence.reason, "would_restart", &what);
         fill_numbers(&mut ev, &numbers);
@@ -500,7 +498,6 @@ impl Instance {
                 "the kernel OOM killer killed {new} process(es) in the group (memory.max {})",
                 self.policy.memory.max
             );
-            warn!(instance = %self.id, "{what}");
             let numbers = self.numbers();
             let mut ev = self.event(Reason::OomKilled, "oom_kill", &what);
             fill_numbers(&mut ev, &numbers);

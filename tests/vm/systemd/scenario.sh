@@ -285,6 +285,51 @@ first_ms=$(jq -s 'map(select(.action == "restart")) | first | .time_ms // empty'
 RELEAK_S=$(awk -v a="$kill_ms" -v b="$first_ms" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
 evidence "d: new daemon restarted the adopted leaker" "${RELEAK_S}s after the SIGKILL (event time)"
 
+# ======== j. the journal's structured fields ========
+# Self-contained: only reads the journal, after d. (leaky/0 restarted under pressure by the new
+# daemon) and the manual restart of healthy/1. The MESSAGE_IDs are the contract listed in
+# docs/install.md (src/events/journal.rs).
+journal_fields() {
+  echo "=== j. journalctl -u oomguard with field matches: MESSAGE_ID, OOMGUARD_* and the figures"
+  local restart_id=931ff1f3ccd24e48ab311b16fb7477f2 out n e msg
+  out=$(journalctl --no-pager -o json -u oomguard OOMGUARD_INSTANCE=leaky/0 MESSAGE_ID=$restart_id)
+  n=$(grep -c . <<<"$out")
+  evidence "j: journalctl -u oomguard OOMGUARD_INSTANCE=leaky/0 MESSAGE_ID=<restart>" "$n entries"
+  [ "$n" -ge 1 ] || fail "j: no restart entry for leaky/0 in the journal"
+  e=$(head -n 1 <<<"$out")
+  evidence "j: leaky/0 restart entry" "$(jq -c '{MESSAGE, MESSAGE_ID, PRIORITY, SYSLOG_IDENTIFIER,
+    _SYSTEMD_UNIT} + with_entries(select(.key | startswith("OOMGUARD_")))' <<<"$e")"
+  jq -e '.OOMGUARD_INSTANCE == "leaky/0" and .OOMGUARD_POLICY == "leaky" and .OOMGUARD_INDEX == "0"
+    and .OOMGUARD_REASON == "pressure" and .OOMGUARD_ACTION == "restart"
+    and ._SYSTEMD_UNIT == "oomguard.service" and .PRIORITY == "5"
+    and (.MESSAGE | startswith("restart (pressure)"))' <<<"$e" >/dev/null ||
+    fail "j: the leaky/0 restart entry lacks a field or has a wrong one: $e"
+  # The figures are numbers, within what the policy allows (memory.max 96M), and the event the
+  # daemon reports over its socket is the same one.
+  jq -e '(.OOMGUARD_MEMORY_CURRENT | tonumber) > 0 and (.OOMGUARD_MEMORY_CURRENT | tonumber) <= 100663296
+    and (.OOMGUARD_PSI_SOME_AVG10 | tonumber) >= 0 and (.OOMGUARD_SIGNAL_TO_EXIT_MS | tonumber) >= 0
+    and (.OOMGUARD_MEMORY_EVENTS | test("high=[0-9]+"))' <<<"$e" >/dev/null ||
+    fail "j: the figures of the leaky/0 restart entry are not numbers in range: $e"
+  msg=$(jq -r .MESSAGE <<<"$e")
+  timeout 10 oomguard events --json 2>/dev/null | jq -e --arg m "$msg" 'select(.message == $m)' >/dev/null ||
+    fail "j: the journal's restart message is not an event of the daemon: $msg"
+  # Logged once: no plain-text copy of the event beside the structured entry.
+  n=$(journalctl --no-pager -o json -u oomguard | jq -r --arg m "$msg" 'select(.MESSAGE == $m) | .MESSAGE' | grep -c .)
+  [ "$n" = 1 ] || fail "j: the restart message is in the journal $n times, want once"
+  # The manual restart of healthy/1 (the first daemon): its own entry, reason manual.
+  e=$(journalctl --no-pager -o json -u oomguard OOMGUARD_INSTANCE=healthy/1 MESSAGE_ID=$restart_id | head -n 1)
+  evidence "j: healthy/1 restart entry" "$(jq -c '{MESSAGE_ID, OOMGUARD_REASON, OOMGUARD_ENDING, OOMGUARD_EXIT_SIGNAL}' <<<"$e")"
+  jq -e '.OOMGUARD_REASON == "manual"' <<<"$e" >/dev/null 2>&1 || fail "j: no manual restart entry for healthy/1: $e"
+  # A match that must find nothing (healthy/0 was never restarted): the matches do filter.
+  n=$(journalctl --no-pager -o json -u oomguard OOMGUARD_INSTANCE=healthy/0 MESSAGE_ID=$restart_id | grep -c .)
+  [ "$n" = 0 ] || fail "j: $n restart entries for healthy/0, which was never restarted"
+  # Ordinary lines carry the instance too ("started ...", "adopted the running worker").
+  n=$(journalctl --no-pager -o cat -u oomguard OOMGUARD_INSTANCE=healthy/0 | grep -c .)
+  evidence "j: lines for OOMGUARD_INSTANCE=healthy/0" "$n: $(journalctl --no-pager -o cat -u oomguard OOMGUARD_INSTANCE=healthy/0 | head -n 3 | tr '\n' ';')"
+  [ "$n" -ge 1 ] || fail "j: no journal line carries OOMGUARD_INSTANCE=healthy/0"
+}
+journal_fields
+
 # ======== g. a SIGHUP reload that waits out a slow stop ========
 # The reload stops a policy whose worker ignores SIGTERM: 14 s of grace. With WatchdogSec=8s a
 # daemon whose main loop waited for the reload was SIGABRTed; now the reload runs beside it.
