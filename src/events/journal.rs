@@ -70,7 +70,7 @@ pub fn log(ev: &EventRecord) {
         Some(Ending::OomKilled) => (Some("oom_killed"), None, None),
         None => (None, None, None),
     };
-    // "high=3 max=0 oom=0 oom_kill=0": the counters that rose during the worker's life.
+    // "high=5273 max=2": the memory.events counters that rose during the worker's life.
     let memory_events = (!ev.memory_events_delta.is_empty()).then(|| {
         ev.memory_events_delta
             .iter()
