@@ -79,6 +79,8 @@ pub enum Cmd {
     Metrics,
     /// Hold the workers' cgroup subtree (run by oomguard-workers.service; see docs/install.md).
     Hold,
+    /// Print the JSON Schema of a policy file (for editors: see docs/install.md).
+    Schema,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -96,7 +98,7 @@ pub fn main() -> ExitCode {
             socket_group,
             admin_uids,
         } => {
-            init_logging();
+            crate::logging::init();
             let opts = daemon::Options {
                 policies,
                 socket,
@@ -108,7 +110,7 @@ pub fn main() -> ExitCode {
             block_on(daemon::run(opts))
         }
         Cmd::Hold => {
-            init_logging();
+            crate::logging::init();
             block_on(crate::holder::hold())
         }
         Cmd::Check { paths } => check(&paths),
@@ -119,6 +121,16 @@ pub fn main() -> ExitCode {
         Cmd::Restart { target } => client_cmd(client::cmd_restart(&socket, &target)),
         Cmd::Reload => client_cmd(client::cmd_reload(&socket)),
         Cmd::Metrics => client_cmd(client::cmd_metrics(&socket)),
+        Cmd::Schema => match serde_json::to_string_pretty(&policy::schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("oomguard: cannot print the schema: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -200,16 +212,6 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         eprintln!("{} error(s)", errors.len());
         ExitCode::FAILURE
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The bounded in-memory history of decisions, and a broadcast of new ones for `events --follow`.
+//! The bounded in-memory history of decisions, a broadcast of new ones for `events --follow`, and
+//! the one log line (or journal entry, `journal`) per decision.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -7,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 use crate::protocol::EventRecord;
+
+pub mod journal;
 
 /// How many events the history keeps; older ones are dropped (they are in the journal too).
 pub const HISTORY: usize = 1000;
@@ -32,7 +35,8 @@ impl EventLog {
         }
     }
 
-    /// Stamps `event` with a sequence number and the time, keeps it and broadcasts it.
+    /// Stamps `event` with a sequence number and the time, logs it, keeps it and broadcasts it.
+    /// The log line is written here, once, for every event: callers do not log it themselves.
     pub fn push(&self, mut event: EventRecord) -> EventRecord {
         {
             let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -45,6 +49,7 @@ impl EventLog {
             }
             history.push_back(event.clone());
         }
+        journal::log(&event);
         // No subscriber is fine: nobody is following.
         let _ = self.tx.send(event.clone());
         event

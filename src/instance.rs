@@ -195,7 +195,6 @@ impl Instance {
                 Ok(w) => w,
                 Err(e) => {
                     let what = format!("cannot start the worker: {e}");
-                    error!(instance = %self.id, "{what}");
                     self.events
                         .push(self.event(Reason::Exited, "start_failed", &what));
                     self.replacement_failed(&what);
@@ -451,7 +450,6 @@ impl Instance {
             describe(&offence, &self.policy),
             describe_avg10(numbers.some_avg10)
         );
-        info!(instance = %self.id, reason = offence.reason.as_str(), "{what}");
         let mut ev = self.event(offence.reason, "would_restart", &what);
         fill_numbers(&mut ev, &numbers);
         self.events.push(ev);
@@ -497,7 +495,6 @@ impl Instance {
                 "the kernel OOM killer killed {new} process(es) in the group (memory.max {})",
                 self.policy.memory.max
             );
-            warn!(instance = %self.id, "{what}");
             let numbers = self.numbers();
             let mut ev = self.event(Reason::OomKilled, "oom_kill", &what);
             fill_numbers(&mut ev, &numbers);

@@ -22,6 +22,7 @@ pub mod holder;
 pub mod hostcheck;
 pub mod instance;
 pub mod layout;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;

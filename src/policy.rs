@@ -25,6 +25,7 @@ mod perms;
 mod raw;
 mod restart;
 mod run;
+mod schema;
 mod validate;
 mod yaml;
 
@@ -33,6 +34,7 @@ mod testutil;
 
 pub use load::{load_dir, load_file, load_paths};
 pub use perms::check_file_permissions;
+pub use schema::schema;
 pub use validate::parse;
 
 /// One problem with one policy file. A bad file yields a list of these, one per problem, so a user

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::info;
 
 use super::{fmt_dur, Command, Instance};
 use crate::engine::AfterExit;
@@ -49,7 +49,6 @@ impl Instance {
                     "failed: {exits} unplanned exits within {} (restart.limit {} within {}); left stopped until `oomguard restart {}`",
                     fmt_dur(r.limit_within), r.limit_count, fmt_dur(r.limit_within), self.id
                 );
-                error!(instance = %self.id, "{msg}");
                 // State first: the event makes the daemon save state.json, which must say failed.
                 self.set_state(InstanceState::Failed, None);
                 self.events.push(self.event(reason, "failed", &msg));

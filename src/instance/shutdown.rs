@@ -63,7 +63,6 @@ impl Instance {
             self.policy.memory.max,
             describe_avg10(numbers.some_avg10),
         );
-        info!(instance = %self.id, reason = reason.as_str(), pid = w.main.pid(), "{what}");
         let mut ev = self.ending_event(&w, reason, "restart", ending, &numbers, &what);
         ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
         ev.signal_to_exit_ms = Some(ms(report.took));

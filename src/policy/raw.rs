@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use crate::policy::Mode;
@@ -30,22 +31,27 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Field<T> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPolicy {
     pub name: Option<Field<String>>,
     pub mode: Option<Field<Mode>>,
+    // `run`, `memory` and `triggers` are required by validation; marked here as well so that an
+    // editor flags a file without them (`oomguard schema`).
+    #[schemars(required)]
     pub run: Option<RawRun>,
+    #[schemars(required)]
     pub memory: Option<RawMemory>,
+    #[schemars(required)]
     pub triggers: Option<RawTriggers>,
     pub restart: Option<RawRestart>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRun {
     pub command: Option<Field<Vec<String>>>,
-    /// Signed so that `-1` gets a range message rather than a type error.
+    // Signed so that `-1` gets a range message rather than a type error.
     pub instances: Option<Field<i64>>,
     pub user: Option<Field<String>>,
     pub group: Option<Field<String>>,
@@ -53,7 +59,7 @@ pub(super) struct RawRun {
     pub env: Option<BTreeMap<String, Field<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMemory {
     pub high: Option<Field<Limit>>,
@@ -61,14 +67,14 @@ pub(super) struct RawMemory {
     pub swap_max: Option<Field<Limit>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTriggers {
     pub pressure: Option<RawPressure>,
     pub memory: Option<RawMemoryTrigger>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPressure {
     pub some: Option<Field<Dur>>,
@@ -78,7 +84,7 @@ pub(super) struct RawPressure {
     pub sustain: Option<Field<Dur>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMemoryTrigger {
     pub above: Option<Field<ByteSize>>,
@@ -86,7 +92,7 @@ pub(super) struct RawMemoryTrigger {
     pub sustain: Option<Field<Dur>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRestart {
     pub signal: Option<Field<String>>,
@@ -96,14 +102,14 @@ pub(super) struct RawRestart {
     pub limit: Option<RawLimit>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackoff {
     pub initial: Option<Field<Dur>>,
     pub max: Option<Field<Dur>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimit {
     pub count: Option<Field<i64>>,

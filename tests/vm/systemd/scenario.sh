@@ -290,6 +290,58 @@ first_ms=$(jq -s 'map(select(.action == "restart")) | first | .time_ms // empty'
 RELEAK_S=$(awk -v a="$kill_ms" -v b="$first_ms" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
 evidence "d: new daemon restarted the adopted leaker" "${RELEAK_S}s after the SIGKILL (event time)"
 
+# ======== j. the journal's structured fields ========
+# Self-contained: only reads the journal, after d. (leaky/0 restarted under pressure by the new
+# daemon) and the manual restart of healthy/1. The MESSAGE_IDs are the contract listed in
+# docs/install.md (src/events/journal.rs).
+journal_fields() {
+  echo "=== journal. journalctl -u oomguard with field matches: MESSAGE_ID, OOMGUARD_* and the figures"
+  # Few journalctl and jq runs: each costs a second or more under TCG with the workers busy.
+  local restart_id=931ff1f3ccd24e48ab311b16fb7477f2 out all e msg n t
+  t=$(now)
+  out=$(journalctl --no-pager -o json -u oomguard OOMGUARD_INSTANCE=leaky/0 MESSAGE_ID=$restart_id)
+  all=$(journalctl --no-pager -o json -u oomguard MESSAGE_ID=$restart_id)
+  evidence "journal: journalctl -u oomguard OOMGUARD_INSTANCE=leaky/0 MESSAGE_ID=<restart>" \
+    "$(grep -c . <<<"$out") of $(grep -c . <<<"$all") restart entries"
+  e=$(head -n 1 <<<"$out")
+  [ -n "$e" ] || fail "journal: no restart entry for leaky/0 in the journal"
+  evidence "journal: leaky/0 restart entry" "$(jq -c '{MESSAGE, MESSAGE_ID, PRIORITY, SYSLOG_IDENTIFIER,
+    _SYSTEMD_UNIT} + with_entries(select(.key | startswith("OOMGUARD_")))' <<<"$e")"
+  # The match filters (only leaky/0's entries, and fewer than all restarts); the entry has its
+  # fields, and figures that are numbers within what the policy allows (memory.max 96M).
+  jq -n -e --argjson all "$(grep -c . <<<"$all")" '[inputs] | . as $es | $es[0] as $e
+    | ($es | all(.OOMGUARD_INSTANCE == "leaky/0")) and ($es | length) < $all
+    and $e.OOMGUARD_POLICY == "leaky" and $e.OOMGUARD_INDEX == "0"
+    and $e.OOMGUARD_REASON == "pressure" and $e.OOMGUARD_ACTION == "restart"
+    and $e._SYSTEMD_UNIT == "oomguard.service" and $e.PRIORITY == "5"
+    and ($e.MESSAGE | startswith("restart (pressure)"))
+    and ($e.OOMGUARD_MEMORY_CURRENT | tonumber) > 0 and ($e.OOMGUARD_MEMORY_CURRENT | tonumber) <= 100663296
+    and ($e.OOMGUARD_PSI_SOME_AVG10 | tonumber) >= 0 and ($e.OOMGUARD_SIGNAL_TO_EXIT_MS | tonumber) >= 0
+    and ($e.OOMGUARD_MEMORY_EVENTS | test("high=[0-9]+"))' <<<"$out" >/dev/null ||
+    fail "journal: the leaky/0 restart entries lack a field, have a wrong one, or the match did not filter: $e"
+  # Among all restarts: healthy/1's manual one (the first daemon's), none for healthy/0.
+  n=$(jq -r '.OOMGUARD_INSTANCE + " " + .OOMGUARD_REASON' <<<"$all" | sort | uniq -c | tr '\n' ';')
+  evidence "journal: restart entries by instance and reason" "$n"
+  grep -q ' healthy/1 manual;' <<<"$n" || fail "journal: no manual restart entry for healthy/1: $n"
+  grep -q ' healthy/0 ' <<<"$n" && fail "journal: a restart entry for healthy/0, which was never restarted: $n"
+  # The message is one of the daemon's events, and in the journal once: no plain-text copy
+  # beside the structured entry (MESSAGE= is an indexed match, cheaper than reading the unit's
+  # whole journal, which also holds every worker's output).
+  msg=$(jq -r .MESSAGE <<<"$e")
+  # (`[inputs | select(..)]`: jq 1.6's -e judges a stream by its last input, not its matches.)
+  timeout 10 oomguard events --json 2>/dev/null |
+    jq -n -e --arg m "$msg" '[inputs | select(.message == $m)] | length == 1' >/dev/null ||
+    fail "journal: the journal's restart message is not an event of the daemon: $msg"
+  n=$(journalctl --no-pager -o cat -u oomguard "MESSAGE=$msg" | grep -c .)
+  [ "$n" = 1 ] || fail "journal: the restart message is in the journal $n times, want once"
+  # Ordinary lines carry the instance too ("started ...", "adopted the running worker").
+  out=$(journalctl --no-pager -o cat -u oomguard OOMGUARD_INSTANCE=healthy/0)
+  evidence "journal: lines for OOMGUARD_INSTANCE=healthy/0" "$(grep -c . <<<"$out"): $(head -n 3 <<<"$out" | tr '\n' ';')"
+  grep -q . <<<"$out" || fail "journal: no journal line carries OOMGUARD_INSTANCE=healthy/0"
+  evidence "journal: step took" "$(secs_since "$t")s"
+}
+journal_fields
+
 # ======== g. a SIGHUP reload that waits out a slow stop ========
 # The reload stops a policy whose worker ignores SIGTERM: 14 s of grace. With WatchdogSec=8s a
 # daemon whose main loop waited for the reload was SIGABRTed; now the reload runs beside it.
