@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS};
+use crate::children::{ChildEvent, ChildSet};
 use crate::engine::{Offence, Tracker};
 use crate::events::{now_ms, EventLog};
-use crate::policy::{Mode, Policy};
+use crate::policy::{ChildrenPolicy, Mode, Policy};
 use crate::protocol::{Ending, InstanceState, Reason};
 use crate::psi::PsiTrigger;
 use crate::shutdown::Proc;
@@ -27,9 +28,10 @@ mod report;
 mod shutdown;
 mod wait;
 
-pub use report::fmt_dur;
-use report::{delta, describe, exit_signal, fill_numbers, ms};
-use wait::{sleep_until_opt, wait_file, wait_psi};
+use report::{delta, exit_signal, fill_numbers, ms};
+pub use report::{describe, fmt_dur};
+pub(crate) use wait::sleep_until_opt;
+use wait::{wait_file, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
 const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
@@ -63,6 +65,12 @@ pub struct View {
     /// restart neither revives a failed instance nor gives a crash loop a fresh budget.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplanned_exits_ms: Vec<u64>,
+    /// With `children:`: the main process's children, each in its leaf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<crate::protocol::ChildStatus>,
+    /// Children recycled alone.
+    #[serde(default)]
+    pub child_recycles: u32,
 }
 
 /// A running worker.
@@ -77,11 +85,18 @@ struct Worker {
     events_at_start: BTreeMap<String, u64>,
     /// OOM kills already counted for this worker.
     oom_kills_seen: u64,
+    /// With `children:`: the main process's children in their leaves. Dropped first when the
+    /// worker is restarted or stopped (the instance's sequence then covers them all).
+    children: Option<ChildSet>,
+    /// Recycles counted into the view so far.
+    recycles_seen: u32,
 }
 
 /// Why the watch over a running worker ended.
 enum Outcome {
     Offence(Offence, Instant),
+    /// A child's offence restarts the instance: why, and the wake-up that decided it.
+    Escalated(String, Instant),
     Manual(oneshot::Sender<Result<String, String>>, Option<Duration>),
     /// None for an adopted worker, whose status went to its new parent.
     Exited(Option<std::process::ExitStatus>),
@@ -140,6 +155,8 @@ impl Instance {
             last_restart_at: None,
             oom_kills: 0,
             unplanned_exits_ms: Vec::new(),
+            children: Vec::new(),
+            child_recycles: 0,
         });
         let mut tracker = Tracker::new();
         tracker.restore_exits(
@@ -216,9 +233,13 @@ impl Instance {
                         worker,
                         offence.reason,
                         Some(woke),
-                        describe(&offence, &self.policy),
+                        describe(&offence, &self.policy.triggers),
                     )
                     .await;
+                }
+                Outcome::Escalated(why, woke) => {
+                    let _permit = self.restart_lock.clone().acquire_owned().await;
+                    self.restart(worker, Reason::Child, Some(woke), why).await;
                 }
                 Outcome::Manual(reply, ready) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
@@ -303,14 +324,14 @@ impl Instance {
         self.ensure_policy_group()?;
         self.group.create().map_err(|e| e.to_string())?;
         self.apply_limits()?;
+        // With `children:` the group holds leaves: the worker starts in `main`.
+        let place = match self.policy.children {
+            Some(_) => crate::children::prepare(&self.group)?,
+            None => self.group.clone(),
+        };
         let events_at_start = self.group.memory_events().unwrap_or_default();
-        let mut child = spawn::spawn(
-            &self.policy.run,
-            self.identity.as_ref(),
-            &self.group,
-            &self.id,
-        )
-        .map_err(|e| e.to_string())?;
+        let mut child = spawn::spawn(&self.policy.run, self.identity.as_ref(), &place, &self.id)
+            .map_err(|e| e.to_string())?;
         // Not reaped yet, so the pid is still this child's: the pidfd cannot name another process.
         let pid = child
             .id()
@@ -330,7 +351,8 @@ impl Instance {
             pidfd,
             child: Some(child),
         };
-        Ok(self.watching(main, events_at_start))
+        let children = self.policy.children;
+        Ok(self.watching(main, events_at_start, children))
     }
 
     /// The policy's group may have been removed from under the daemon (an operator's rmdir, a
@@ -351,12 +373,33 @@ impl Instance {
     }
 
     /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
+    /// With the `children:` layout (a `main` leaf) the main process is looked for there and its
+    /// children's leaves are taken over; a layout that does not match the policy any more (a
+    /// reload added or removed `children:`) is adopted as it is and changes at the next start.
     fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
-        let main = Proc::adopt(pid, &self.group)?;
+        let layout = crate::children::has_layout(&self.group);
+        let home = if layout {
+            self.group.child(crate::children::MAIN_LEAF)
+        } else {
+            self.group.clone()
+        };
+        let main = Proc::adopt(pid, &home)?;
         self.apply_limits()?;
         let events_at_start = self.group.memory_events().unwrap_or_default();
         info!(instance = %self.id, pid, "adopted the running worker");
-        Ok(self.watching(main, events_at_start))
+        let children = match (layout, self.policy.children) {
+            (true, Some(c)) => Some(c),
+            (false, Some(_)) => {
+                warn!(instance = %self.id, "the adopted worker was started without children: its children get leaves from its next start");
+                None
+            }
+            (true, None) => {
+                warn!(instance = %self.id, "the adopted worker was started with children: its children keep their leaves, unwatched, until its next start");
+                None
+            }
+            (false, None) => None,
+        };
+        Ok(self.watching(main, events_at_start, children))
     }
 
     fn apply_limits(&self) -> Result<(), String> {
@@ -367,13 +410,31 @@ impl Instance {
     }
 
     /// A running worker with its triggers armed and memory.events watched.
-    fn watching(&mut self, main: Proc, events_at_start: BTreeMap<String, u64>) -> Worker {
+    fn watching(
+        &mut self,
+        main: Proc,
+        events_at_start: BTreeMap<String, u64>,
+        children: Option<ChildrenPolicy>,
+    ) -> Worker {
         let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS))
             .map_err(|e| warn!(instance = %self.id, "not watching memory.events: {e}"))
             .ok();
         self.tracker.started();
+        let children = children.map(|c| {
+            ChildSet::new(
+                &self.id,
+                c,
+                self.policy.mode,
+                &self.group,
+                main.pid(),
+                self.events.clone(),
+            )
+        });
+        self.view.children = Vec::new();
         self.set_state(InstanceState::Running, Some(main.pid()));
         Worker {
+            children,
+            recycles_seen: 0,
             main,
             started: Instant::now(),
             psi: self.arm_pressure(),
@@ -429,6 +490,13 @@ impl Instance {
                     }
                 }
                 status = w.main.wait() => return Outcome::Exited(status),
+                ev = next_child_event(&mut w.children) => match ev {
+                    ChildEvent::Changed => self.publish_children(w),
+                    ChildEvent::Escalate(why) => {
+                        self.publish_children(w);
+                        return Outcome::Escalated(why, Instant::now());
+                    }
+                },
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Restart(reply, ready)) => return Outcome::Manual(reply, ready),
                     Some(Command::Stop(reply)) => return Outcome::Stop(reply),
@@ -444,6 +512,17 @@ impl Instance {
         }
     }
 
+    /// The children and the recycle count into the view.
+    fn publish_children(&mut self, w: &mut Worker) {
+        let Some(set) = w.children.as_ref() else {
+            return;
+        };
+        self.view.children = set.view();
+        self.view.child_recycles += set.recycled.saturating_sub(w.recycles_seen);
+        w.recycles_seen = set.recycled;
+        self.view_tx.send_replace(self.view.clone());
+    }
+
     /// In enforce mode an offence ends the watch; in observe mode it is reported and ignored.
     fn offence(&mut self, offence: Offence, woke: Instant) -> Option<Outcome> {
         if self.policy.mode == Mode::Enforce {
@@ -451,7 +530,7 @@ impl Instance {
         }
         let what = format!(
             "would restart (observe mode): {}",
-            describe(&offence, &self.policy)
+            describe(&offence, &self.policy.triggers)
         );
         info!(instance = %self.id, reason = offence.reason.as_str(), "{what}");
         let numbers = self.numbers();
@@ -525,6 +604,13 @@ impl Instance {
             w.psi = self.arm_pressure();
         }
         self.tracker.started();
+    }
+}
+
+async fn next_child_event(set: &mut Option<ChildSet>) -> ChildEvent {
+    match set {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

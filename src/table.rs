@@ -239,6 +239,8 @@ mod tests {
             last_restart_reason: Some(Reason::Pressure),
             last_restart_at: Some(NOW - 180),
             oom_kills: 0,
+            children: Vec::new(),
+            child_recycles: 0,
         }
     }
 
@@ -336,6 +338,8 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
             trigger_to_signal_us: Some(1500),
             signal_to_exit_ms: Some(2300),
             message: "celery/0: memory pressure some 41.5% for 30s; sent SIGTERM".into(),
+            child_pid: None,
+            child_leaf: None,
         }
     }
 

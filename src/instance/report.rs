@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use super::{Instance, Worker};
 use crate::cgroupfs::{MEMORY_CURRENT, MEMORY_PEAK};
 use crate::engine::Offence;
-use crate::policy::{Policy, StallKind};
+use crate::policy::{StallKind, Triggers};
 use crate::protocol::{Ending, EventRecord, Reason};
 use crate::units::human_bytes;
 
@@ -43,11 +43,11 @@ pub(super) fn delta(
         .collect()
 }
 
-pub(super) fn describe(offence: &Offence, policy: &Policy) -> String {
+/// An offence in words, against the triggers it tripped (the instance's or a child's).
+pub fn describe(offence: &Offence, triggers: &Triggers) -> String {
     match offence.reason {
         Reason::Pressure => {
-            let t = policy
-                .triggers
+            let t = triggers
                 .pressure
                 .expect("a pressure offence needs a pressure trigger");
             format!(
@@ -63,8 +63,7 @@ pub(super) fn describe(offence: &Offence, policy: &Policy) -> String {
             )
         }
         Reason::Memory => {
-            let t = policy
-                .triggers
+            let t = triggers
                 .memory
                 .expect("a memory offence needs a memory trigger");
             format!(
@@ -139,22 +138,7 @@ impl Instance {
     }
 
     pub(super) fn event(&self, reason: Reason, action: &str, message: &str) -> EventRecord {
-        EventRecord {
-            seq: 0,
-            time_ms: 0,
-            instance: self.id.clone(),
-            reason,
-            action: action.into(),
-            memory_current: None,
-            memory_peak: None,
-            memory_events_delta: BTreeMap::new(),
-            psi_some_avg10: None,
-            psi_full_avg10: None,
-            ending: None,
-            trigger_to_signal_us: None,
-            signal_to_exit_ms: None,
-            message: message.into(),
-        }
+        EventRecord::blank(&self.id, reason, action, message.into())
     }
 
     pub(super) fn numbers(&self) -> Numbers {

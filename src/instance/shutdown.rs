@@ -79,6 +79,10 @@ impl Instance {
     ) -> (Instant, Option<Duration>) {
         let signalled = self.sequence().begin(std::slice::from_ref(&w.main));
         w.psi = None;
+        // The children's tasks end here: no recycle races the instance's own sequence, which
+        // lifted every leaf's memory.high and kills the whole subtree after the grace.
+        w.children = None;
+        self.view.children = Vec::new();
         (signalled, woke.map(|t| signalled.duration_since(t)))
     }
 
