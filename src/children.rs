@@ -252,13 +252,21 @@ impl ChildSet {
             return;
         }
         let leaf = self.group.child(&format!("{LEAF_PREFIX}{pid}"));
+        let t0 = Instant::now();
+        let mut t1 = t0;
+        let mut t2 = t0;
         let placed = leaf
             .create()
             .and_then(|()| {
+                t1 = Instant::now();
                 let m = self.cfg.memory;
                 leaf.set_limits(m.high, m.max, m.swap_max)
             })
-            .and_then(|()| leaf.write(CGROUP_PROCS, &pid.to_string()));
+            .and_then(|()| {
+                t2 = Instant::now();
+                leaf.write(CGROUP_PROCS, &pid.to_string())
+            });
+        debug!(instance = %self.id, pid, "placing a child: fork event to placement {:?}, mkdir {:?}, limits {:?}, move {:?}", forked.map(|a| t0.duration_since(a)), t1 - t0, t2 - t1, t2.elapsed());
         if let Err(e) = placed {
             // ESRCH (it ended meanwhile) reads as a failed write: not worth a warning then.
             if crate::supervisor::parent_pid(pid).is_some() {
@@ -266,9 +274,6 @@ impl ChildSet {
             }
             let _ = leaf.remove();
             return;
-        }
-        if let Some(at) = forked {
-            debug!(instance = %self.id, pid, "child placed {:?} after its fork event", at.elapsed());
         }
         self.track(pid, leaf, pidfd);
     }
