@@ -82,3 +82,33 @@ pub(super) fn child_leaves(group: &Group) -> Vec<(u32, Group)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroupfs::SUBTREE_CONTROL;
+
+    #[test]
+    fn prepare_makes_the_layout_and_flatten_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Group::new(dir.path().join("0"));
+        g.create().unwrap();
+        g.write(SUBTREE_CONTROL, "").unwrap();
+        // A leaf of a child that is gone: empty (no cgroup.events reads as gone, so empty).
+        g.child("child-77").create().unwrap();
+        let main = prepare(&g).unwrap();
+        assert_eq!(main, g.child(MAIN_LEAF));
+        assert!(has_layout(&g));
+        assert!(!g.child("child-77").exists(), "the empty leaf was swept");
+        assert_eq!(g.read(SUBTREE_CONTROL).unwrap(), "+memory +pids");
+        g.child("child-78").create().unwrap();
+        // What the kernel would show once the controllers are on.
+        g.write(SUBTREE_CONTROL, "memory pids").unwrap();
+        flatten(&g).unwrap();
+        assert!(!has_layout(&g) && !g.child("child-78").exists());
+        assert_eq!(g.read(SUBTREE_CONTROL).unwrap(), "-memory -pids");
+        flatten(&g).expect("a flat group stays as it is");
+        let leaves: Vec<u32> = child_leaves(&g).into_iter().map(|(p, _)| p).collect();
+        assert!(leaves.is_empty());
+    }
+}

@@ -119,6 +119,18 @@ fn procs_of(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// A fresh children log, the `pf` policy with `args` and `restart`, the daemon started and `pf/0`
+/// running: the daemon, the main pid, and /proc/vmstat's OOM kills before.
+fn start(args: &[&str], restart: &str) -> Result<(Daemon, u32, u64)> {
+    make_ledger_dir()?;
+    let _ = fs::remove_file(LOG);
+    write_policy(POLICY_DIR, "pf", &policy(args, restart))?;
+    let oom_before = vmstat_oom_kill()?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    Ok((daemon, main, oom_before))
+}
+
 fn pf(report: &oomguard::protocol::StatusReport) -> Option<InstanceStatus> {
     instance(report, "pf/0").cloned()
 }
@@ -129,8 +141,6 @@ fn pf(report: &oomguard::protocol::StatusReport) -> Option<InstanceStatus> {
 /// adopts the main process and re-adopts the children's leaves, and places new children by
 /// rescanning.
 pub fn children_leaves() -> Result<()> {
-    make_ledger_dir()?;
-    let _ = fs::remove_file(LOG);
     let args = [
         "--prefork",
         "3",
@@ -138,9 +148,7 @@ pub fn children_leaves() -> Result<()> {
         "--child-exit-after-jobs",
         "10",
     ];
-    write_policy(POLICY_DIR, "pf", &policy(&args, "{grace: 5s}"))?;
-    let mut daemon = Daemon::start(POLICY_DIR)?;
-    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let (mut daemon, main, _) = start(&args, "{grace: 5s}")?;
     let g = instance_group("pf/0");
     ensure!(
         procs_of(&g.join("main")).contains(&main),
@@ -236,51 +244,14 @@ pub fn children_leaves() -> Result<()> {
     sleep(Duration::from_secs(8));
     report_delays("rescan", leaf_delays(skip)?)?;
 
-    // The daemon reaches a child within a millisecond of its fork event; what remains is the
-    // kernel's migration (the write to cgroup.procs waits for an RCU grace period unless the
-    // hierarchy is mounted with favordynmods, Linux 6.0+). Measured when the kernel has it.
-    if favordynmods() {
-        daemon.kill()?;
-        let skip = log_lines().len();
-        let mut daemon = Daemon::start(POLICY_DIR)?;
-        daemon.wait_running(&["pf/0"], Duration::from_secs(20))?;
-        sleep(Duration::from_secs(8));
-        report_delays("connector_favordynmods", leaf_delays(skip)?)?;
-        daemon.stop()?;
-    } else {
-        evidence("favordynmods", "not supported by this kernel: not measured");
-        daemon.stop()?;
-    }
+    daemon.stop()?;
     ensure!(!pid_alive(main), "main {main} survived the stop");
     Ok(())
-}
-
-/// Remounts the cgroup2 hierarchy with favordynmods; false where the kernel refuses it.
-fn favordynmods() -> bool {
-    let opts = std::ffi::CString::new("nsdelegate,favordynmods").expect("no NUL");
-    let target = std::ffi::CString::new("/sys/fs/cgroup").expect("no NUL");
-    // SAFETY: mount(2) with valid C strings and a null source and type, as a remount takes.
-    let rc = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            target.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REMOUNT,
-            opts.as_ptr().cast(),
-        )
-    };
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    rc == 0
-        && mounts
-            .lines()
-            .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains("favordynmods"))
 }
 
 /// One child leaks: it alone is recycled (its SIGTERM handler runs), the main process and its
 /// siblings keep their pids, no OOM kill, its leaf goes, and a replacement gets a new leaf.
 pub fn children_recycle() -> Result<()> {
-    make_ledger_dir()?;
-    let _ = fs::remove_file(LOG);
     let args = [
         "--prefork",
         "3",
@@ -289,14 +260,7 @@ pub fn children_recycle() -> Result<()> {
         "--leak-mb-per-s",
         "8",
     ];
-    write_policy(
-        POLICY_DIR,
-        "pf",
-        &policy(&args, "{signal: SIGTERM, grace: 10s, at_once: 1}"),
-    )?;
-    let oom_before = vmstat_oom_kill()?;
-    let mut daemon = Daemon::start(POLICY_DIR)?;
-    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let (mut daemon, main, oom_before) = start(&args, "{signal: SIGTERM, grace: 10s, at_once: 1}")?;
     let ev = wait_until("a child_recycle event", Duration::from_secs(60), || {
         events()
             .ok()?
@@ -383,8 +347,6 @@ pub fn children_recycle() -> Result<()> {
 /// `at_once: 1`: recycles never overlap, each child is killed with its leaf after the 2 s grace,
 /// and the main process stays.
 pub fn children_at_once() -> Result<()> {
-    make_ledger_dir()?;
-    let _ = fs::remove_file(LOG);
     let args = [
         "--prefork",
         "3",
@@ -394,10 +356,7 @@ pub fn children_at_once() -> Result<()> {
         "5",
         "--child-ignore-sigterm",
     ];
-    write_policy(POLICY_DIR, "pf", &policy(&args, "{grace: 2s, at_once: 1}"))?;
-    let oom_before = vmstat_oom_kill()?;
-    let mut daemon = Daemon::start(POLICY_DIR)?;
-    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let (mut daemon, main, oom_before) = start(&args, "{grace: 2s, at_once: 1}")?;
     let recycles = wait_until("three child recycles", Duration::from_secs(70), || {
         let r: Vec<EventRecord> = events()
             .ok()?
@@ -451,8 +410,6 @@ pub fn children_at_once() -> Result<()> {
 /// Every replacement of the leaking slot starts above its trigger: after three young recycles in
 /// a row the instance is restarted, gracefully, with reason `child`, and the event says why.
 pub fn children_escalate() -> Result<()> {
-    make_ledger_dir()?;
-    let _ = fs::remove_file(LOG);
     let args = [
         "--prefork",
         "2",
@@ -461,9 +418,7 @@ pub fn children_escalate() -> Result<()> {
         "--child-start-mb",
         "44",
     ];
-    write_policy(POLICY_DIR, "pf", &policy(&args, "{grace: 5s}"))?;
-    let mut daemon = Daemon::start(POLICY_DIR)?;
-    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let (mut daemon, main, _) = start(&args, "{grace: 5s}")?;
     let ev = wait_until("a child_escalation event", Duration::from_secs(60), || {
         events()
             .ok()?
