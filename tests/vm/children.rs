@@ -25,14 +25,15 @@ fn events() -> Result<Vec<EventRecord>> {
         .collect())
 }
 
-/// A prefork policy `pf`: instance envelope 256M/320M, children 48M/96M with a memory trigger at
-/// 40M (and a PSI backstop), `restart` as given.
+/// A prefork policy `pf`: instance envelope 256M/320M (its restart grace 5 s, so a stop of
+/// children that ignore SIGTERM fits the harness's 20 s), children 48M/96M with a memory
+/// trigger at 40M (and a PSI backstop), the children's `restart` as given.
 fn policy(worker_args: &[&str], restart: &str) -> String {
     let mut args = vec!["--children-log", LOG, "--job-ms", "50"];
     args.extend_from_slice(worker_args);
     format!(
         "name: pf\nrun:\n  command: {}\nmemory: {{high: 256M, max: 320M}}\n\
-         triggers: {{pressure: {{some: 200ms, window: 1s, for: 2s}}}}\n\
+         triggers: {{pressure: {{some: 200ms, window: 1s, for: 2s}}}}\nrestart: {{grace: 5s}}\n\
          children:\n  memory: {{high: 48M, max: 96M}}\n\
          \x20 triggers: {{memory: {{above: 40M}}, pressure: {{some: 100ms, window: 1s, for: 1s}}}}\n\
          \x20 restart: {restart}\n",
