@@ -23,8 +23,18 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_child_over_its_trigger_is_recycled_alone_in_its_leaf() {
+/// A fleet on a fake tree running `pf` (sh with two sleeping children) with `children`, the
+/// children listed in main's cgroup.procs as the kernel would: (tempdir, fleet, instance group
+/// path, main pid, children).
+async fn started(
+    children: &str,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<oomguard::supervisor::Fleet>,
+    std::path::PathBuf,
+    u32,
+    Vec<u32>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["pf"]);
     let g = dir.path().join("oomguard/pf/0");
@@ -35,7 +45,7 @@ async fn a_child_over_its_trigger_is_recycled_alone_in_its_leaf() {
     let p = policy(
         "pf",
         r#"["/bin/sh", "-c", "sleep 1000 & sleep 1000 & wait"]"#,
-        CHILDREN,
+        children,
     );
     fleet.start_policy(p, &SavedState::new()).unwrap();
     wait_for(&fleet, "pf/0", "running", |s| {
@@ -64,6 +74,29 @@ async fn a_child_over_its_trigger_is_recycled_alone_in_its_leaf() {
         .map(|p| p.to_string())
         .collect();
     std::fs::write(g.join("main").join(CGROUP_PROCS), procs.join("\n")).unwrap();
+    (dir, fleet, g, main, kids)
+}
+
+/// Waits for the first child recycle: the instance's status then, and the event.
+async fn recycled(
+    fleet: &oomguard::supervisor::Fleet,
+) -> (
+    oomguard::protocol::InstanceStatus,
+    oomguard::protocol::EventRecord,
+) {
+    let st = wait_for(fleet, "pf/0", "a child recycled", |s| s.child_recycles == 1).await;
+    let ev = fleet
+        .events()
+        .last(10)
+        .into_iter()
+        .find(|e| e.action == "child_recycle")
+        .expect("a child_recycle event");
+    (st, ev)
+}
+
+#[tokio::test]
+async fn a_child_over_its_trigger_is_recycled_alone_in_its_leaf() {
+    let (_dir, fleet, g, main, kids) = started(CHILDREN).await;
     let st = wait_for(&fleet, "pf/0", "two children in leaves", |s| {
         s.children.len() == 2
     })
@@ -98,16 +131,7 @@ async fn a_child_over_its_trigger_is_recycled_alone_in_its_leaf() {
         (1u64 << 20).to_string(),
     )
     .unwrap();
-    let st = wait_for(&fleet, "pf/0", "a child recycled", |s| {
-        s.child_recycles == 1
-    })
-    .await;
-    let ev = fleet
-        .events()
-        .last(10)
-        .into_iter()
-        .find(|e| e.action == "child_recycle")
-        .expect("a child_recycle event");
+    let (st, ev) = recycled(&fleet).await;
     assert_eq!(ev.child_pid, Some(offender));
     assert_eq!(
         ev.child_leaf.as_deref(),
@@ -144,6 +168,52 @@ async fn a_child_over_its_trigger_is_recycled_alone_in_its_leaf() {
     fleet.stop_all().await;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sibling as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// `signal: none`: the child is not signalled, only given its memory.high back and waited for;
+/// one that does not end within the grace is killed with its leaf (the freeze fallback on a
+/// fake tree, whose leaf has no cgroup.kill).
+#[tokio::test]
+async fn signal_none_waits_then_kills_the_leaf() {
+    let none = CHILDREN.replace(
+        "restart: {grace: 2s}",
+        "restart: {signal: none, grace: 500ms}",
+    );
+    let (_dir, fleet, g, main, kids) = started(&none).await;
+    let _ = wait_for(&fleet, "pf/0", "two children in leaves", |s| {
+        s.children.len() == 2
+    })
+    .await;
+    let offender = kids[0];
+    std::fs::write(
+        g.join(format!("child-{offender}/memory.current")),
+        (50u64 << 20).to_string(),
+    )
+    .unwrap();
+    std::fs::write(g.join(format!("child-{}/memory.current", kids[1])), "0").unwrap();
+    let (_, ev) = recycled(&fleet).await;
+    assert_eq!(ev.child_pid, Some(offender));
+    assert!(
+        matches!(ev.ending, Some(Ending::KilledAfterGrace { .. })),
+        "{:?}",
+        ev.ending
+    );
+    assert_eq!(
+        std::fs::read_to_string(g.join(format!("child-{offender}/memory.high")))
+            .unwrap()
+            .trim(),
+        "max",
+        "memory.high lifted for the grace"
+    );
+    assert!(
+        !alive(offender) || children_of(main).len() < 2,
+        "killed after the grace"
+    );
+    fleet.stop_all().await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(kids[1] as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
 }
