@@ -4,6 +4,8 @@
 //! as data. It never touches the filesystem or the clock, so every rule here is tested with plain
 //! tables below.
 
+pub mod children;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

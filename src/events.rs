@@ -98,6 +98,8 @@ mod tests {
             trigger_to_signal_us: None,
             signal_to_exit_ms: None,
             message: String::new(),
+            child_pid: None,
+            child_leaf: None,
         }
     }
 

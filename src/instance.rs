@@ -12,24 +12,29 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS};
+use crate::children::{ChildEvent, ChildSet};
 use crate::engine::{Offence, Tracker};
 use crate::events::{now_ms, EventLog};
-use crate::policy::{Mode, Policy};
+use crate::policy::{ChildrenPolicy, Mode, Policy};
 use crate::protocol::{Ending, InstanceState, Reason};
 use crate::psi::PsiTrigger;
 use crate::shutdown::Proc;
 use crate::spawn::{self, Identity};
 use crate::watch::{FileWatch, PidFd};
+use children::next_child_event;
 
+mod children;
 mod down;
 mod ready;
 mod report;
 mod shutdown;
 mod wait;
 
-pub use report::fmt_dur;
-use report::{delta, describe, describe_avg10, exit_signal, fill_numbers, ms};
-use wait::{sleep_until_opt, wait_file, wait_psi};
+use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
+pub use report::{describe, fmt_dur};
+use shutdown::Cause;
+pub(crate) use wait::sleep_until_opt;
+use wait::{wait_file, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
 const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
@@ -63,6 +68,12 @@ pub struct View {
     /// restart neither revives a failed instance nor gives a crash loop a fresh budget.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unplanned_exits_ms: Vec<u64>,
+    /// With `children:`: the main process's children, each in its leaf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<crate::protocol::ChildStatus>,
+    /// Children recycled alone.
+    #[serde(default)]
+    pub child_recycles: u32,
 }
 
 /// A running worker.
@@ -77,11 +88,18 @@ struct Worker {
     events_at_start: BTreeMap<String, u64>,
     /// OOM kills already counted for this worker.
     oom_kills_seen: u64,
+    /// With `children:`: the main process's children in their leaves. Dropped first when the
+    /// worker is restarted or stopped (the instance's sequence then covers them all).
+    children: Option<ChildSet>,
+    /// Recycles counted into the view so far.
+    recycles_seen: u32,
 }
 
 /// Why the watch over a running worker ended.
 enum Outcome {
     Offence(Offence, Instant),
+    /// A child's offence restarts the instance: why, and the wake-up that decided it.
+    Escalated(String, Instant),
     Manual(oneshot::Sender<Result<String, String>>, Option<Duration>),
     /// None for an adopted worker, whose status went to its new parent.
     Exited(Option<std::process::ExitStatus>),
@@ -140,7 +158,12 @@ impl Instance {
             last_restart_at: None,
             oom_kills: 0,
             unplanned_exits_ms: Vec::new(),
+            children: Vec::new(),
+            child_recycles: 0,
         });
+        let mut view = view;
+        // The children a previous daemon saw are found again from the leaves at adoption.
+        view.children.clear();
         let mut tracker = Tracker::new();
         tracker.restore_exits(
             view.unplanned_exits_ms
@@ -211,13 +234,19 @@ impl Instance {
             match self.watch(&mut worker).await {
                 Outcome::Offence(offence, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
-                    self.restart(worker, offence.reason, Some(woke), Some(offence))
+                    self.restart(worker, offence.reason, Some(woke), Cause::Offence(offence))
+                        .await;
+                }
+                Outcome::Escalated(why, woke) => {
+                    let _permit = self.restart_lock.clone().acquire_owned().await;
+                    self.restart(worker, Reason::Child, Some(woke), Cause::Escalation(why))
                         .await;
                 }
                 Outcome::Manual(reply, ready) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
                     // No offence: an operator's request.
-                    self.restart(worker, Reason::Manual, None, None).await;
+                    self.restart(worker, Reason::Manual, None, Cause::Operator)
+                        .await;
                     self.reply_when_ready(reply, ready, format!("{} restarted", self.id));
                 }
                 Outcome::Stop(reply) => {
@@ -292,14 +321,17 @@ impl Instance {
         self.ensure_policy_group()?;
         self.group.create().map_err(|e| e.to_string())?;
         self.apply_limits()?;
+        // With `children:` the group holds leaves: the worker starts in `main`.
+        let place = match self.policy.children {
+            Some(_) => crate::children::prepare(&self.group)?,
+            None => {
+                crate::children::flatten(&self.group)?;
+                self.group.clone()
+            }
+        };
         let events_at_start = self.group.memory_events().unwrap_or_default();
-        let mut child = spawn::spawn(
-            &self.policy.run,
-            self.identity.as_ref(),
-            &self.group,
-            &self.id,
-        )
-        .map_err(|e| e.to_string())?;
+        let mut child = spawn::spawn(&self.policy.run, self.identity.as_ref(), &place, &self.id)
+            .map_err(|e| e.to_string())?;
         // Not reaped yet, so the pid is still this child's: the pidfd cannot name another process.
         let pid = child
             .id()
@@ -319,7 +351,8 @@ impl Instance {
             pidfd,
             child: Some(child),
         };
-        Ok(self.watching(main, events_at_start))
+        let children = self.policy.children;
+        Ok(self.watching(main, events_at_start, children))
     }
 
     /// The policy's group may have been removed from under the daemon (an operator's rmdir, a
@@ -339,15 +372,6 @@ impl Instance {
         Ok(())
     }
 
-    /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
-    fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
-        let main = Proc::adopt(pid, &self.group)?;
-        self.apply_limits()?;
-        let events_at_start = self.group.memory_events().unwrap_or_default();
-        info!(instance = %self.id, pid, "adopted the running worker");
-        Ok(self.watching(main, events_at_start))
-    }
-
     fn apply_limits(&self) -> Result<(), String> {
         let mem = self.policy.memory;
         self.group
@@ -356,16 +380,35 @@ impl Instance {
     }
 
     /// A running worker with its triggers armed and memory.events watched.
-    fn watching(&mut self, main: Proc, events_at_start: BTreeMap<String, u64>) -> Worker {
+    fn watching(
+        &mut self,
+        main: Proc,
+        events_at_start: BTreeMap<String, u64>,
+        children: Option<ChildrenPolicy>,
+    ) -> Worker {
         let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS))
             .map_err(|e| warn!(instance = %self.id, "not watching memory.events: {e}"))
             .ok();
         self.tracker.started();
+        let children = children.map(|c| {
+            ChildSet::new(
+                &self.id,
+                c,
+                self.policy.mode,
+                &self.group,
+                main.pid(),
+                self.events.clone(),
+            )
+        });
+        let with_children = children.is_some();
+        self.view.children = Vec::new();
         self.set_state(InstanceState::Running, Some(main.pid()));
         Worker {
+            children,
+            recycles_seen: 0,
             main,
             started: Instant::now(),
-            psi: self.arm_pressure(),
+            psi: self.arm_pressure(with_children),
             memory_events,
             events_at_start,
             oom_kills_seen: 0,
@@ -374,9 +417,19 @@ impl Instance {
 
     /// The policy's PSI trigger on the group; a failure is logged and the memory trigger (if
     /// any) and memory.events still guard the worker.
-    fn arm_pressure(&self) -> Option<PsiTrigger> {
+    ///
+    /// With `children:` it is armed on the `main` leaf: PSI adds every descendant's stalls to a
+    /// group, so on the instance's group a child throttled at its own memory.high (which its
+    /// own trigger recycles) would restart the whole server. Pressure from the envelope reaches
+    /// the children's leaves too, and recycles them.
+    fn arm_pressure(&self, with_children: bool) -> Option<PsiTrigger> {
         let t = self.policy.triggers.pressure.as_ref()?;
-        PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
+        let home = if with_children {
+            self.group.child(crate::children::MAIN_LEAF)
+        } else {
+            self.group.clone()
+        };
+        PsiTrigger::arm(&home.file(crate::cgroupfs::MEMORY_PRESSURE), t)
             .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
             .ok()
     }
@@ -424,6 +477,13 @@ impl Instance {
                     }
                 }
                 status = w.main.wait() => return Outcome::Exited(status),
+                ev = next_child_event(&mut w.children) => match ev {
+                    ChildEvent::Changed => self.publish_children(w),
+                    ChildEvent::Escalate(why) => {
+                        self.publish_children(w);
+                        return Outcome::Escalated(why, Instant::now());
+                    }
+                },
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Restart(reply, ready)) => return Outcome::Manual(reply, ready),
                     Some(Command::Stop(reply)) => return Outcome::Stop(reply),
@@ -447,7 +507,7 @@ impl Instance {
         let numbers = self.numbers();
         let what = format!(
             "would restart (observe mode): {}; {}",
-            describe(&offence, &self.policy),
+            describe(&offence, &self.policy.triggers),
             describe_avg10(numbers.some_avg10)
         );
         let mut ev = self.event(offence.reason, "would_restart", &what);
@@ -516,7 +576,7 @@ impl Instance {
         }
         if rearm {
             w.psi = None; // closing the fd removes the old trigger before the new one is armed
-            w.psi = self.arm_pressure();
+            w.psi = self.arm_pressure(w.children.is_some());
         }
         self.tracker.started();
     }

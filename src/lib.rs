@@ -13,6 +13,7 @@
 //!   `metrics` (Prometheus text) and `table` (the CLI's human output) are pure renderings of a status.
 
 pub mod cgroupfs;
+pub mod children;
 pub mod cli;
 pub mod client;
 pub mod daemon;

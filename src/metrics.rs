@@ -7,14 +7,17 @@
 
 use std::fmt::Write;
 
+mod children;
+
 use crate::protocol::{InstanceState, InstanceStatus, Reason, StatusReport};
 
-const ALL_REASONS: [Reason; 5] = [
+const ALL_REASONS: [Reason; 6] = [
     Reason::Pressure,
     Reason::Memory,
     Reason::Manual,
     Reason::Exited,
     Reason::OomKilled,
+    Reason::Child,
 ];
 
 const ALL_STATES: [InstanceState; 6] = [
@@ -29,7 +32,12 @@ const ALL_STATES: [InstanceState; 6] = [
 // Adding a Reason or InstanceState variant breaks these matches: extend the lists above too, or
 // the new value would never appear as a label.
 const _: fn(Reason) = |r| match r {
-    Reason::Pressure | Reason::Memory | Reason::Manual | Reason::Exited | Reason::OomKilled => {}
+    Reason::Pressure
+    | Reason::Memory
+    | Reason::Manual
+    | Reason::Exited
+    | Reason::OomKilled
+    | Reason::Child => {}
 };
 const _: fn(InstanceState) = |s| match s {
     InstanceState::Starting
@@ -200,6 +208,7 @@ pub fn render(report: &StatusReport) -> String {
             );
         }
     }
+    children::render(&mut out, &instances);
     out
 }
 
@@ -260,7 +269,7 @@ mod tests {
     use crate::policy::Mode;
     use crate::protocol::{DaemonInfo, PolicyStatus};
 
-    fn instance(id: &str) -> InstanceStatus {
+    pub(super) fn instance(id: &str) -> InstanceStatus {
         InstanceStatus {
             id: id.to_string(),
             state: InstanceState::Running,
@@ -278,6 +287,8 @@ mod tests {
             last_restart_reason: Some(Reason::Pressure),
             last_restart_at: Some(1_700_000_000),
             oom_kills: 1,
+            children: Vec::new(),
+            child_recycles: 0,
         }
     }
 
@@ -352,11 +363,13 @@ oomguard_restarts_total{policy="celery",index="0",reason="memory"} 0
 oomguard_restarts_total{policy="celery",index="0",reason="manual"} 1
 oomguard_restarts_total{policy="celery",index="0",reason="exited"} 0
 oomguard_restarts_total{policy="celery",index="0",reason="oom_killed"} 0
+oomguard_restarts_total{policy="celery",index="0",reason="child"} 0
 oomguard_restarts_total{policy="web",index="0",reason="pressure"} 0
 oomguard_restarts_total{policy="web",index="0",reason="memory"} 0
 oomguard_restarts_total{policy="web",index="0",reason="manual"} 0
 oomguard_restarts_total{policy="web",index="0",reason="exited"} 0
 oomguard_restarts_total{policy="web",index="0",reason="oom_killed"} 0
+oomguard_restarts_total{policy="web",index="0",reason="child"} 0
 # HELP oomguard_oom_kills_total Kernel OOM kills in the instance's cgroup.
 # TYPE oomguard_oom_kills_total counter
 oomguard_oom_kills_total{policy="celery",index="0"} 1
@@ -412,8 +425,8 @@ oomguard_instance_state{policy="web",index="0",state="stopped"} 0
                 samples += 1;
             }
         }
-        // daemon 2; gauges: celery all 8, web 5 (no current/high/max); restarts 2x5; ooms 2; states 2x6.
-        assert_eq!(samples, 2 + 8 + 5 + 10 + 2 + 12);
+        // daemon 2; gauges: celery all 8, web 5 (no current/high/max); restarts 2x6; ooms 2; states 2x6.
+        assert_eq!(samples, 2 + 8 + 5 + 12 + 2 + 12);
     }
 
     fn valid_name(s: &str) -> bool {

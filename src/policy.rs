@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::units::Limit;
 
 mod bounds;
+mod children;
 mod limits;
 mod load;
 mod perms;
@@ -86,6 +87,41 @@ pub struct Policy {
     pub memory: MemoryLimits,
     pub triggers: Triggers,
     pub restart: RestartPolicy,
+    /// `children:`: each process the main process forks gets a leaf group of its own, with
+    /// these limits and triggers; None keeps the whole worker in one group.
+    pub children: Option<ChildrenPolicy>,
+}
+
+/// The `children:` section: per-child limits and triggers, and how one child is recycled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ChildrenPolicy {
+    /// Written to each child's leaf; the instance's `memory:` stays the envelope of them all.
+    pub memory: MemoryLimits,
+    /// Evaluated per child, on the child's leaf.
+    pub triggers: Triggers,
+    pub restart: ChildRestart,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ChildRestart {
+    /// The child's graceful signal (raw number); None (`none`): no signal, the child is only
+    /// given its memory.high back and waited for (frameworks that recycle a child by themselves).
+    pub signal: Option<i32>,
+    /// From the signal (or the lifted memory.high) until the child's leaf is killed.
+    pub grace: std::time::Duration,
+    /// At most this many children of one instance recycling at the same time.
+    pub at_once: u32,
+    pub scope: ChildScope,
+}
+
+/// What a child's offence restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildScope {
+    /// The child alone; its main process forks a replacement.
+    Child,
+    /// The whole instance, gracefully, with the instance's `restart:` (frameworks whose children
+    /// have no graceful way out of their own).
+    Instance,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -25,6 +25,9 @@ pub enum Reason {
     Exited,
     /// The kernel OOM killer killed a process in the group.
     OomKilled,
+    /// A child's offence restarted the instance (`children.restart.scope: instance`, or a
+    /// respawn loop); the `child_escalation` event before the restart says which.
+    Child,
 }
 
 impl Reason {
@@ -35,6 +38,7 @@ impl Reason {
             Reason::Manual => "manual",
             Reason::Exited => "exited",
             Reason::OomKilled => "oom_killed",
+            Reason::Child => "child",
         }
     }
 }
@@ -78,6 +82,50 @@ pub struct InstanceStatus {
     /// Unix time in seconds.
     pub last_restart_at: Option<u64>,
     pub oom_kills: u64,
+    /// With `children:` in the policy: every child of the main process in a leaf of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildStatus>,
+    /// Children recycled (each alone) since the daemon started tracking this instance.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub child_recycles: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One child of an instance's main process, in its own leaf group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildStatus {
+    pub pid: u32,
+    /// The leaf's name under the instance's group: `child-<pid>`.
+    pub leaf: String,
+    pub state: ChildState,
+    pub memory_current: Option<u64>,
+    /// `None` when the limit is "max" (also while the child is recycling: its memory.high is
+    /// lifted).
+    pub memory_high: Option<u64>,
+    pub memory_max: Option<u64>,
+    pub psi_some_avg10: Option<f64>,
+    /// Times oomguard began recycling this child: 0, or 1 once it is on its way out.
+    pub recycles: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    Running,
+    /// Tripped its triggers: signalled (or left to exit by itself), its leaf killed after the grace.
+    Recycling,
+}
+
+impl ChildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildState::Running => "running",
+            ChildState::Recycling => "recycling",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,6 +189,37 @@ pub struct EventRecord {
     pub signal_to_exit_ms: Option<u64>,
     /// Human-readable one-line summary, the same text as the log line.
     pub message: String,
+    /// The child of a `child_recycle`, `would_recycle` or `child_escalation` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+    /// That child's leaf group, `child-<pid>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_leaf: Option<String>,
+}
+
+impl EventRecord {
+    /// An event with only its instance, reason, action and message set; the daemon's event log
+    /// fills in `seq` and `time_ms`.
+    pub fn blank(instance: &str, reason: Reason, action: &str, message: String) -> EventRecord {
+        EventRecord {
+            seq: 0,
+            time_ms: 0,
+            instance: instance.to_string(),
+            reason,
+            action: action.into(),
+            memory_current: None,
+            memory_peak: None,
+            memory_events_delta: BTreeMap::new(),
+            psi_some_avg10: None,
+            psi_full_avg10: None,
+            ending: None,
+            trigger_to_signal_us: None,
+            signal_to_exit_ms: None,
+            message,
+            child_pid: None,
+            child_leaf: None,
+        }
+    }
 }
 
 impl InstanceState {

@@ -32,7 +32,13 @@ pub struct Sample {
 pub fn sample(g: &Group) -> Sample {
     let limit = |file| g.limit(file).ok().and_then(|l| l.bytes());
     Sample {
-        pids: g.procs().unwrap_or_default(),
+        // Every process of the subtree: with `children:` the instance's group holds none itself.
+        pids: g
+            .subtree()
+            .into_iter()
+            .filter_map(|sub| sub.and_then(|s| s.procs()).ok())
+            .flatten()
+            .collect(),
         current: g.number(MEMORY_CURRENT).ok(),
         high: limit(MEMORY_HIGH),
         max: limit(MEMORY_MAX),

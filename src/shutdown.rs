@@ -64,12 +64,20 @@ impl Proc {
         Ok(Proc { pidfd, child: None })
     }
 
-    /// Every process in the group, each by a pidfd checked against the group; a pid that cannot
-    /// be opened is left to cgroup.kill.
+    /// Every process in the group and the groups below it (`children:` leaves, groups a worker
+    /// made), each by a pidfd checked against its group; a pid that cannot be opened is left to
+    /// cgroup.kill.
     pub fn of_group(group: &Group) -> Vec<Proc> {
-        let pids = group.procs().unwrap_or_default();
-        pids.into_iter()
-            .filter_map(|pid| Proc::adopt(pid, group).ok())
+        group
+            .subtree()
+            .into_iter()
+            .filter_map(Result::ok)
+            .flat_map(|g| {
+                let pids = g.procs().unwrap_or_default();
+                pids.into_iter()
+                    .filter_map(move |pid| Proc::adopt(pid, &g).ok())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 }
@@ -215,11 +223,13 @@ impl Sequence<'_> {
             }
         }
         let signalled = Instant::now();
-        if let Err(e) = self.group.set_high(Limit::Max) {
-            match e {
-                CgroupError::Gone { .. } => {}
-                e => {
-                    warn!(instance = %self.who, "cannot lift memory.high for the grace period: {e}")
+        // The group's and every leaf's below it (`children:`): a child throttled at its own
+        // memory.high must be able to finish its job too.
+        for group in self.group.subtree().into_iter().filter_map(Result::ok) {
+            match group.set_high(Limit::Max) {
+                Ok(()) | Err(CgroupError::Gone { .. }) => {}
+                Err(e) => {
+                    warn!(instance = %self.who, group = %group.path().display(), "cannot lift memory.high for the grace period: {e}")
                 }
             }
         }

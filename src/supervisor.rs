@@ -225,6 +225,16 @@ impl Fleet {
                         info!(policy = %name, "reload: {note}");
                         summary.next_start.push(note);
                     }
+                    if old.children != policy.children {
+                        // A running worker keeps its layout and its children's limits and
+                        // triggers: moving live processes between layouts would break the
+                        // envelope or strand children; the next start applies the new section.
+                        let note = format!(
+                            "{name}: children section changed; applies at each instance's next start"
+                        );
+                        info!(policy = %name, "reload: {note}");
+                        summary.next_start.push(note);
+                    }
                     let identity = identities.get(&name).cloned().flatten();
                     self.change_policy(policy, identity).await;
                     summary.changed.push(name);
@@ -313,7 +323,7 @@ impl Fleet {
                 mode: policy.mode,
                 instances: handles
                     .iter()
-                    .map(|h| instance_status(h, samples.get(h.group.path())))
+                    .map(|h| instance_status(h, &samples))
                     .collect(),
             })
             .collect();
@@ -329,6 +339,26 @@ impl Fleet {
     }
 
     fn all_groups(&self) -> Vec<Group> {
+        let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
+        // With `children:`, each child's leaf too (its own numbers in status).
+        policies
+            .values()
+            .flat_map(|r| r.instances.iter())
+            .flat_map(|h| {
+                let leaves: Vec<Group> = h
+                    .view
+                    .borrow()
+                    .children
+                    .iter()
+                    .map(|c| h.group.child(&c.leaf))
+                    .collect();
+                std::iter::once(h.group.clone()).chain(leaves)
+            })
+            .collect()
+    }
+
+    /// The instance groups alone (stray reaping compares against them).
+    fn instance_groups(&self) -> Vec<Group> {
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
         policies
             .values()
@@ -461,13 +491,19 @@ async fn stop_instance(h: &Handle) {
 
 /// The worker a previous daemon left in `group`: the saved pid if it is still there, else the
 /// process whose parent is outside the group (the workers' own children have parents inside).
+/// With the `children:` layout the main process is the one in the `main` leaf.
 fn find_main_pid(group: &Group, saved: Option<u32>) -> Option<u32> {
     // An unreadable cgroup.events goes on to cgroup.procs: a worker is never overlooked, and a
     // group that cannot be read at all is cleared before a start (`Instance::clear_leftovers`).
     if crate::shutdown::emptiness(group).is_empty() {
         return None;
     }
-    let procs = group.procs().ok()?;
+    let home = if crate::children::has_layout(group) {
+        group.child(crate::children::MAIN_LEAF)
+    } else {
+        group.clone()
+    };
+    let procs = home.procs().ok()?;
     if let Some(pid) = saved.filter(|p| procs.contains(p)) {
         return Some(pid);
     }
@@ -477,7 +513,8 @@ fn find_main_pid(group: &Group, saved: Option<u32>) -> Option<u32> {
         .find(|pid| parent_pid(*pid).is_some_and(|ppid| !procs.contains(&ppid)))
 }
 
-fn parent_pid(pid: u32) -> Option<u32> {
+/// A process's parent pid from /proc; None once it is gone.
+pub(crate) fn parent_pid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -487,10 +524,27 @@ fn parent_pid(pid: u32) -> Option<u32> {
 /// State and counters come live from the instance task; the numbers from the last sample. The
 /// main pid is always the live one; the group's other pids are added when the sample is of the
 /// same worker.
-fn instance_status(h: &Handle, sample: Option<&Sample>) -> InstanceStatus {
+fn instance_status(
+    h: &Handle,
+    samples: &std::collections::HashMap<std::path::PathBuf, Sample>,
+) -> InstanceStatus {
     let view = h.view.borrow().clone();
     let empty = Sample::default();
-    let s = sample.unwrap_or(&empty);
+    let s = samples.get(h.group.path()).unwrap_or(&empty);
+    let children = view
+        .children
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            if let Some(n) = samples.get(h.group.child(&c.leaf).path()) {
+                c.memory_current = n.current;
+                c.memory_high = n.high;
+                c.memory_max = n.max;
+                c.psi_some_avg10 = n.pressure.map(|p| p.some_avg10);
+            }
+            c
+        })
+        .collect();
     let mut pids: Vec<u32> = view.main_pid.into_iter().collect();
     if view.main_pid.is_some_and(|p| s.pids.contains(&p)) {
         pids.extend(s.pids.iter().filter(|p| Some(**p) != view.main_pid));
@@ -512,5 +566,7 @@ fn instance_status(h: &Handle, sample: Option<&Sample>) -> InstanceStatus {
         last_restart_reason: view.last_restart_reason,
         last_restart_at: view.last_restart_at,
         oom_kills: view.oom_kills,
+        children,
+        child_recycles: view.child_recycles,
     }
 }

@@ -116,6 +116,8 @@ fn instance(id: &str) -> InstanceStatus {
         last_restart_reason: None,
         last_restart_at: None,
         oom_kills: 0,
+        children: Vec::new(),
+        child_recycles: 0,
     }
 }
 
@@ -135,6 +137,8 @@ fn event(seq: u64) -> EventRecord {
         trigger_to_signal_us: None,
         signal_to_exit_ms: None,
         message: format!("event {seq}"),
+        child_pid: None,
+        child_leaf: None,
     }
 }
 

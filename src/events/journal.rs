@@ -18,13 +18,16 @@ pub const PLAIN_TARGET: &str = "oomguard::event";
 pub const JOURNAL_TARGET: &str = "oomguard::event::journal";
 
 /// `MESSAGE_ID` per event kind (the event's `action`), as `journalctl MESSAGE_ID=...` takes it.
-pub const MESSAGE_IDS: [(&str, &str); 6] = [
+pub const MESSAGE_IDS: [(&str, &str); 9] = [
     ("restart", "931ff1f3ccd24e48ab311b16fb7477f2"),
     ("would_restart", "79f388907e1d4e0384c39df781f8eb24"),
     ("exit", "47bb7d090763419d8c660ede1820900e"),
     ("oom_kill", "8ce02bd028ea4b449ec4d90d607bd247"),
     ("failed", "c9f37464be7944439a2a9c8e83c9cca6"),
     ("start_failed", "9a4272f20d9843fe929d8cbf4d008978"),
+    ("child_recycle", "b0cd6edd96ca488498ce47c164c28636"),
+    ("would_recycle", "7424ded9aa2e440c980a1872d8a4bba0"),
+    ("child_escalation", "1cde28a828774c9eaa763be630808678"),
 ];
 
 /// Any other kind: still findable, and a sign that this table needs a row.
@@ -98,6 +101,8 @@ pub fn log(ev: &EventRecord) {
         oomguard_exit_signal = exit_signal,
         oomguard_trigger_to_signal_us = ev.trigger_to_signal_us,
         oomguard_signal_to_exit_ms = ev.signal_to_exit_ms,
+        oomguard_child_pid = ev.child_pid,
+        oomguard_child_leaf = ev.child_leaf.as_deref(),
         "{}",
         ev.message
     );
@@ -180,6 +185,8 @@ mod tests {
             trigger_to_signal_us: Some(250),
             signal_to_exit_ms: Some(481),
             message: "restart (pressure): held 1.1s".into(),
+            child_pid: None,
+            child_leaf: None,
         }
     }
 

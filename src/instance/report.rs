@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use super::{Instance, Worker};
 use crate::cgroupfs::{MEMORY_CURRENT, MEMORY_PEAK};
 use crate::engine::{Offence, Stall};
-use crate::policy::{Policy, StallKind};
+use crate::policy::{StallKind, Triggers};
 use crate::protocol::{Ending, EventRecord, Reason};
 use crate::units::human_bytes;
 
@@ -43,11 +43,11 @@ pub(super) fn delta(
         .collect()
 }
 
-pub(super) fn describe(offence: &Offence, policy: &Policy) -> String {
+/// An offence in words, against the triggers it tripped (the instance's or a child's).
+pub fn describe(offence: &Offence, triggers: &Triggers) -> String {
     match offence.reason {
         Reason::Pressure => {
-            let t = policy
-                .triggers
+            let t = triggers
                 .pressure
                 .expect("a pressure offence needs a pressure trigger");
             let kind = match t.kind {
@@ -64,8 +64,7 @@ pub(super) fn describe(offence: &Offence, policy: &Policy) -> String {
             )
         }
         Reason::Memory => {
-            let t = policy
-                .triggers
+            let t = triggers
                 .memory
                 .expect("a memory offence needs a memory trigger");
             format!(
@@ -160,22 +159,7 @@ impl Instance {
     }
 
     pub(super) fn event(&self, reason: Reason, action: &str, message: &str) -> EventRecord {
-        EventRecord {
-            seq: 0,
-            time_ms: 0,
-            instance: self.id.clone(),
-            reason,
-            action: action.into(),
-            memory_current: None,
-            memory_peak: None,
-            memory_events_delta: BTreeMap::new(),
-            psi_some_avg10: None,
-            psi_full_avg10: None,
-            ending: None,
-            trigger_to_signal_us: None,
-            signal_to_exit_ms: None,
-            message: message.into(),
-        }
+        EventRecord::blank(&self.id, reason, action, message.into())
     }
 
     pub(super) fn numbers(&self) -> Numbers {
@@ -192,7 +176,7 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse;
+    use crate::policy::{parse, Policy};
 
     fn policy(triggers: &str) -> Policy {
         let text = format!(
@@ -223,13 +207,13 @@ mod tests {
             over: Duration::from_millis(1084),
         };
         assert_eq!(
-            describe(&pressure_offence(Some(stall)), &p),
+            describe(&pressure_offence(Some(stall)), &p.triggers),
             "memory pressure held 1.1s (trigger some 100ms/1.0s for 1.0s), \
              some stall 640ms in the last 1.1s"
         );
         let full = policy("  pressure: {full: 150ms, window: 2s}\n");
         assert!(
-            describe(&pressure_offence(Some(stall)), &full)
+            describe(&pressure_offence(Some(stall)), &full.triggers)
                 .ends_with("full stall 640ms in the last 1.1s"),
             "the stall is named by the trigger's kind"
         );
@@ -238,7 +222,7 @@ mod tests {
     #[test]
     fn an_unread_stall_or_avg10_is_said_so_never_zero() {
         let p = policy("  pressure: {some: 100ms, window: 1s}\n");
-        assert!(describe(&pressure_offence(None), &p)
+        assert!(describe(&pressure_offence(None), &p.triggers)
             .ends_with("some stall not measured (memory.pressure unreadable)"));
         assert_eq!(describe_avg10(None), "psi some avg10 ?");
         assert_eq!(describe_avg10(Some(5.44)), "psi some avg10 5.4%");

@@ -14,6 +14,17 @@ use crate::protocol::{Ending, InstanceState, Reason};
 use crate::shutdown::{self, Emptiness, Proc, Report, Sequence};
 use crate::units::human_bytes;
 
+/// Why an instance is restarted, for its event.
+pub(super) enum Cause {
+    /// `oomguard restart`.
+    Operator,
+    /// Its own triggers.
+    Offence(Offence),
+    /// A child's offence made into a restart of the instance (`children.restart.scope: instance`
+    /// or a respawn loop), in words.
+    Escalation(String),
+}
+
 impl Instance {
     /// The policy's shutdown sequence for this instance's group.
     pub(super) fn sequence(&self) -> Sequence<'_> {
@@ -28,27 +39,27 @@ impl Instance {
 
     /// The graceful restart: the worker's own shutdown signal, memory.high lifted so a throttled
     /// worker can finish its job, up to the grace period for the group to empty, then
-    /// cgroup.kill; the limits restored. The caller respawns at once. `offence` is None for an
-    /// operator's restart.
+    /// cgroup.kill; the limits restored. The caller respawns at once.
     pub(super) async fn restart(
         &mut self,
         mut w: Worker,
         reason: Reason,
         woke: Option<Instant>,
-        offence: Option<Offence>,
+        cause: Cause,
     ) {
         // The signal goes first: everything else (numbers, bookkeeping, the PSI trigger's
         // reading and drop, whose close waits for an RCU grace period) would only delay it.
         let (signalled, to_signal, stall) = self.signal(&mut w, woke);
-        let why = offence.map_or_else(
-            || "requested by an operator".to_string(),
-            |mut o| {
+        let why = match cause {
+            Cause::Operator => "requested by an operator".to_string(),
+            Cause::Escalation(why) => why,
+            Cause::Offence(mut o) => {
                 if o.reason == Reason::Pressure {
                     o.stall = stall;
                 }
-                describe(&o, &self.policy)
-            },
-        );
+                describe(&o, &self.policy.triggers)
+            }
+        };
         let numbers = self.numbers();
         self.count_restart(reason);
         self.set_state(InstanceState::Restarting, Some(w.main.pid()));
@@ -90,6 +101,10 @@ impl Instance {
     ) -> (Instant, Option<Duration>, Option<Stall>) {
         let signalled = self.sequence().begin(std::slice::from_ref(&w.main));
         let stall = w.psi.take().and_then(|mut p| p.measure(Instant::now()));
+        // The children's tasks end here: no recycle races the instance's own sequence, which
+        // lifted every leaf's memory.high and kills the whole subtree after the grace.
+        w.children = None;
+        self.view.children = Vec::new();
         (signalled, woke.map(|t| signalled.duration_since(t)), stall)
     }
 

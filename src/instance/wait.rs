@@ -19,7 +19,7 @@ pub(super) async fn wait_file(w: &mut Option<FileWatch>) -> Result<String, Watch
     }
 }
 
-pub(super) async fn sleep_until_opt(at: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

@@ -45,6 +45,25 @@ pub(super) struct RawPolicy {
     #[schemars(required)]
     pub triggers: Option<RawTriggers>,
     pub restart: Option<RawRestart>,
+    pub children: Option<RawChildren>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChildren {
+    pub memory: Option<RawMemory>,
+    pub triggers: Option<RawTriggers>,
+    pub restart: Option<RawChildRestart>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChildRestart {
+    pub signal: Option<Field<String>>,
+    pub grace: Option<Field<Dur>>,
+    /// Signed so that `-1` gets a range message rather than a type error.
+    pub at_once: Option<Field<i64>>,
+    pub scope: Option<Field<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

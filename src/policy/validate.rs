@@ -28,6 +28,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>> {
     let mut c = Check {
         file: path,
         errors: Vec::new(),
+        prefix: "",
     };
     let name = c.name(path, raw.name);
     let mode = c.optional("mode", raw.mode, Mode::Enforce, "");
@@ -35,20 +36,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>> {
     let (memory, max) = c.memory(raw.memory);
     let triggers = c.triggers(raw.triggers, max);
     let restart = c.restart(raw.restart);
-    match (name, mode, run, memory, triggers, restart) {
-        (Some(name), Some(mode), Some(run), Some(memory), Some(triggers), Some(restart))
-            if c.errors.is_empty() =>
-        {
-            Ok(Policy {
-                name,
-                source: path.to_path_buf(),
-                mode,
-                run,
-                memory,
-                triggers,
-                restart,
-            })
-        }
+    let children = c.children(raw.children, memory.as_ref());
+    match (name, mode, run, memory, triggers, restart, children) {
+        (
+            Some(name),
+            Some(mode),
+            Some(run),
+            Some(memory),
+            Some(triggers),
+            Some(restart),
+            Some(children),
+        ) if c.errors.is_empty() => Ok(Policy {
+            name,
+            source: path.to_path_buf(),
+            mode,
+            run,
+            memory,
+            triggers,
+            restart,
+            children,
+        }),
         _ => Err(c.errors),
     }
 }
@@ -82,10 +89,14 @@ pub(super) fn check_name(name: &str) -> Result<(), String> {
 pub(super) struct Check<'a> {
     pub file: &'a Path,
     pub errors: Vec<PolicyError>,
+    /// Put before every key reported: "children." while the `children:` section reuses the rules
+    /// of the instance's `memory:` and `triggers:`.
+    pub prefix: &'static str,
 }
 
 impl Check<'_> {
     pub(super) fn fail(&mut self, key: &str, message: impl Into<String>) {
+        let key = format!("{}{key}", self.prefix);
         self.errors
             .push(PolicyError::new(self.file, key, message.into()));
     }
@@ -258,6 +269,7 @@ restart:
                     limit_count: 3,
                     limit_within: secs(600),
                 },
+                children: None,
             }
         );
         assert_eq!(p.instance_ids(), ["celery/0", "celery/1"]);

@@ -21,7 +21,7 @@ impl Fleet {
     /// them. `dry_run`: only report what would be stopped, never signal. Runs in the background;
     /// returns the groups it found.
     pub fn reap_strays(&self, dry_run: bool) -> Vec<Group> {
-        let managed: Vec<Group> = self.all_groups();
+        let managed: Vec<Group> = self.instance_groups();
         let known: BTreeMap<String, Arc<Policy>> = self
             .policies
             .read()

@@ -1,0 +1,487 @@
+//! `children:`: every child of a worker's main process in a leaf group of its own, with its own
+//! limits and triggers, and the offender recycled alone.
+//!
+//! Layout: the instance's group `<n>/` becomes an inner group holding the envelope limits (the
+//! policy's `memory:`); the main process lives in `<n>/main` (cgroup v2 allows no processes in an
+//! inner group); each direct child of the main process is moved into `<n>/child-<pid>` as soon as
+//! it is seen: fork events from the proc connector (`connector`), and a rescan of `main`'s
+//! cgroup.procs at start, after adoption, after lost events and on a timer (the only way when the
+//! connector is unavailable). Grandchildren forked after the move are born in their parent's
+//! leaf; those forked before it follow their ancestor. oomguard never forks children: the main
+//! process respawns them.
+//!
+//! One [`ChildSet`] per running worker, owned by the instance task. Each child has a small task
+//! (`kid`) that waits for its PSI trigger, its exit, or the order to recycle it; the decisions
+//! are the engine's ([`crate::engine::children`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::cgroupfs::{Group, CGROUP_PROCS, MEMORY_CURRENT, MEMORY_PEAK, MEMORY_PRESSURE};
+use crate::engine::children::{placements, ChildDecision, ChildPlanner, Escalation, YOUNG};
+use crate::engine::{Offence, Tracker};
+use crate::events::EventLog;
+use crate::policy::{ChildrenPolicy, Mode};
+use crate::protocol::{ChildState, ChildStatus, Reason};
+use crate::psi::PsiTrigger;
+use crate::watch::PidFd;
+
+pub mod connector;
+mod kid;
+mod layout;
+mod words;
+
+use layout::{child_leaves, sweep};
+pub use layout::{flatten, has_layout, prepare};
+
+use kid::{KidNote, Order};
+
+/// The main process's leaf.
+pub const MAIN_LEAF: &str = "main";
+/// Child leaves are named `child-<pid>`.
+pub const LEAF_PREFIX: &str = "child-";
+/// How often `main` is rescanned while fork events come (a safety net: an event the kernel did
+/// not send, a subscription made after the fork).
+const RESCAN_WITH_EVENTS: Duration = Duration::from_secs(2);
+/// How often without the connector: the fork-to-leaf delay is half of this on average; one
+/// cgroup.procs read per instance each time.
+const RESCAN_WITHOUT_EVENTS: Duration = Duration::from_millis(50);
+/// How long observe mode stays quiet about one child after reporting it.
+const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// What the instance task has to act on.
+pub enum ChildEvent {
+    /// The set of children or their states changed: publish it.
+    Changed,
+    /// Restart the instance instead (the `child_escalation` event is recorded): why, in words.
+    Escalate(String),
+}
+
+struct Kid {
+    leaf: Group,
+    born: Instant,
+    tracker: Tracker,
+    /// Taken when the recycle is ordered.
+    order: Option<oneshot::Sender<Order>>,
+    task: tokio::task::JoinHandle<()>,
+    recycles: u32,
+    /// The decision's words and numbers, for the event when the recycle ends.
+    recycle: Option<words::Decision>,
+}
+
+/// The children of one running worker.
+pub struct ChildSet {
+    id: String,
+    cfg: ChildrenPolicy,
+    mode: Mode,
+    group: Group,
+    main_leaf: Group,
+    main_pid: u32,
+    kids: BTreeMap<u32, Kid>,
+    forks: Option<connector::Subscription>,
+    tx: mpsc::UnboundedSender<KidNote>,
+    rx: mpsc::UnboundedReceiver<KidNote>,
+    planner: ChildPlanner,
+    next_rescan: Instant,
+    next_memory: Option<Instant>,
+    events: Arc<EventLog>,
+    changed: bool,
+    /// Children recycled, for the instance's counter.
+    pub recycled: u32,
+}
+
+impl Drop for ChildSet {
+    fn drop(&mut self) {
+        for kid in self.kids.values() {
+            kid.task.abort();
+        }
+    }
+}
+
+impl ChildSet {
+    /// Starts watching the children of `main_pid`: the leaves a previous daemon made are taken
+    /// over (re-adoption), and `main` is rescanned for children not yet placed.
+    pub fn new(
+        id: &str,
+        cfg: ChildrenPolicy,
+        mode: Mode,
+        group: &Group,
+        main_pid: u32,
+        events: Arc<EventLog>,
+    ) -> ChildSet {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let forks = connector::subscribe(main_pid);
+        let mut set = ChildSet {
+            id: id.to_string(),
+            cfg,
+            mode,
+            group: group.clone(),
+            main_leaf: group.child(MAIN_LEAF),
+            main_pid,
+            kids: BTreeMap::new(),
+            forks,
+            tx,
+            rx,
+            planner: ChildPlanner::new(),
+            next_rescan: Instant::now(),
+            next_memory: None,
+            events,
+            changed: true,
+            recycled: 0,
+        };
+        set.readopt();
+        set.rescan();
+        set
+    }
+
+    /// Children as status shows them (numbers are filled in from the samples).
+    pub fn view(&self) -> Vec<ChildStatus> {
+        self.kids
+            .iter()
+            .map(|(pid, k)| ChildStatus {
+                pid: *pid,
+                leaf: format!("{LEAF_PREFIX}{pid}"),
+                state: if k.order.is_some() {
+                    ChildState::Running
+                } else {
+                    ChildState::Recycling
+                },
+                memory_current: None,
+                memory_high: None,
+                memory_max: None,
+                psi_some_avg10: None,
+                recycles: k.recycles,
+            })
+            .collect()
+    }
+
+    /// Takes over the leaves of a previous daemon: a leaf whose child is still in it is tracked
+    /// again (by a pidfd checked against the leaf); an empty one is removed.
+    fn readopt(&mut self) {
+        for (pid, leaf) in child_leaves(&self.group) {
+            match crate::shutdown::Proc::adopt(pid, &leaf) {
+                Ok(p) => {
+                    info!(instance = %self.id, pid, "re-adopted the child in its leaf");
+                    self.track(pid, leaf, p.pidfd);
+                }
+                Err(_) => {
+                    if crate::shutdown::emptiness(&leaf).is_empty() {
+                        let _ = leaf.remove();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the next thing the instance must act on. Cancel-safe: every await is a channel
+    /// or a timer, and state changes only after one returned.
+    pub async fn next(&mut self) -> ChildEvent {
+        loop {
+            if std::mem::take(&mut self.changed) {
+                return ChildEvent::Changed;
+            }
+            let memory_at = self.memory_due();
+            tokio::select! {
+                note = recv_note(&mut self.forks) => match note {
+                    Some(connector::Note::Forked { child, at }) => self.place(child, Some(at)),
+                    Some(connector::Note::Rescan) => self.rescan(),
+                    None => self.forks = None,
+                },
+                Some(note) = self.rx.recv() => {
+                    if let Some(why) = self.on_note(note) {
+                        return ChildEvent::Escalate(why);
+                    }
+                }
+                _ = tokio::time::sleep_until(self.next_rescan.into()) => self.rescan(),
+                _ = crate::instance::sleep_until_opt(memory_at) => {
+                    if let Some(why) = self.sample_memory() {
+                        return ChildEvent::Escalate(why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every direct child of the main process in `main` gets its leaf; a grandchild goes where
+    /// its ancestor is. Empty leaves of children that are gone are removed.
+    fn rescan(&mut self) {
+        let interval = if self.forks.is_some() {
+            RESCAN_WITH_EVENTS
+        } else {
+            RESCAN_WITHOUT_EVENTS
+        };
+        self.next_rescan = Instant::now() + interval;
+        let procs = match self.main_leaf.procs() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(instance = %self.id, "cannot rescan the main leaf for children: {e}");
+                return;
+            }
+        };
+        for (pid, owner) in placements(self.main_pid, &procs, crate::supervisor::parent_pid) {
+            if pid == owner {
+                self.place(pid, None);
+            } else {
+                if !self.kids.contains_key(&owner) {
+                    self.place(owner, None);
+                }
+                if let Some(k) = self.kids.get(&owner) {
+                    if let Err(e) = k.leaf.write(CGROUP_PROCS, &pid.to_string()) {
+                        debug!(instance = %self.id, pid, "cannot move a grandchild to its parent's leaf: {e}");
+                    }
+                }
+            }
+        }
+        sweep(&self.group, &self.kids);
+    }
+
+    /// Moves a new child of the main process into a leaf of its own. `forked`: when its fork
+    /// event was read. A process that is gone, or not the main process's child (a pid reused
+    /// since the event), is left alone.
+    fn place(&mut self, pid: u32, forked: Option<Instant>) {
+        if self.kids.contains_key(&pid) {
+            return;
+        }
+        let Ok(pidfd) = PidFd::open(pid) else { return };
+        // After pidfd_open: from here on the pidfd names this process, whoever has the pid.
+        if crate::supervisor::parent_pid(pid) != Some(self.main_pid) {
+            return;
+        }
+        let leaf = self.group.child(&format!("{LEAF_PREFIX}{pid}"));
+        let t0 = Instant::now();
+        let mut t1 = t0;
+        let mut t2 = t0;
+        let placed = leaf
+            .create()
+            .and_then(|()| {
+                t1 = Instant::now();
+                let m = self.cfg.memory;
+                leaf.set_limits(m.high, m.max, m.swap_max)
+            })
+            .and_then(|()| {
+                t2 = Instant::now();
+                leaf.write(CGROUP_PROCS, &pid.to_string())
+            });
+        debug!(instance = %self.id, pid, "placing a child: fork event to placement {:?}, mkdir {:?}, limits {:?}, move {:?}", forked.map(|a| t0.duration_since(a)), t1 - t0, t2 - t1, t2.elapsed());
+        if let Err(e) = placed {
+            // ESRCH (it ended meanwhile) reads as a failed write: not worth a warning then.
+            if crate::supervisor::parent_pid(pid).is_some() {
+                warn!(instance = %self.id, pid, "cannot place the child in its leaf {}: {e}", leaf.path().display());
+            }
+            let _ = leaf.remove();
+            return;
+        }
+        self.track(pid, leaf, pidfd);
+    }
+
+    fn track(&mut self, pid: u32, leaf: Group, pidfd: PidFd) {
+        let psi = self.cfg.triggers.pressure.and_then(|t| {
+            PsiTrigger::arm(&leaf.file(MEMORY_PRESSURE), &t)
+                .map_err(
+                    |e| warn!(instance = %self.id, pid, "child pressure trigger not armed: {e}"),
+                )
+                .ok()
+        });
+        let (order_tx, order_rx) = oneshot::channel();
+        let task = tokio::spawn(kid::watch(
+            format!("{} child {pid}", self.id),
+            leaf.clone(),
+            pidfd,
+            psi,
+            self.tx.clone(),
+            order_rx,
+        ));
+        self.kids.insert(
+            pid,
+            Kid {
+                leaf,
+                born: Instant::now(),
+                tracker: Tracker::new(),
+                order: Some(order_tx),
+                task,
+                recycles: 0,
+                recycle: None,
+            },
+        );
+        self.changed = true;
+    }
+
+    fn on_note(&mut self, note: KidNote) -> Option<String> {
+        match note {
+            KidNote::Pressure(pid, woke) => {
+                let t = self.cfg.triggers.pressure?;
+                let kid = self.kids.get_mut(&pid)?;
+                let offence = kid.tracker.on_pressure(woke, &t)?;
+                self.offence(pid, offence, woke)
+            }
+            KidNote::PsiStopped(pid, why) => {
+                debug!(instance = %self.id, pid, "child pressure trigger stopped: {why}");
+                None
+            }
+            KidNote::Exited(pid) => {
+                if let Some(kid) = self.kids.remove(&pid) {
+                    if kid.order.is_none() {
+                        // It ended by itself just as its recycle was ordered: the order was
+                        // never carried out, but it held an `at_once` slot.
+                        self.planner.recycle_ended();
+                    }
+                    if crate::shutdown::emptiness(&kid.leaf).is_empty() {
+                        let _ = kid.leaf.remove();
+                    }
+                    self.changed = true;
+                }
+                None
+            }
+            KidNote::Recycled(pid, report) => {
+                self.planner.recycle_ended();
+                let kid = self.kids.remove(&pid)?;
+                if let Err(e) = kid.leaf.remove() {
+                    warn!(instance = %self.id, pid, "cannot remove the recycled child's leaf: {e}");
+                }
+                self.recycled += 1;
+                self.changed = true;
+                let ev = words::recycled(&self.id, pid, kid.recycle, &report, &self.cfg);
+                self.events.push(ev);
+                None
+            }
+        }
+    }
+
+    /// When the children's memory.current is next read: once a second with a memory trigger.
+    fn memory_due(&mut self) -> Option<Instant> {
+        self.cfg.triggers.memory?;
+        if self.kids.is_empty() {
+            self.next_memory = None;
+            return None;
+        }
+        Some(
+            *self
+                .next_memory
+                .get_or_insert_with(|| Instant::now() + Duration::from_secs(1)),
+        )
+    }
+
+    fn sample_memory(&mut self) -> Option<String> {
+        self.next_memory = None;
+        let t = self.cfg.triggers.memory?;
+        let now = Instant::now();
+        let mut offenders = Vec::new();
+        for (pid, kid) in self.kids.iter_mut().filter(|(_, k)| k.order.is_some()) {
+            let Ok(current) = kid.leaf.number(MEMORY_CURRENT) else {
+                continue;
+            };
+            if let Some(o) = kid.tracker.on_memory(now, current, &t) {
+                offenders.push((*pid, o));
+            }
+        }
+        for (pid, offence) in offenders {
+            if let Some(why) = self.offence(pid, offence, now) {
+                return Some(why);
+            }
+        }
+        None
+    }
+
+    /// A child tripped its triggers: recycle it, wait (at_once), report it (observe), or
+    /// escalate to an instance restart.
+    fn offence(&mut self, pid: u32, offence: Offence, woke: Instant) -> Option<String> {
+        let kid = self.kids.get(&pid)?;
+        // No order left to give: it is already recycling.
+        kid.order.as_ref()?;
+        let r = self.cfg.restart;
+        let decision = self.planner.on_offence(
+            woke,
+            kid.born,
+            r.at_once,
+            r.scope,
+            self.mode == Mode::Enforce,
+        );
+        let d = words::decision(pid, &kid.leaf, kid.born, &offence, &self.cfg);
+        match decision {
+            ChildDecision::Recycle => {
+                let kid = self.kids.get_mut(&pid)?;
+                info!(instance = %self.id, pid, reason = offence.reason.as_str(), "recycling child: {}", d.what);
+                let order = kid.order.take()?;
+                let sent = order.send(Order {
+                    signal: r.signal,
+                    grace: r.grace,
+                    woke,
+                });
+                if sent.is_err() {
+                    // Its task already saw it end: the Exited note follows.
+                    self.planner.recycle_ended();
+                    return None;
+                }
+                kid.recycles += 1;
+                kid.recycle = Some(d);
+                self.changed = true;
+                None
+            }
+            ChildDecision::Wait { recycling } => {
+                debug!(instance = %self.id, pid, "child over its triggers, waiting: {recycling} already recycling (at_once {})", r.at_once);
+                None
+            }
+            ChildDecision::Report => {
+                let what = format!("would recycle (observe mode): {}", d.what);
+                info!(instance = %self.id, pid, "{what}");
+                self.events.push(words::event(
+                    &self.id,
+                    offence.reason,
+                    "would_recycle",
+                    pid,
+                    &d,
+                    what,
+                ));
+                if let Some(kid) = self.kids.get_mut(&pid) {
+                    kid.tracker.reported(woke, OBSERVE_COOLDOWN);
+                }
+                None
+            }
+            ChildDecision::Escalate(e) => {
+                let why = match e {
+                    Escalation::Scope => format!(
+                        "{}; children.restart.scope is instance: restarting the instance",
+                        d.what
+                    ),
+                    Escalation::RespawnLoop { young } => format!(
+                        "{}; a respawn loop: {young} children in a row tripped their triggers \
+                         less than {} after they started, so recycling one alone does not help: \
+                         restarting the instance",
+                        d.what,
+                        crate::instance::fmt_dur(YOUNG)
+                    ),
+                };
+                warn!(instance = %self.id, pid, "child escalation: {why}");
+                self.events.push(words::event(
+                    &self.id,
+                    Reason::Child,
+                    "child_escalation",
+                    pid,
+                    &d,
+                    why.clone(),
+                ));
+                Some(why)
+            }
+        }
+    }
+}
+
+async fn recv_note(sub: &mut Option<connector::Subscription>) -> Option<connector::Note> {
+    match sub {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// memory.current and memory.peak of a leaf, for the words of a decision.
+fn leaf_numbers(leaf: &Group) -> (Option<u64>, Option<u64>, Option<f64>) {
+    (
+        leaf.number(MEMORY_CURRENT).ok(),
+        leaf.number(MEMORY_PEAK).ok(),
+        leaf.pressure().ok().map(|p| p.some_avg10),
+    )
+}
