@@ -536,7 +536,20 @@ fn instance_status(
         .iter()
         .map(|c| {
             let mut c = c.clone();
-            if let Some(n) = samples.get(h.group.child(&c.leaf).path()) {
+            let leaf = h.group.child(&c.leaf);
+            // A child placed after the last sample (a recycled worker's replacement) is read
+            // now: the sample is as old as the previous request, and children of a leaking
+            // server come and go faster than a script polls, so waiting for the next sample
+            // showed no figures at all for them.
+            let fresh;
+            let n = match samples.get(leaf.path()) {
+                Some(n) => Some(n),
+                None => {
+                    fresh = crate::sampler::sample(&leaf);
+                    fresh.current.map(|_| &fresh)
+                }
+            };
+            if let Some(n) = n {
                 c.memory_current = n.current;
                 c.memory_high = n.high;
                 c.memory_max = n.max;

@@ -217,3 +217,38 @@ async fn signal_none_waits_then_kills_the_leaf() {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+/// A child placed after the last status sample (every replacement of a recycled worker is)
+/// still shows its leaf's figures on the next request: status used to answer `null` for them
+/// until a later request found them in a newer sample, which a script polling every few
+/// seconds never did.
+#[tokio::test]
+async fn status_shows_the_figures_of_a_child_placed_after_the_last_sample() {
+    let (_dir, fleet, g, _main, kids) = started(CHILDREN).await;
+    // A sample taken now, before the children are in their leaves.
+    let _ = fleet.status(Some("pf/0")).unwrap();
+    wait_for(&fleet, "pf/0", "two children in leaves", |s| {
+        s.children.len() == 2
+    })
+    .await;
+    for k in &kids {
+        std::fs::write(
+            g.join(format!("child-{k}/memory.current")),
+            (3u64 << 20).to_string(),
+        )
+        .unwrap();
+    }
+    let report = fleet.status(Some("pf/0")).unwrap();
+    let st = &report.policies[0].instances[0];
+    for c in &st.children {
+        assert_eq!(c.memory_current, Some(3 << 20), "{c:?}");
+        assert_eq!(c.memory_max, Some(64 << 20), "{c:?}");
+    }
+    fleet.stop_all().await;
+    for k in kids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(k as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
