@@ -187,6 +187,7 @@ mod tests {
             message: "restart (pressure): held 1.1s".into(),
             child_pid: None,
             child_leaf: None,
+            hooks: Vec::new(),
         }
     }
 
