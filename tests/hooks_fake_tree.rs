@@ -177,3 +177,27 @@ async fn a_before_hook_that_hangs_is_killed_at_its_timeout() {
     assert!(!alive(old));
     fleet.stop_all().await;
 }
+
+#[tokio::test]
+async fn observe_mode_runs_no_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let marker = d.join("ran");
+    let before = script(d, "before", &format!("touch {}", marker.display()));
+    let fleet = fleet(d, &["watched"]);
+    std::fs::write(d.join("oomguard/watched/0/memory.current"), "52428800").unwrap();
+    let mut p = policy(
+        "watched",
+        r#"["/bin/sleep", "1000"]"#,
+        &format!("mode: observe\nrestart:\n  hooks:\n    before: [\"{before}\"]\n"),
+    );
+    p.triggers.memory = Some(oomguard::policy::MemoryTrigger {
+        above: 40 << 20,
+        sustain: Duration::ZERO,
+    });
+    fleet.start_policy(p, &SavedState::new()).unwrap();
+    let ev = event(&fleet, "would_restart").await;
+    assert!(ev.hooks.is_empty(), "{ev:?}");
+    assert!(!marker.exists(), "the before hook ran in observe mode");
+    fleet.stop_all().await;
+}
