@@ -217,6 +217,7 @@ mod tests {
             backoff_max: ms(8000),
             limit_count: 3,
             limit_within: ms(60_000),
+            hooks: Default::default(),
         }
     }
 

@@ -100,6 +100,7 @@ mod tests {
             message: String::new(),
             child_pid: None,
             child_leaf: None,
+            hooks: Vec::new(),
         }
     }
 

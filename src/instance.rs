@@ -25,6 +25,7 @@ use children::next_child_event;
 
 mod children;
 mod down;
+mod hooks;
 mod ready;
 mod report;
 mod shutdown;
@@ -121,6 +122,8 @@ pub struct Instance {
     events: Arc<EventLog>,
     /// A rolling restart waiting for this instance's replacement to be ready.
     awaiting: Option<ready::Awaiting>,
+    /// The `restart.hooks.after` owed to the replacement of the last restarted worker.
+    pending_after: Option<hooks::PendingAfter>,
 }
 
 /// What an instance task is given by the fleet.
@@ -184,6 +187,7 @@ impl Instance {
             start_gate: spec.start_gate,
             events: spec.events,
             awaiting: None,
+            pending_after: None,
         };
         (instance, view_rx)
     }
@@ -347,6 +351,7 @@ impl Instance {
             }
         };
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
+        self.after_hook(pid);
         let main = Proc {
             pidfd,
             child: Some(child),

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod holder;
+pub mod hooks;
 pub mod hostcheck;
 pub mod instance;
 pub mod layout;

@@ -20,6 +20,7 @@ use crate::units::Limit;
 
 mod bounds;
 mod children;
+mod hooks;
 mod limits;
 mod load;
 mod perms;
@@ -33,6 +34,7 @@ mod yaml;
 #[cfg(test)]
 mod testutil;
 
+pub use hooks::{Hooks, PLACEHOLDERS};
 pub use load::{load_dir, load_file, load_paths};
 pub use perms::check_file_permissions;
 pub use schema::schema;
@@ -183,7 +185,7 @@ pub struct MemoryTrigger {
     pub sustain: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RestartPolicy {
     /// The worker's graceful shutdown signal (raw number, e.g. libc::SIGTERM).
     pub signal: i32,
@@ -195,4 +197,6 @@ pub struct RestartPolicy {
     /// More than `limit_count` unplanned exits within `limit_within`: state failed.
     pub limit_count: u32,
     pub limit_within: Duration,
+    /// `restart.hooks`: programs run before the signal and after the respawn.
+    pub hooks: Hooks,
 }

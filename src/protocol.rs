@@ -195,6 +195,32 @@ pub struct EventRecord {
     /// That child's leaf group, `child-<pid>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_leaf: Option<String>,
+    /// `restart.hooks` that ran: the `before` hook in a `restart` event, the `after` hook in
+    /// an `after_hook` event; left out when none ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
+}
+
+/// How one `restart.hooks` program went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HookRecord {
+    /// `before` or `after`.
+    pub when: String,
+    /// The program (its arguments are left out: they may hold secrets).
+    pub argv0: String,
+    /// Its exit code, when it exited.
+    pub exit: Option<i32>,
+    /// The signal that ended it, when one did (9 after a timeout).
+    pub signal: Option<i32>,
+    /// Killed (with its process group) at `restart.hooks.timeout`.
+    pub timed_out: bool,
+    /// Why it could not be started; then nothing ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The first lines of its stdout and stderr, interleaved as written (at most 4 lines and
+    /// 512 bytes; invalid UTF-8 replaced).
+    pub output: String,
+    pub took_ms: u64,
 }
 
 impl EventRecord {
@@ -218,6 +244,7 @@ impl EventRecord {
             message,
             child_pid: None,
             child_leaf: None,
+            hooks: Vec::new(),
         }
     }
 }

@@ -413,6 +413,7 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
             message: "celery/0: memory pressure some 41.5% for 30s; sent SIGTERM".into(),
             child_pid: None,
             child_leaf: None,
+            hooks: Vec::new(),
         }
     }
 

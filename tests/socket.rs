@@ -139,6 +139,7 @@ fn event(seq: u64) -> EventRecord {
         message: format!("event {seq}"),
         child_pid: None,
         child_leaf: None,
+        hooks: Vec::new(),
     }
 }
 

@@ -18,7 +18,7 @@ pub const PLAIN_TARGET: &str = "oomguard::event";
 pub const JOURNAL_TARGET: &str = "oomguard::event::journal";
 
 /// `MESSAGE_ID` per event kind (the event's `action`), as `journalctl MESSAGE_ID=...` takes it.
-pub const MESSAGE_IDS: [(&str, &str); 9] = [
+pub const MESSAGE_IDS: [(&str, &str); 10] = [
     ("restart", "931ff1f3ccd24e48ab311b16fb7477f2"),
     ("would_restart", "79f388907e1d4e0384c39df781f8eb24"),
     ("exit", "47bb7d090763419d8c660ede1820900e"),
@@ -28,6 +28,7 @@ pub const MESSAGE_IDS: [(&str, &str); 9] = [
     ("child_recycle", "b0cd6edd96ca488498ce47c164c28636"),
     ("would_recycle", "7424ded9aa2e440c980a1872d8a4bba0"),
     ("child_escalation", "1cde28a828774c9eaa763be630808678"),
+    ("after_hook", "b128c37014d64514a021a12665ea9c02"),
 ];
 
 /// Any other kind: still findable, and a sign that this table needs a row.
@@ -81,6 +82,14 @@ pub fn log(ev: &EventRecord) {
             .collect::<Vec<_>>()
             .join(" ")
     });
+    // "before hook /usr/local/bin/lb-drain: exit 0 in 212 ms": how each restart hook went.
+    let hooks = (!ev.hooks.is_empty()).then(|| {
+        ev.hooks
+            .iter()
+            .map(crate::hooks::describe)
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
     at_level!(
         level,
         target: JOURNAL_TARGET,
@@ -103,6 +112,7 @@ pub fn log(ev: &EventRecord) {
         oomguard_signal_to_exit_ms = ev.signal_to_exit_ms,
         oomguard_child_pid = ev.child_pid,
         oomguard_child_leaf = ev.child_leaf.as_deref(),
+        oomguard_hooks = hooks.as_deref(),
         "{}",
         ev.message
     );
@@ -187,6 +197,7 @@ mod tests {
             message: "restart (pressure): held 1.1s".into(),
             child_pid: None,
             child_leaf: None,
+            hooks: Vec::new(),
         }
     }
 
@@ -224,9 +235,39 @@ mod tests {
             assert_eq!(j.get(k).map(String::as_str), Some(v), "{k} in {j:?}");
         }
         // Unknown figures are left out, not written as empty or zero.
-        for absent in ["oomguard_memory_peak", "oomguard_exit_signal"] {
+        for absent in [
+            "oomguard_memory_peak",
+            "oomguard_exit_signal",
+            "oomguard_hooks",
+        ] {
             assert!(!j.contains_key(absent), "{absent} in {j:?}");
         }
+    }
+
+    #[test]
+    fn hooks_are_one_field() {
+        let seen: Seen = Arc::default();
+        let subscriber = tracing_subscriber::registry().with(Recorder(Arc::clone(&seen)));
+        let mut ev = restart_event();
+        ev.action = "after_hook".into();
+        ev.hooks = vec![crate::protocol::HookRecord {
+            when: "after".into(),
+            argv0: "/usr/local/bin/lb-undrain".into(),
+            exit: None,
+            signal: Some(9),
+            timed_out: true,
+            error: None,
+            output: "x".into(),
+            took_ms: 5000,
+        }];
+        tracing::subscriber::with_default(subscriber, || log(&ev));
+        let seen = seen.lock().unwrap();
+        let j = &seen[1].2;
+        assert_eq!(
+            j["oomguard_hooks"],
+            "after hook /usr/local/bin/lb-undrain: timed out, killed in 5000 ms"
+        );
+        assert_eq!(j["message_id"], "b128c37014d64514a021a12665ea9c02");
     }
 
     #[test]

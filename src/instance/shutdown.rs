@@ -47,8 +47,12 @@ impl Instance {
         woke: Option<Instant>,
         cause: Cause,
     ) {
-        // The signal goes first: everything else (numbers, bookkeeping, the PSI trigger's
-        // reading and drop, whose close waits for an RCU grace period) would only delay it.
+        // Only the operator's `restart.hooks.before` may come ahead of the signal (bounded by
+        // its timeout; docs/policy.md says a memory trigger's margin must cover it). Then the
+        // signal goes first: everything else (numbers, bookkeeping, the PSI trigger's reading
+        // and drop, whose close waits for an RCU grace period) would only delay it.
+        let ctx = self.hook_context(&w, reason);
+        let before = self.before_hook(ctx, reason).await;
         let (signalled, to_signal, stall) = self.signal(&mut w, woke);
         let why = match cause {
             Cause::Operator => "requested by an operator".to_string(),
@@ -65,7 +69,10 @@ impl Instance {
         self.set_state(InstanceState::Restarting, Some(w.main.pid()));
         let (ending, report) = self.await_exit(&mut w, signalled).await;
         let how = describe_ending(&ending, self.policy.restart.signal);
-        let notes: String = report.notes.iter().map(|n| format!("; {n}")).collect();
+        let mut notes: String = report.notes.iter().map(|n| format!("; {n}")).collect();
+        if let Some(r) = &before {
+            notes.push_str(&format!("; {}", crate::hooks::describe(r)));
+        }
         let what = format!(
             "restart ({}): {why}; memory {} (high {}, max {}), {}; {how}{notes}",
             reason.as_str(),
@@ -77,6 +84,7 @@ impl Instance {
         let mut ev = self.ending_event(&w, reason, "restart", ending, &numbers, &what);
         ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
         ev.signal_to_exit_ms = Some(ms(report.took));
+        ev.hooks = before.into_iter().collect();
         self.events.push(ev);
     }
 

@@ -119,6 +119,16 @@ pub(super) struct RawRestart {
     pub ready: Option<Field<Dur>>,
     pub backoff: Option<RawBackoff>,
     pub limit: Option<RawLimit>,
+    pub hooks: Option<RawHooks>,
+}
+
+/// `restart.hooks`: argv lists run around a restart (docs/policy.md, "Restart hooks").
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHooks {
+    pub before: Option<Field<Vec<String>>>,
+    pub after: Option<Field<Vec<String>>>,
+    pub timeout: Option<Field<Dur>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

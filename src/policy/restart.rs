@@ -49,7 +49,9 @@ impl Check<'_> {
             ready: None,
             backoff: None,
             limit: None,
+            hooks: None,
         });
+        let hooks = self.hooks(raw.hooks);
         let signal = match raw.signal {
             None => Some(libc::SIGTERM),
             Some(f) => self
@@ -140,6 +142,7 @@ impl Check<'_> {
             backoff_max: max?,
             limit_count: count?,
             limit_within: within?,
+            hooks: hooks?,
         })
     }
 }

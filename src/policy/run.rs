@@ -31,7 +31,7 @@ impl Check<'_> {
             "write a list of strings, e.g. [\"/usr/bin/celery\", \"worker\"] (no shell is involved)",
         );
         if let Some(command) = &command {
-            self.command(command);
+            self.argv("run.command", command);
         }
         let instances = self.optional(
             "run.instances",
@@ -116,17 +116,19 @@ impl Check<'_> {
         })
     }
 
-    fn command(&mut self, command: &[String]) {
+    /// An argv list as exec takes it (`run.command`, `restart.hooks.*`): an absolute program,
+    /// no NUL bytes; no shell and no PATH lookup are involved.
+    pub(super) fn argv(&mut self, key: &str, command: &[String]) {
         let Some(program) = command.first() else {
             self.fail(
-                "run.command",
+                key,
                 "is empty: give the program and its arguments, e.g. [\"/usr/bin/celery\", \"worker\"]",
             );
             return;
         };
         if !program.starts_with('/') {
             self.fail(
-                "run.command[0]",
+                &format!("{key}[0]"),
                 format!(
                     "`{program}` is not an absolute path: oomguard does no PATH lookup, write the \
                      full path (see `command -v {program}`)"
@@ -136,7 +138,7 @@ impl Check<'_> {
         for (i, arg) in command.iter().enumerate() {
             if arg.contains('\0') {
                 self.fail(
-                    &format!("run.command[{i}]"),
+                    &format!("{key}[{i}]"),
                     "contains a NUL byte, which cannot be passed to exec: remove it",
                 );
             }

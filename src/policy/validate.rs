@@ -268,6 +268,7 @@ restart:
                     backoff_max: secs(60),
                     limit_count: 3,
                     limit_within: secs(600),
+                    hooks: Default::default(),
                 },
                 children: None,
             }
@@ -298,6 +299,7 @@ restart:
                 backoff_max: Duration::from_secs(300),
                 limit_count: 10,
                 limit_within: Duration::from_secs(3600),
+                hooks: Default::default(),
             }
         );
         assert_eq!(p.instance_ids(), ["web/0"]);

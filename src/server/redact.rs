@@ -4,7 +4,8 @@
 //! --token=...": No such file or directory`), and argv is where operators put API keys and broker
 //! passwords. Root and admins (who can read the policy files anyway) get it whole; readers get
 //! `command[0]` and how many arguments were hidden. The daemon's log keeps the full text.
-//! Fails closed: a `start_failed` message of any other shape is replaced as a whole.
+//! Fails closed: a `start_failed` message of any other shape is replaced as a whole. A restart
+//! hook's output (`hooks[].output`) is hidden from readers too.
 
 use crate::protocol::EventRecord;
 
@@ -21,8 +22,18 @@ pub(super) fn for_reader(mut event: EventRecord) -> EventRecord {
     if event.action == START_FAILED {
         event.message = redact_start_failed(&event.message);
     }
+    // A restart hook's output is whatever the operator's program printed (a load balancer's
+    // reply, a stack dump with request data): root's and admins' to read, like the policy.
+    for hook in &mut event.hooks {
+        if !hook.output.is_empty() {
+            hook.output = HOOK_OUTPUT_HIDDEN.to_string();
+        }
+    }
     event
 }
+
+/// What readers get instead of a restart hook's output.
+const HOOK_OUTPUT_HIDDEN: &str = "(hidden: only root and admins may read a hook's output)";
 
 fn redact_start_failed(message: &str) -> String {
     let Some(rest) = message.strip_prefix(PREFIX) else {
@@ -84,6 +95,31 @@ mod tests {
             redact_start_failed("cannot start the worker: cannot start \"/bin/x\": denied"),
             "cannot start the worker: cannot start \"/bin/x\": denied"
         );
+    }
+
+    #[test]
+    fn readers_do_not_see_hook_output() {
+        let mut ev = EventRecord::blank(
+            "web/0",
+            crate::protocol::Reason::Manual,
+            "restart",
+            "m".into(),
+        );
+        let hook = crate::protocol::HookRecord {
+            when: "before".into(),
+            argv0: "/usr/local/bin/lb-drain".into(),
+            exit: Some(0),
+            signal: None,
+            timed_out: false,
+            error: None,
+            output: "token=s3cret".into(),
+            took_ms: 3,
+        };
+        ev.hooks = vec![hook.clone()];
+        let seen = for_reader(ev);
+        assert_eq!(seen.hooks[0].output, HOOK_OUTPUT_HIDDEN);
+        assert_eq!(seen.hooks[0].exit, Some(0));
+        assert_eq!(seen.hooks[0].argv0, hook.argv0);
     }
 
     #[test]

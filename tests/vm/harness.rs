@@ -12,7 +12,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use oomguard::protocol::{InstanceState, InstanceStatus, Reason, StatusReport};
+use oomguard::protocol::{EventRecord, InstanceState, InstanceStatus, Reason, StatusReport};
 
 pub const OOMGUARD: &str = "/bin/oomguard";
 pub const TESTWORKER: &str = "/bin/testworker";
@@ -298,6 +298,15 @@ pub fn all_pids(report: &StatusReport) -> BTreeSet<u32> {
         .flat_map(|p| &p.instances)
         .flat_map(|i| i.pids.iter().copied())
         .collect()
+}
+
+/// The daemon's last 1000 events, oldest first (`oomguard events --json`).
+pub fn recent_events() -> Result<Vec<EventRecord>> {
+    Ok(client(&["events", "--last", "1000", "--json"])?
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<EventRecord>(l).ok())
+        .collect())
 }
 
 /// Polls `f` every 200 ms until it returns a value or the timeout passes.

@@ -9,6 +9,7 @@ mod faults;
 mod hardening_daemon;
 mod hardening_instance;
 mod harness;
+mod hooks;
 mod kernels;
 mod lifecycle;
 mod pressure_log;
@@ -57,6 +58,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 150,
         vm_mb: 512,
         run: leak_restart,
+    },
+    Scenario {
+        name: "hooks",
+        demo: false,
+        kernel_args: "",
+        budget_s: 60,
+        vm_mb: 512,
+        run: hooks::hooks,
     },
     Scenario {
         name: "observe",
