@@ -4,7 +4,8 @@
 Task `leaktasks.work(n)`: keeps LEAK_KB more memory for the life of the pool process (every page
 written), burns WORK_MS of CPU, then appends `done <n> <pid>` to the ledger with one O_APPEND
 write, so the load client can count completed, lost and duplicated tasks. Environment: LEAK_KB
-(default 256; 0 = the no-leak baseline), WORK_MS (default 20), LEDGER (default
+(default 256), KEEP (default 1; 0 = allocate as much but free it: the no-leak
+baseline), WORK_MS (default 20), LEDGER (default
 /tmp/celery.ledger).
 """
 import os
@@ -13,6 +14,7 @@ import time
 from celery import Celery
 
 LEAK = int(os.environ.get("LEAK_KB", "256")) * 1024
+KEEP = os.environ.get("KEEP", "1") != "0"  # 0: allocate as much, free it (no-leak baseline)
 WORK = float(os.environ.get("WORK_MS", "20")) / 1000.0
 LEDGER = os.environ.get("LEDGER", "/tmp/celery.ledger")
 _kept = []
@@ -41,7 +43,9 @@ def slow(n, secs):
 @app.task(name="leaktasks.work")
 def work(n):
     if LEAK:
-        _kept.append(b"x" * LEAK)
+        chunk = b"x" * LEAK
+        if KEEP:
+            _kept.append(chunk)
     end = time.perf_counter() + WORK
     while time.perf_counter() < end:
         pass

@@ -90,8 +90,14 @@ def children_supported():
         return r.returncode == 0
 
 
-def celery_instance(ledger, grace, leak_kb=512):
+def celery_instance(ledger, grace, leak_kb=512, pressure_only=False):
     """No `children:`: the whole worker is one group and an offence restarts it (Celery's warm
-    shutdown), as the issue's first runs did. For apps_celery_warm."""
+    shutdown), as the issue's first runs did. For apps_celery_warm. pressure_only: the issue's
+    setup (memory.high 128M, max 160M, the README's PSI trigger alone), where the worker is
+    already throttled when it is signalled; otherwise a level under memory.high restarts it
+    before the throttling."""
+    if pressure_only:
+        return _head(CELERY + CELERY_ARGS, _celery_env(leak_kb, ledger),
+                     "memory:\n  high: 128M\n  max: 160M\n", INSTANCE_PRESSURE, grace)
     return _head(CELERY + CELERY_ARGS, _celery_env(leak_kb, ledger), CELERY_ENVELOPE,
                  "  memory: {above: 176M}\n  pressure: {some: 150ms, window: 1s, for: 1s}\n", grace)
