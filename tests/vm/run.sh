@@ -139,7 +139,7 @@ run_scenario() { # <name> <kernel version>: boots one VM; sets verdict and reaso
 
 # The real-apps VM (tests/vm/apps/run.sh): its own Debian rootfs, default kernel only.
 APPS_TESTS=(apps_gunicorn apps_celery)
-APPS_OTHERS=(apps_facts apps_client_cost apps_celery_warm bench_apps_gunicorn bench_apps_celery)
+APPS_OTHERS=(apps_facts apps_client_cost apps_celery_warm bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery)
 is_apps() { [[ " ${APPS_TESTS[*]} ${APPS_OTHERS[*]} " == *" $1 "* ]]; }
 
 run_apps() { # <name>: sets verdict and reason; its own run.sh shows the console tail on failure

@@ -155,8 +155,11 @@ def _order(fleets, round_no):
     return fleets[k:] + fleets[:k]
 
 
-def _gunicorn_fleets():
+def _gunicorn_fleets(x2=False):
+    """x2: every per-worker budget doubled (workers live twice as long between recycles)."""
     import policies
+    if x2:
+        return _gunicorn_fleets_x2()
 
     def plain(env, extra=()):
         return lambda name, high, maxi: gunicorn_plain(name, env, extra, high, maxi)
@@ -177,10 +180,28 @@ def _gunicorn_fleets():
     return fleets
 
 
-def bench_apps_gunicorn():
+def _gunicorn_fleets_x2():
+    import policies
+    from suite import _http_ok
+    plain = lambda env, extra=(): lambda name, high, maxi: gunicorn_plain(name, env, extra, high, maxi)
+    leak = {"LEAK_KB": "256"}
+    return [
+        Plain("no_leak", plain({"LEAK_KB": "256", "KEEP": "0"})),
+        Plain("max_respawn", plain(leak), maxi="592M"),
+        Plain("max_requests", plain(leak, ["--max-requests", "600", "--max-requests-jitter", "60"]), maxi="592M"),
+        Guarded("oomguard_children", "gunicorn", policies.gunicorn_children(x2=True),
+                lambda: _http_ok(8000), "gunicorn/0"),
+    ]
+
+
+def bench_apps_gunicorn_x2():
+    bench_apps_gunicorn(x2=True)
+
+
+def bench_apps_gunicorn(x2=False):
     from common import vmstat_oom_kill
     _bench_root()
-    fleets = _gunicorn_fleets()
+    fleets = _gunicorn_fleets(x2)
     rows = {f.name: [] for f in fleets}
     for rnd in range(ROUNDS):
         for f in _order(fleets, rnd):

@@ -12,6 +12,8 @@ import os
 # where a worker that waited its turn reached its leaf's max once in 60 s; 32M/64M/80M, where
 # workers lived under 5 s and the instance was restarted 3 times.)
 GUNICORN_ENVELOPE = "memory:\n  high: 304M\n  max: 320M\n"
+# bench_apps_gunicorn_x2: every per-worker budget doubled, so workers live twice as long.
+GUNICORN_ENVELOPE_X2 = "memory:\n  high: 560M\n  max: 592M\n"
 
 
 def _head(argv, env, envelope, triggers, grace):
@@ -25,14 +27,12 @@ def _head(argv, env, envelope, triggers, grace):
 INSTANCE_PRESSURE = "  pressure: {some: 150ms, window: 1s, for: 2s}\n"
 
 
-def gunicorn_children(leak_kb=256):
+def gunicorn_children(leak_kb=256, x2=False):
     return _head(["/usr/bin/gunicorn", "-w", "2", "-b", "127.0.0.1:8000", "--chdir", "/apps",
                   "leakweb:app"], [("LEAK_KB", leak_kb), ("PYTHONPATH", "/apps")],
-                 GUNICORN_ENVELOPE, INSTANCE_PRESSURE, "30s") + """\
-children:
-  memory: {high: 128M, max: 144M}
-  triggers:
-    memory: {above: 80M}
+                 GUNICORN_ENVELOPE_X2 if x2 else GUNICORN_ENVELOPE, INSTANCE_PRESSURE, "30s") + (
+        "children:\n  memory: {high: 256M, max: 272M}\n  triggers:\n    memory: {above: 160M}\n"
+        if x2 else "children:\n  memory: {high: 128M, max: 144M}\n  triggers:\n    memory: {above: 80M}\n") + """\
     pressure: {some: 100ms, window: 1s}
   restart: {signal: SIGTERM, grace: 30s, at_once: 1}
 """

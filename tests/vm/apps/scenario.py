@@ -38,7 +38,8 @@ def main():
         elif name in ("apps_gunicorn", "apps_celery"):
             import suite
             getattr(suite, name)()
-        elif name in ("bench_apps_gunicorn", "bench_apps_celery", "apps_celery_warm"):
+        elif name in ("bench_apps_gunicorn", "bench_apps_gunicorn_x2", "bench_apps_celery",
+                      "apps_celery_warm"):
             import bench
             getattr(bench, name)()
         else:
