@@ -32,7 +32,11 @@ use crate::watch::PidFd;
 
 pub mod connector;
 mod kid;
+mod layout;
 mod words;
+
+use layout::{child_leaves, sweep};
+pub use layout::{flatten, has_layout, prepare};
 
 use kid::{KidNote, Order};
 
@@ -48,54 +52,6 @@ const RESCAN_WITH_EVENTS: Duration = Duration::from_secs(2);
 const RESCAN_WITHOUT_EVENTS: Duration = Duration::from_millis(50);
 /// How long observe mode stays quiet about one child after reporting it.
 const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
-
-/// Makes `group` an inner group for `children:`: controllers enabled for its leaves, the `main`
-/// leaf created, leaves of children that are gone removed. Returns the `main` leaf.
-pub fn prepare(group: &Group) -> Result<Group, String> {
-    group
-        .create_with_controllers(crate::supervisor::CONTROLLERS)
-        .map_err(|e| e.to_string())?;
-    let main = group.child(MAIN_LEAF);
-    main.create().map_err(|e| e.to_string())?;
-    sweep(group, &BTreeMap::<u32, ()>::new());
-    Ok(main)
-}
-
-/// Whether `group` has the `children:` layout (a `main` leaf): decides how a worker of a
-/// previous daemon is adopted.
-pub fn has_layout(group: &Group) -> bool {
-    group.child(MAIN_LEAF).exists()
-}
-
-/// Removes the empty `child-*` leaves no child is tracked in. A leaf that still holds processes
-/// (orphaned grandchildren) is left: it is the instance's, killed with it.
-fn sweep<T>(group: &Group, tracked: &BTreeMap<u32, T>) {
-    for (pid, leaf) in child_leaves(group) {
-        if tracked.contains_key(&pid) {
-            continue;
-        }
-        if crate::shutdown::emptiness(&leaf).is_empty() {
-            if let Err(e) = leaf.remove() {
-                debug!(leaf = %leaf.path().display(), "cannot remove an empty child leaf: {e}");
-            }
-        }
-    }
-}
-
-/// The `child-<pid>` leaves under an instance's group.
-fn child_leaves(group: &Group) -> Vec<(u32, Group)> {
-    let Ok(entries) = std::fs::read_dir(group.path()) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name.strip_prefix(LEAF_PREFIX)?.parse().ok()?;
-            Some((pid, group.child(&name)))
-        })
-        .collect()
-}
 
 /// What the instance task has to act on.
 pub enum ChildEvent {
@@ -296,13 +252,21 @@ impl ChildSet {
             return;
         }
         let leaf = self.group.child(&format!("{LEAF_PREFIX}{pid}"));
+        let t0 = Instant::now();
+        let mut t1 = t0;
+        let mut t2 = t0;
         let placed = leaf
             .create()
             .and_then(|()| {
+                t1 = Instant::now();
                 let m = self.cfg.memory;
                 leaf.set_limits(m.high, m.max, m.swap_max)
             })
-            .and_then(|()| leaf.write(CGROUP_PROCS, &pid.to_string()));
+            .and_then(|()| {
+                t2 = Instant::now();
+                leaf.write(CGROUP_PROCS, &pid.to_string())
+            });
+        debug!(instance = %self.id, pid, "placing a child: fork event to placement {:?}, mkdir {:?}, limits {:?}, move {:?}", forked.map(|a| t0.duration_since(a)), t1 - t0, t2 - t1, t2.elapsed());
         if let Err(e) = placed {
             // ESRCH (it ended meanwhile) reads as a failed write: not worth a warning then.
             if crate::supervisor::parent_pid(pid).is_some() {
@@ -310,9 +274,6 @@ impl ChildSet {
             }
             let _ = leaf.remove();
             return;
-        }
-        if let Some(at) = forked {
-            debug!(instance = %self.id, pid, "child placed {:?} after its fork event", at.elapsed());
         }
         self.track(pid, leaf, pidfd);
     }
@@ -363,6 +324,11 @@ impl ChildSet {
             }
             KidNote::Exited(pid) => {
                 if let Some(kid) = self.kids.remove(&pid) {
+                    if kid.order.is_none() {
+                        // It ended by itself just as its recycle was ordered: the order was
+                        // never carried out, but it held an `at_once` slot.
+                        self.planner.recycle_ended();
+                    }
                     if crate::shutdown::emptiness(&kid.leaf).is_empty() {
                         let _ = kid.leaf.remove();
                     }
@@ -440,11 +406,16 @@ impl ChildSet {
                 let kid = self.kids.get_mut(&pid)?;
                 info!(instance = %self.id, pid, reason = offence.reason.as_str(), "recycling child: {}", d.what);
                 let order = kid.order.take()?;
-                let _ = order.send(Order {
+                let sent = order.send(Order {
                     signal: r.signal,
                     grace: r.grace,
                     woke,
                 });
+                if sent.is_err() {
+                    // Its task already saw it end: the Exited note follows.
+                    self.planner.recycle_ended();
+                    return None;
+                }
                 kid.recycles += 1;
                 kid.recycle = Some(d);
                 self.changed = true;

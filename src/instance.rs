@@ -21,7 +21,9 @@ use crate::psi::PsiTrigger;
 use crate::shutdown::Proc;
 use crate::spawn::{self, Identity};
 use crate::watch::{FileWatch, PidFd};
+use children::next_child_event;
 
+mod children;
 mod down;
 mod ready;
 mod report;
@@ -158,6 +160,9 @@ impl Instance {
             children: Vec::new(),
             child_recycles: 0,
         });
+        let mut view = view;
+        // The children a previous daemon saw are found again from the leaves at adoption.
+        view.children.clear();
         let mut tracker = Tracker::new();
         tracker.restore_exits(
             view.unplanned_exits_ms
@@ -327,7 +332,10 @@ impl Instance {
         // With `children:` the group holds leaves: the worker starts in `main`.
         let place = match self.policy.children {
             Some(_) => crate::children::prepare(&self.group)?,
-            None => self.group.clone(),
+            None => {
+                crate::children::flatten(&self.group)?;
+                self.group.clone()
+            }
         };
         let events_at_start = self.group.memory_events().unwrap_or_default();
         let mut child = spawn::spawn(&self.policy.run, self.identity.as_ref(), &place, &self.id)
@@ -372,36 +380,6 @@ impl Instance {
         Ok(())
     }
 
-    /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
-    /// With the `children:` layout (a `main` leaf) the main process is looked for there and its
-    /// children's leaves are taken over; a layout that does not match the policy any more (a
-    /// reload added or removed `children:`) is adopted as it is and changes at the next start.
-    fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
-        let layout = crate::children::has_layout(&self.group);
-        let home = if layout {
-            self.group.child(crate::children::MAIN_LEAF)
-        } else {
-            self.group.clone()
-        };
-        let main = Proc::adopt(pid, &home)?;
-        self.apply_limits()?;
-        let events_at_start = self.group.memory_events().unwrap_or_default();
-        info!(instance = %self.id, pid, "adopted the running worker");
-        let children = match (layout, self.policy.children) {
-            (true, Some(c)) => Some(c),
-            (false, Some(_)) => {
-                warn!(instance = %self.id, "the adopted worker was started without children: its children get leaves from its next start");
-                None
-            }
-            (true, None) => {
-                warn!(instance = %self.id, "the adopted worker was started with children: its children keep their leaves, unwatched, until its next start");
-                None
-            }
-            (false, None) => None,
-        };
-        Ok(self.watching(main, events_at_start, children))
-    }
-
     fn apply_limits(&self) -> Result<(), String> {
         let mem = self.policy.memory;
         self.group
@@ -430,6 +408,7 @@ impl Instance {
                 self.events.clone(),
             )
         });
+        let with_children = children.is_some();
         self.view.children = Vec::new();
         self.set_state(InstanceState::Running, Some(main.pid()));
         Worker {
@@ -437,7 +416,7 @@ impl Instance {
             recycles_seen: 0,
             main,
             started: Instant::now(),
-            psi: self.arm_pressure(),
+            psi: self.arm_pressure(with_children),
             memory_events,
             events_at_start,
             oom_kills_seen: 0,
@@ -446,9 +425,19 @@ impl Instance {
 
     /// The policy's PSI trigger on the group; a failure is logged and the memory trigger (if
     /// any) and memory.events still guard the worker.
-    fn arm_pressure(&self) -> Option<PsiTrigger> {
+    ///
+    /// With `children:` it is armed on the `main` leaf: PSI adds every descendant's stalls to a
+    /// group, so on the instance's group a child throttled at its own memory.high (which its
+    /// own trigger recycles) would restart the whole server. Pressure from the envelope reaches
+    /// the children's leaves too, and recycles them.
+    fn arm_pressure(&self, with_children: bool) -> Option<PsiTrigger> {
         let t = self.policy.triggers.pressure.as_ref()?;
-        PsiTrigger::arm(&self.group.file(crate::cgroupfs::MEMORY_PRESSURE), t)
+        let home = if with_children {
+            self.group.child(crate::children::MAIN_LEAF)
+        } else {
+            self.group.clone()
+        };
+        PsiTrigger::arm(&home.file(crate::cgroupfs::MEMORY_PRESSURE), t)
             .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
             .ok()
     }
@@ -510,17 +499,6 @@ impl Instance {
                 },
             }
         }
-    }
-
-    /// The children and the recycle count into the view.
-    fn publish_children(&mut self, w: &mut Worker) {
-        let Some(set) = w.children.as_ref() else {
-            return;
-        };
-        self.view.children = set.view();
-        self.view.child_recycles += set.recycled.saturating_sub(w.recycles_seen);
-        w.recycles_seen = set.recycled;
-        self.view_tx.send_replace(self.view.clone());
     }
 
     /// In enforce mode an offence ends the watch; in observe mode it is reported and ignored.
@@ -601,16 +579,9 @@ impl Instance {
         }
         if rearm {
             w.psi = None; // closing the fd removes the old trigger before the new one is armed
-            w.psi = self.arm_pressure();
+            w.psi = self.arm_pressure(w.children.is_some());
         }
         self.tracker.started();
-    }
-}
-
-async fn next_child_event(set: &mut Option<ChildSet>) -> ChildEvent {
-    match set {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,8 @@
 
 use std::fmt::Write;
 
+mod children;
+
 use crate::protocol::{InstanceState, InstanceStatus, Reason, StatusReport};
 
 const ALL_REASONS: [Reason; 6] = [
@@ -206,6 +208,7 @@ pub fn render(report: &StatusReport) -> String {
             );
         }
     }
+    children::render(&mut out, &instances);
     out
 }
 
@@ -266,7 +269,7 @@ mod tests {
     use crate::policy::Mode;
     use crate::protocol::{DaemonInfo, PolicyStatus};
 
-    fn instance(id: &str) -> InstanceStatus {
+    pub(super) fn instance(id: &str) -> InstanceStatus {
         InstanceStatus {
             id: id.to_string(),
             state: InstanceState::Running,

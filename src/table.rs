@@ -4,7 +4,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::policy::Mode;
-use crate::protocol::{Ending, EventRecord, InstanceState, InstanceStatus, StatusReport};
+use crate::protocol::{
+    ChildStatus, Ending, EventRecord, InstanceState, InstanceStatus, StatusReport,
+};
 
 /// The status table: a header line about the daemon, then one aligned line per instance, then
 /// notes for anything that needs an operator (observe mode, failed instances).
@@ -31,6 +33,14 @@ pub fn render_status(report: &StatusReport, now_unix: u64) -> String {
         }
         for i in &policy.instances {
             rows.push(row(i, now_unix));
+            // `children:`: one indented row per child, RESTARTS being its recycles.
+            rows.extend(i.children.iter().map(child_row));
+            if i.child_recycles > 0 {
+                notes.push(format!(
+                    "{}: {} children recycled alone (not counted in RESTARTS)",
+                    i.id, i.child_recycles
+                ));
+            }
             if i.state == InstanceState::Failed {
                 notes.push(format!(
                     "{}: FAILED, left stopped after too many restarts; `oomguard restart {}` starts it again",
@@ -66,19 +76,8 @@ fn row(i: &InstanceStatus, now_unix: u64) -> [String; 8] {
         [one] => one.to_string(),
         [first, rest @ ..] => format!("{first} +{}", rest.len()),
     };
-    let limit = |l: Option<u64>| l.map_or_else(|| "max".to_string(), bytes);
-    let mut mem = format!(
-        "{}/{}/{}",
-        i.memory_current.map_or_else(|| "-".to_string(), bytes),
-        limit(i.memory_high),
-        limit(i.memory_max)
-    );
-    if let (Some(cur), Some(max)) = (i.memory_current, i.memory_max.filter(|m| *m > 0)) {
-        mem.push_str(&format!(" {}%", (cur as f64 * 100.0 / max as f64).round()));
-    }
-    let psi = i
-        .psi_some_avg10
-        .map_or_else(|| "-".to_string(), |p| format!("{p:.1}%"));
+    let mem = memory(i.memory_current, i.memory_high, i.memory_max);
+    let psi = percent(i.psi_some_avg10);
     let last = match (i.last_restart_reason, i.last_restart_at) {
         (Some(r), Some(at)) => format!(
             "{} {} ago",
@@ -97,6 +96,38 @@ fn row(i: &InstanceStatus, now_unix: u64) -> [String; 8] {
         i.restarts.to_string(),
         last,
         i.oom_kills.to_string(),
+    ]
+}
+
+/// current/high/max and current as a share of max: "43M/48M/96M 44%".
+fn memory(current: Option<u64>, high: Option<u64>, max: Option<u64>) -> String {
+    let limit = |l: Option<u64>| l.map_or_else(|| "max".to_string(), bytes);
+    let mut mem = format!(
+        "{}/{}/{}",
+        current.map_or_else(|| "-".to_string(), bytes),
+        limit(high),
+        limit(max)
+    );
+    if let (Some(cur), Some(max)) = (current, max.filter(|m| *m > 0)) {
+        mem.push_str(&format!(" {}%", (cur as f64 * 100.0 / max as f64).round()));
+    }
+    mem
+}
+
+fn percent(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".to_string(), |p| format!("{p:.1}%"))
+}
+
+fn child_row(c: &ChildStatus) -> [String; 8] {
+    [
+        format!("  {}", c.leaf),
+        c.state.as_str().to_string(),
+        c.pid.to_string(),
+        memory(c.memory_current, c.memory_high, c.memory_max),
+        percent(c.psi_some_avg10),
+        c.recycles.to_string(),
+        "-".to_string(),
+        "-".to_string(),
     ]
 }
 
@@ -155,6 +186,9 @@ pub fn render_event(e: &EventRecord) -> String {
             numbers.push(format!("killed-after-grace={after_ms}ms"))
         }
         Some(Ending::OomKilled) => numbers.push("oom-killed".to_string()),
+    }
+    if let Some(pid) = e.child_pid {
+        numbers.insert(0, format!("child={pid}"));
     }
     let line = format!(
         "{time}  {:<12}  {:<13}  {:<10}  {:<40}  {}",
@@ -242,6 +276,45 @@ mod tests {
             children: Vec::new(),
             child_recycles: 0,
         }
+    }
+
+    #[test]
+    fn children_get_a_row_each_under_their_instance() {
+        let mut pf = instance("pf/0");
+        pf.child_recycles = 4;
+        pf.children = vec![crate::protocol::ChildStatus {
+            pid: 4243,
+            leaf: "child-4243".into(),
+            state: crate::protocol::ChildState::Recycling,
+            memory_current: Some(44 << 20),
+            memory_high: None,
+            memory_max: Some(96 << 20),
+            psi_some_avg10: Some(2.0),
+            recycles: 1,
+        }];
+        let report = StatusReport {
+            daemon: DaemonInfo {
+                version: "0.1.0".into(),
+                pid: 42,
+                uptime_seconds: 60,
+                cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+            },
+            policies: vec![PolicyStatus {
+                name: "pf".into(),
+                mode: Mode::Enforce,
+                instances: vec![pf],
+            }],
+        };
+        let out = render_status(&report, NOW);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[2].starts_with("pf/0 "), "{out}");
+        assert!(
+            lines[3].starts_with("  child-4243  recycling  4243 ")
+                && lines[3].contains("44M/max/96M 46%")
+                && lines[3].contains("2.0%"),
+            "{out}"
+        );
+        assert!(out.contains("pf/0: 4 children recycled alone"), "{out}");
     }
 
     #[test]

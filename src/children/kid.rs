@@ -32,6 +32,9 @@ pub(super) struct Order {
 pub(super) struct Recycle {
     pub report: Report,
     pub trigger_to_signal: Duration,
+    /// The leaf's memory.events counted an OOM kill (a child that kept growing with its
+    /// memory.high lifted reached its memory.max during the grace).
+    pub oom_killed: bool,
 }
 
 pub(super) async fn watch(
@@ -92,9 +95,14 @@ async fn recycle(who: &str, leaf: &Group, pidfd: PidFd, o: Order) -> Recycle {
     };
     let trigger_to_signal = signalled.saturating_duration_since(o.woke);
     let report = seq.finish(&mut procs, signalled).await;
+    // A fresh leaf per child: any OOM kill it counted happened to this child.
+    let oom_killed = leaf
+        .memory_events()
+        .is_ok_and(|e| e.get("oom_kill").copied().unwrap_or(0) > 0);
     Recycle {
         report,
         trigger_to_signal,
+        oom_killed,
     }
 }
 

@@ -73,7 +73,16 @@ pub(super) fn recycled(
     cfg: &ChildrenPolicy,
 ) -> EventRecord {
     let after_ms = u64::try_from(r.report.took.as_millis()).unwrap_or(u64::MAX);
-    let (ending, how) = if r.report.killed {
+    let (ending, how) = if r.oom_killed {
+        (
+            Ending::OomKilled,
+            format!(
+                "OOM-killed by the kernel during the grace period (its memory.high lifted, it \
+                 reached children.memory.max {})",
+                cfg.memory.max
+            ),
+        )
+    } else if r.report.killed {
         (
             Ending::KilledAfterGrace { after_ms },
             format!(

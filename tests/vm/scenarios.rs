@@ -4,6 +4,7 @@
 //! prints the table below, so adding a scenario means adding one row here.
 
 mod bench;
+mod children;
 mod faults;
 mod hardening_daemon;
 mod hardening_instance;
@@ -239,6 +240,38 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 120,
         vm_mb: 512,
         run: demo,
+    },
+    Scenario {
+        name: "children_leaves",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: children::children_leaves,
+    },
+    Scenario {
+        name: "children_recycle",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: children::children_recycle,
+    },
+    Scenario {
+        name: "children_at_once",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: children::children_at_once,
+    },
+    Scenario {
+        name: "children_escalate",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: children::children_escalate,
     },
 ];
 

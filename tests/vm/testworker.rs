@@ -14,6 +14,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod prefork;
+
 /// Set by the SIGTERM handler; read between jobs. The handler does nothing else, so it stays
 /// async-signal-safe.
 static TERM_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -33,6 +35,10 @@ struct Options {
     ignore_sigterm: bool,
     /// A cgroup directory to move itself into at start: a worker that leaves its group.
     escape_to: Option<String>,
+    /// `--prefork N`: a main process with N children (see prefork.rs).
+    prefork: Option<prefork::Prefork>,
+    /// The prefork children log (see prefork.rs).
+    children_log: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -44,6 +50,18 @@ fn parse_args() -> Result<Options, String> {
         crash: false,
         ignore_sigterm: false,
         escape_to: None,
+        prefork: None,
+        children_log: None,
+    };
+    let mut pf = prefork::Prefork {
+        children: 0,
+        leak_slots: 0,
+        leak_mb_per_s: 0.0,
+        start_mb: 0,
+        exit_after_jobs: None,
+        ignore_sigterm: false,
+        grandchild: false,
+        job_ms: 100,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -74,10 +92,28 @@ fn parse_args() -> Result<Options, String> {
             "--crash" => opts.crash = true,
             "--ignore-sigterm" => opts.ignore_sigterm = true,
             "--escape-to" => opts.escape_to = Some(value("--escape-to")?),
+            "--prefork" => pf.children = number(&value("--prefork")?)?,
+            "--leak-slots" => pf.leak_slots = number(&value("--leak-slots")?)?,
+            "--child-start-mb" => pf.start_mb = number(&value("--child-start-mb")?)?,
+            "--child-exit-after-jobs" => {
+                pf.exit_after_jobs = Some(number(&value("--child-exit-after-jobs")?)? as u64)
+            }
+            "--child-ignore-sigterm" => pf.ignore_sigterm = true,
+            "--grandchild" => pf.grandchild = true,
+            "--children-log" => opts.children_log = Some(value("--children-log")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if pf.children > 0 {
+        pf.leak_mb_per_s = opts.leak_mb_per_s;
+        pf.job_ms = opts.job_ms;
+        opts.prefork = Some(pf);
+    }
     Ok(opts)
+}
+
+fn number(v: &str) -> Result<usize, String> {
+    v.parse().map_err(|_| format!("bad number {v:?}"))
 }
 
 extern "C" fn on_sigterm(_signal: libc::c_int) {
@@ -190,6 +226,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
         println!("testworker {pid}: moved itself into {dir} (--escape-to)");
+    }
+    if let Some(pf) = &opts.prefork {
+        return match Ledger::open(opts.children_log.as_deref()) {
+            Ok(mut log) => prefork::run(pf, &mut log),
+            Err(e) => {
+                eprintln!("testworker {pid}: cannot open the children log: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let mut ledger = match Ledger::open(opts.ledger.as_deref()) {
         Ok(l) => l,

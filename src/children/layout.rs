@@ -1,0 +1,84 @@
+//! The `children:` layout of an instance's group: the `main` leaf, the `child-<pid>` leaves, and
+//! going back to one flat group.
+
+use std::collections::BTreeMap;
+
+use tracing::debug;
+
+use super::{LEAF_PREFIX, MAIN_LEAF};
+use crate::cgroupfs::Group;
+
+/// Makes `group` an inner group for `children:`: controllers enabled for its leaves, the `main`
+/// leaf created, leaves of children that are gone removed. Returns the `main` leaf.
+pub fn prepare(group: &Group) -> Result<Group, String> {
+    group
+        .create_with_controllers(crate::supervisor::CONTROLLERS)
+        .map_err(|e| e.to_string())?;
+    let main = group.child(MAIN_LEAF);
+    main.create().map_err(|e| e.to_string())?;
+    sweep(group, &BTreeMap::<u32, ()>::new());
+    Ok(main)
+}
+
+/// Undoes [`prepare`] for a start without `children:` (a reload removed it): the leaves are
+/// removed and the controllers disabled, or the kernel would refuse the worker in the group
+/// itself (EBUSY: no processes in a group that enables controllers for its children). The group
+/// is empty when this runs (leftovers are stopped before a start).
+pub fn flatten(group: &Group) -> Result<(), String> {
+    if !has_layout(group) {
+        return Ok(());
+    }
+    for (_, leaf) in child_leaves(group) {
+        leaf.remove().map_err(|e| e.to_string())?;
+    }
+    group.child(MAIN_LEAF).remove().map_err(|e| e.to_string())?;
+    let enabled = group
+        .read(crate::cgroupfs::SUBTREE_CONTROL)
+        .map_err(|e| e.to_string())?;
+    let off: Vec<String> = enabled
+        .split_whitespace()
+        .map(|c| format!("-{c}"))
+        .collect();
+    if !off.is_empty() {
+        group
+            .write(crate::cgroupfs::SUBTREE_CONTROL, &off.join(" "))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Whether `group` has the `children:` layout (a `main` leaf): decides how a worker of a
+/// previous daemon is adopted.
+pub fn has_layout(group: &Group) -> bool {
+    group.child(MAIN_LEAF).exists()
+}
+
+/// Removes the empty `child-*` leaves no child is tracked in. A leaf that still holds processes
+/// (orphaned grandchildren) is left: it is the instance's, killed with it.
+pub(super) fn sweep<T>(group: &Group, tracked: &BTreeMap<u32, T>) {
+    for (pid, leaf) in child_leaves(group) {
+        if tracked.contains_key(&pid) {
+            continue;
+        }
+        if crate::shutdown::emptiness(&leaf).is_empty() {
+            if let Err(e) = leaf.remove() {
+                debug!(leaf = %leaf.path().display(), "cannot remove an empty child leaf: {e}");
+            }
+        }
+    }
+}
+
+/// The `child-<pid>` leaves under an instance's group.
+pub(super) fn child_leaves(group: &Group) -> Vec<(u32, Group)> {
+    let Ok(entries) = std::fs::read_dir(group.path()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(LEAF_PREFIX)?.parse().ok()?;
+            Some((pid, group.child(&name)))
+        })
+        .collect()
+}

@@ -1,0 +1,58 @@
+//! The instance's side of `children:`: adopting a worker with or without the leaves, and
+//! publishing its children for status.
+
+use tracing::{info, warn};
+
+use super::{Instance, Worker};
+use crate::children::{ChildEvent, ChildSet};
+use crate::shutdown::Proc;
+
+impl Instance {
+    /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
+    /// With the `children:` layout (a `main` leaf) the main process is looked for there and its
+    /// children's leaves are taken over; a layout that does not match the policy any more (a
+    /// reload added or removed `children:`) is adopted as it is and changes at the next start.
+    pub(super) fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
+        let layout = crate::children::has_layout(&self.group);
+        let home = if layout {
+            self.group.child(crate::children::MAIN_LEAF)
+        } else {
+            self.group.clone()
+        };
+        let main = Proc::adopt(pid, &home)?;
+        self.apply_limits()?;
+        let events_at_start = self.group.memory_events().unwrap_or_default();
+        info!(instance = %self.id, pid, "adopted the running worker");
+        let children = match (layout, self.policy.children) {
+            (true, Some(c)) => Some(c),
+            (false, Some(_)) => {
+                warn!(instance = %self.id, "the adopted worker was started without children: its children get leaves from its next start");
+                None
+            }
+            (true, None) => {
+                warn!(instance = %self.id, "the adopted worker was started with children: its children keep their leaves, unwatched, until its next start");
+                None
+            }
+            (false, None) => None,
+        };
+        Ok(self.watching(main, events_at_start, children))
+    }
+
+    /// The children and the recycle count into the view.
+    pub(super) fn publish_children(&mut self, w: &mut Worker) {
+        let Some(set) = w.children.as_ref() else {
+            return;
+        };
+        self.view.children = set.view();
+        self.view.child_recycles += set.recycled.saturating_sub(w.recycles_seen);
+        w.recycles_seen = set.recycled;
+        self.view_tx.send_replace(self.view.clone());
+    }
+}
+
+pub(super) async fn next_child_event(set: &mut Option<ChildSet>) -> ChildEvent {
+    match set {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,513 @@
+//! `children:` on a real kernel: the test worker's prefork mode (prefork.rs) run by oomguard, each
+//! child in a leaf of its own, the leaking child recycled alone, `at_once`, the grace kill of a
+//! child that ignores SIGTERM, the escalation of a respawn loop, re-adoption of the leaves after a
+//! daemon restart, and the fork-to-leaf delay with the proc connector and with the rescan
+//! fallback (METRIC lines).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use oomguard::protocol::{Ending, EventRecord, InstanceStatus, Reason};
+
+use crate::harness::*;
+
+const LOG: &str = "/tmp/ledgers/children.log";
+
+fn events() -> Result<Vec<EventRecord>> {
+    Ok(client(&["events", "--last", "1000", "--json"])?
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<EventRecord>(l).ok())
+        .collect())
+}
+
+/// A prefork policy `pf`: instance envelope 256M/320M, children 48M/96M with a memory trigger at
+/// 40M (and a PSI backstop), `restart` as given.
+fn policy(worker_args: &[&str], restart: &str) -> String {
+    let mut args = vec!["--children-log", LOG, "--job-ms", "50"];
+    args.extend_from_slice(worker_args);
+    format!(
+        "name: pf\nrun:\n  command: {}\nmemory: {{high: 256M, max: 320M}}\n\
+         triggers: {{pressure: {{some: 200ms, window: 1s, for: 2s}}}}\n\
+         children:\n  memory: {{high: 48M, max: 96M}}\n\
+         \x20 triggers: {{memory: {{above: 40M}}, pressure: {{some: 100ms, window: 1s, for: 1s}}}}\n\
+         \x20 restart: {restart}\n",
+        worker_command(&args)
+    )
+}
+
+/// The children log, parsed: (kind, pid, rest) per line.
+fn log_lines() -> Vec<(String, u32, String)> {
+    fs::read_to_string(LOG)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ' ');
+            let kind = f.next()?.to_string();
+            let pid = f.next()?.parse().ok()?;
+            Some((kind, pid, f.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+/// Pids forked into `slot`, oldest first.
+fn slot_pids(slot: &str) -> Vec<u32> {
+    log_lines()
+        .into_iter()
+        .filter(|(k, _, rest)| k == "child" && rest == slot)
+        .map(|(_, p, _)| p)
+        .collect()
+}
+
+fn logged(kind: &str, pid: u32) -> bool {
+    log_lines().iter().any(|(k, p, _)| k == kind && *p == pid)
+}
+
+/// Fork-to-leaf delays (ms) logged by children after `skip` lines; fails on a timeout.
+fn leaf_delays(skip: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for (kind, pid, rest) in log_lines().into_iter().skip(skip) {
+        if kind != "leaf" {
+            continue;
+        }
+        ensure!(
+            rest != "timeout",
+            "child {pid} never saw itself in its leaf (10 s)"
+        );
+        out.push(rest.parse::<f64>().context("leaf delay")? / 1000.0);
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report_delays(name: &str, mut d: Vec<f64>) -> Result<()> {
+    ensure!(
+        d.len() >= 5,
+        "only {} fork-to-leaf samples for {name}",
+        d.len()
+    );
+    d.sort_by(|a, b| a.total_cmp(b));
+    println!("METRIC fork_to_leaf.{name}.samples {}", d.len());
+    println!(
+        "METRIC fork_to_leaf.{name}.median_ms {:.2}",
+        percentile(&d, 0.5)
+    );
+    println!(
+        "METRIC fork_to_leaf.{name}.p95_ms {:.2}",
+        percentile(&d, 0.95)
+    );
+    println!(
+        "METRIC fork_to_leaf.{name}.max_ms {:.2}",
+        percentile(&d, 1.0)
+    );
+    Ok(())
+}
+
+fn procs_of(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn pf(report: &oomguard::protocol::StatusReport) -> Option<InstanceStatus> {
+    instance(report, "pf/0").cloned()
+}
+
+/// The layout and its re-adoption: main in `main`, each child in `child-<pid>`, the grandchild
+/// in its parent's leaf, empty leaves removed; children that churn give fork-to-leaf delays
+/// with the proc connector; then the daemon is killed and a new one (without the connector)
+/// adopts the main process and re-adopts the children's leaves, and places new children by
+/// rescanning.
+pub fn children_leaves() -> Result<()> {
+    make_ledger_dir()?;
+    let _ = fs::remove_file(LOG);
+    let args = [
+        "--prefork",
+        "3",
+        "--grandchild",
+        "--child-exit-after-jobs",
+        "10",
+    ];
+    write_policy(POLICY_DIR, "pf", &policy(&args, "{grace: 5s}"))?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let g = instance_group("pf/0");
+    ensure!(
+        procs_of(&g.join("main")).contains(&main),
+        "main {main} is not in the main leaf"
+    );
+    // Children churn, and each is in `main` for the moment between its fork and its move.
+    wait_until("main alone in its leaf", Duration::from_secs(5), || {
+        (procs_of(&g.join("main")) == vec![main]).then_some(())
+    })?;
+    ensure!(
+        procs_of(&g).is_empty(),
+        "the instance group holds processes itself"
+    );
+    // Churn: slots 1 and 2 end after 10 jobs (~0.5 s) and are forked again.
+    sleep(Duration::from_secs(12));
+    let report = daemon.status()?;
+    let st = pf(&report).context("pf/0")?;
+    evidence(
+        "children",
+        format!(
+            "{:?}",
+            st.children
+                .iter()
+                .map(|c| (c.pid, c.leaf.clone(), c.memory_current))
+                .collect::<Vec<_>>()
+        ),
+    );
+    ensure!(
+        st.pids.first() == Some(&main),
+        "main changed: {:?}",
+        st.pids
+    );
+    ensure!(
+        (1..=3).contains(&st.children.len()),
+        "{} children in status",
+        st.children.len()
+    );
+    let slot0 = *slot_pids("0").first().context("no slot 0 child")?;
+    ensure!(
+        procs_of(&g.join(format!("child-{slot0}"))).contains(&slot0),
+        "child {slot0} is not in its leaf"
+    );
+    let (_, gc, _) = log_lines()
+        .into_iter()
+        .find(|(k, _, _)| k == "grandchild")
+        .context("no grandchild")?;
+    ensure!(
+        procs_of(&g.join(format!("child-{slot0}"))).contains(&gc),
+        "grandchild {gc} is not in its parent's leaf child-{slot0}"
+    );
+    evidence("grandchild", format!("{gc} in child-{slot0}"));
+    let leaves: Vec<String> = fs::read_dir(&g)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("child-"))
+        .collect();
+    evidence("leaves", format!("{leaves:?}"));
+    ensure!(
+        leaves.len() <= 5,
+        "empty leaves are not removed: {leaves:?}"
+    );
+    let with_connector = leaf_delays(0)?;
+    report_delays("connector", with_connector)?;
+
+    // Without the connector: a new daemon adopts and rescans.
+    daemon.kill()?;
+    let skip = log_lines().len();
+    std::env::set_var("OOMGUARD_TEST_NO_PROC_CONNECTOR", "1");
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    std::env::remove_var("OOMGUARD_TEST_NO_PROC_CONNECTOR");
+    let again = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    ensure!(
+        again == main,
+        "the new daemon did not adopt main {main} (got {again})"
+    );
+    let st = daemon.wait_status(
+        "slot 0's child to be re-adopted",
+        Duration::from_secs(10),
+        |r| pf(r).filter(|i| i.children.iter().any(|c| c.pid == slot0)),
+    )?;
+    evidence(
+        "children after the daemon restart",
+        format!(
+            "{:?}",
+            st.children.iter().map(|c| c.pid).collect::<Vec<_>>()
+        ),
+    );
+    let log = fs::read_to_string(DAEMON_LOG).unwrap_or_default();
+    ensure!(
+        log.contains("re-adopted the child"),
+        "the log does not say it re-adopted a child"
+    );
+    sleep(Duration::from_secs(8));
+    report_delays("rescan", leaf_delays(skip)?)?;
+
+    // The daemon reaches a child within a millisecond of its fork event; what remains is the
+    // kernel's migration (the write to cgroup.procs waits for an RCU grace period unless the
+    // hierarchy is mounted with favordynmods, Linux 6.0+). Measured when the kernel has it.
+    if favordynmods() {
+        daemon.kill()?;
+        let skip = log_lines().len();
+        let mut daemon = Daemon::start(POLICY_DIR)?;
+        daemon.wait_running(&["pf/0"], Duration::from_secs(20))?;
+        sleep(Duration::from_secs(8));
+        report_delays("connector_favordynmods", leaf_delays(skip)?)?;
+        daemon.stop()?;
+    } else {
+        evidence("favordynmods", "not supported by this kernel: not measured");
+        daemon.stop()?;
+    }
+    ensure!(!pid_alive(main), "main {main} survived the stop");
+    Ok(())
+}
+
+/// Remounts the cgroup2 hierarchy with favordynmods; false where the kernel refuses it.
+fn favordynmods() -> bool {
+    let opts = std::ffi::CString::new("nsdelegate,favordynmods").expect("no NUL");
+    let target = std::ffi::CString::new("/sys/fs/cgroup").expect("no NUL");
+    // SAFETY: mount(2) with valid C strings and a null source and type, as a remount takes.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT,
+            opts.as_ptr().cast(),
+        )
+    };
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    rc == 0
+        && mounts
+            .lines()
+            .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains("favordynmods"))
+}
+
+/// One child leaks: it alone is recycled (its SIGTERM handler runs), the main process and its
+/// siblings keep their pids, no OOM kill, its leaf goes, and a replacement gets a new leaf.
+pub fn children_recycle() -> Result<()> {
+    make_ledger_dir()?;
+    let _ = fs::remove_file(LOG);
+    let args = [
+        "--prefork",
+        "3",
+        "--leak-slots",
+        "1",
+        "--leak-mb-per-s",
+        "8",
+    ];
+    write_policy(
+        POLICY_DIR,
+        "pf",
+        &policy(&args, "{signal: SIGTERM, grace: 10s, at_once: 1}"),
+    )?;
+    let oom_before = vmstat_oom_kill()?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let ev = wait_until("a child_recycle event", Duration::from_secs(60), || {
+        events()
+            .ok()?
+            .into_iter()
+            .find(|e| e.action == "child_recycle")
+    })?;
+    evidence("child_recycle", &ev.message);
+    let leaker = *slot_pids("0").first().context("no slot 0 child")?;
+    let siblings: Vec<u32> = ["1", "2"]
+        .iter()
+        .filter_map(|s| slot_pids(s).first().copied())
+        .collect();
+    ensure!(
+        ev.child_pid == Some(leaker),
+        "recycled {:?}, not the leaking child {leaker}",
+        ev.child_pid
+    );
+    ensure!(
+        ev.child_leaf.as_deref() == Some(format!("child-{leaker}").as_str()),
+        "leaf {:?}",
+        ev.child_leaf
+    );
+    ensure!(
+        ev.reason == Reason::Memory || ev.reason == Reason::Pressure,
+        "reason {:?}",
+        ev.reason
+    );
+    ensure!(
+        ev.memory_current.is_some_and(|m| m > 40 << 20),
+        "memory figure {:?}",
+        ev.memory_current
+    );
+    ensure!(
+        matches!(ev.ending, Some(Ending::Exited { .. })),
+        "ending {:?}",
+        ev.ending
+    );
+    ensure!(
+        logged("term", leaker),
+        "the leaking child's SIGTERM handler did not run"
+    );
+    ensure!(
+        !instance_group("pf/0")
+            .join(format!("child-{leaker}"))
+            .exists(),
+        "the recycled child's leaf is still there"
+    );
+    let st = daemon.wait_status(
+        "a replacement child in a leaf",
+        Duration::from_secs(10),
+        |r| pf(r).filter(|i| i.children.len() == 3 && !i.children.iter().any(|c| c.pid == leaker)),
+    )?;
+    ensure!(
+        st.pids.first() == Some(&main) && st.restarts == 0,
+        "the instance was restarted: {:?} restarts {}",
+        st.pids,
+        st.restarts
+    );
+    for s in &siblings {
+        ensure!(
+            pid_alive(*s) && st.children.iter().any(|c| c.pid == *s),
+            "sibling {s} was touched"
+        );
+    }
+    ensure!(
+        st.child_recycles >= 1,
+        "child_recycles {}",
+        st.child_recycles
+    );
+    let metrics = client(&["metrics"])?.text();
+    ensure!(
+        metrics.contains("oomguard_child_recycles_total{policy=\"pf\",index=\"0\"}"),
+        "no child recycle metric"
+    );
+    let ooms = vmstat_oom_kill()? - oom_before;
+    evidence("oom kills", ooms);
+    ensure!(ooms == 0, "{ooms} kernel OOM kills");
+    daemon.stop()?;
+    Ok(())
+}
+
+/// Every child leaks (5 MB/s: slow enough that the burst a throttled child makes once its
+/// memory.high is lifted stays under its 96M memory.max during the grace) and ignores SIGTERM;
+/// `at_once: 1`: recycles never overlap, each child is killed with its leaf after the 2 s grace,
+/// and the main process stays.
+pub fn children_at_once() -> Result<()> {
+    make_ledger_dir()?;
+    let _ = fs::remove_file(LOG);
+    let args = [
+        "--prefork",
+        "3",
+        "--leak-slots",
+        "3",
+        "--leak-mb-per-s",
+        "5",
+        "--child-ignore-sigterm",
+    ];
+    write_policy(POLICY_DIR, "pf", &policy(&args, "{grace: 2s, at_once: 1}"))?;
+    let oom_before = vmstat_oom_kill()?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let recycles = wait_until("three child recycles", Duration::from_secs(70), || {
+        let r: Vec<EventRecord> = events()
+            .ok()?
+            .into_iter()
+            .filter(|e| e.action == "child_recycle")
+            .collect();
+        (r.len() >= 3).then_some(r)
+    })?;
+    let mut spans: Vec<(u64, u64, u32)> = Vec::new();
+    for e in &recycles {
+        ensure!(
+            matches!(e.ending, Some(Ending::KilledAfterGrace { .. })),
+            "child {:?} ended {:?}, not killed after the grace",
+            e.child_pid,
+            e.ending
+        );
+        let pid = e.child_pid.context("no child pid")?;
+        ensure!(!pid_alive(pid), "child {pid} survived its recycle");
+        ensure!(
+            !instance_group("pf/0").join(format!("child-{pid}")).exists(),
+            "leaf of {pid} left"
+        );
+        let took = e.signal_to_exit_ms.context("no signal_to_exit_ms")?;
+        spans.push((e.time_ms.saturating_sub(took), e.time_ms, pid));
+    }
+    spans.sort();
+    evidence(
+        "recycle spans (start ms, end ms, pid)",
+        format!("{spans:?}"),
+    );
+    for w in spans.windows(2) {
+        // 5 ms: the two times are rounded separately.
+        ensure!(
+            w[1].0 + 5 >= w[0].1,
+            "recycles of {} and {} overlapped with at_once 1",
+            w[0].2,
+            w[1].2
+        );
+    }
+    let st = pf(&daemon.status()?).context("pf/0")?;
+    ensure!(
+        st.pids.first() == Some(&main) && st.restarts == 0,
+        "the instance was restarted"
+    );
+    let ooms = vmstat_oom_kill()? - oom_before;
+    ensure!(ooms == 0, "{ooms} kernel OOM kills");
+    daemon.stop()?;
+    Ok(())
+}
+
+/// Every replacement of the leaking slot starts above its trigger: after three young recycles in
+/// a row the instance is restarted, gracefully, with reason `child`, and the event says why.
+pub fn children_escalate() -> Result<()> {
+    make_ledger_dir()?;
+    let _ = fs::remove_file(LOG);
+    let args = [
+        "--prefork",
+        "2",
+        "--leak-slots",
+        "1",
+        "--child-start-mb",
+        "44",
+    ];
+    write_policy(POLICY_DIR, "pf", &policy(&args, "{grace: 5s}"))?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
+    let ev = wait_until("a child_escalation event", Duration::from_secs(60), || {
+        events()
+            .ok()?
+            .into_iter()
+            .find(|e| e.action == "child_escalation")
+    })?;
+    evidence("child_escalation", &ev.message);
+    ensure!(
+        ev.message.contains("respawn loop"),
+        "the escalation does not say why: {}",
+        ev.message
+    );
+    let st = daemon.wait_status(
+        "the instance restarted for its child",
+        Duration::from_secs(30),
+        |r| {
+            pf(r).filter(|i| {
+                i.restarts_by_reason
+                    .get(&Reason::Child)
+                    .is_some_and(|n| *n >= 1)
+                    && i.pids.first().is_some_and(|p| *p != main)
+            })
+        },
+    )?;
+    evidence("restarts_by_reason", format!("{:?}", st.restarts_by_reason));
+    let restart = events()?
+        .into_iter()
+        .find(|e| e.action == "restart" && e.reason == Reason::Child)
+        .context("no restart event with reason child")?;
+    ensure!(
+        matches!(restart.ending, Some(Ending::Exited { .. })),
+        "the main process was not stopped gracefully: {:?}",
+        restart.ending
+    );
+    let recycled: BTreeSet<u32> = events()?
+        .iter()
+        .filter(|e| e.action == "child_recycle")
+        .filter_map(|e| e.child_pid)
+        .collect();
+    ensure!(
+        recycled.len() >= 2,
+        "escalated after {} recycles",
+        recycled.len()
+    );
+    daemon.stop()?;
+    Ok(())
+}
