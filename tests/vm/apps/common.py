@@ -33,6 +33,14 @@ def ensure(cond, why):
 
 def poweroff():
     sys.stdout.flush()
+    # Let the serial console drain first: the kernel's own "sysrq: Power Off" line once cut the
+    # verdict line in two ("SCENARIO apps_gunicorn PAS[ 76.46] sysrq: Power Off" / "S").
+    try:
+        import termios
+        termios.tcdrain(sys.stdout.fileno())
+    except (OSError, ValueError, ImportError):
+        pass
+    time.sleep(1)
     os.sync()
     with open("/proc/sysrq-trigger", "w") as f:
         f.write("o")

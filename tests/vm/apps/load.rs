@@ -5,6 +5,10 @@
 //!
 //! Plain std, no HTTP crate: HTTP/1.0 with `Connection: close`, so a reply ends at EOF. Under
 //! TCG its CPU cost is a small fraction of the Python client it replaced (tests/vm/README.md).
+//! `--rate R` paces the threads to R requests per second in all (0, the default: as fast as the
+//! server answers). Paced, the leak of a leaking app grows at the same rate on a fast host as on
+//! a slow one, so how long a worker lives does not depend on the host's speed.
+//!
 //! Prints one line: `LOAD served=N failed=N refused=N pids=N cpu_ms=N`, and the first few
 //! failures, each once.
 
@@ -85,6 +89,9 @@ fn main() {
     let port: u16 = arg(&args, "--port", "8000").parse().expect("--port N");
     let threads: usize = arg(&args, "--threads", "4").parse().expect("--threads N");
     let seconds: f64 = arg(&args, "--seconds", "60").parse().expect("--seconds S");
+    let rate: f64 = arg(&args, "--rate", "0").parse().expect("--rate R");
+    // Each thread's share of the rate: one request every `gap`.
+    let gap = (rate > 0.0).then(|| Duration::from_secs_f64(threads as f64 / rate));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let counts = Arc::new(Mutex::new(Counts::default()));
     let end = Instant::now() + Duration::from_secs_f64(seconds);
@@ -92,7 +99,16 @@ fn main() {
         .map(|_| {
             let counts = Arc::clone(&counts);
             thread::spawn(move || {
+                let mut next = Instant::now();
                 while Instant::now() < end {
+                    if let Some(gap) = gap {
+                        // Paced: no catching up in a burst after a slow reply.
+                        let now = Instant::now();
+                        if next > now {
+                            thread::sleep(next - now);
+                        }
+                        next = next.max(now) + gap;
+                    }
                     let outcome = one(&addr, Duration::from_secs(30));
                     let mut c = counts.lock().expect("no thread panics holding it");
                     match outcome {
