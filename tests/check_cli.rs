@@ -46,3 +46,41 @@ fn check_accepts_the_same_file_with_a_sane_duration() {
     let (code, stderr) = check(&policy("2s"));
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// Every shipped example (policies/*.yaml, the framework policies with `children:` included)
+/// passes `oomguard check` as an operator would install it: the files copied with mode 0644
+/// into one directory, checked as that directory, one `ok:` line per file.
+#[test]
+fn check_accepts_every_shipped_example_policy() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&examples).expect("read policies/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let name = path.file_name().expect("a file name").to_owned();
+        let copy = dir.path().join(&name);
+        fs::copy(&path, &copy).expect("copy example");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).expect("chmod");
+        names.push(name.to_string_lossy().into_owned());
+    }
+    assert!(names.len() >= 9, "policies/ holds only {names:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_oomguard"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("run oomguard check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for name in &names {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok: ") && l.contains(&format!("/{name} "))),
+            "{name} not accepted:\n{stdout}\n{stderr}"
+        );
+    }
+}

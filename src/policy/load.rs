@@ -274,6 +274,20 @@ mod tests {
             .into_iter()
             .map(|p| p.name)
             .collect();
-        assert_eq!(names, ["celery", "gunicorn", "sidekiq"]);
+        assert_eq!(
+            names,
+            [
+                // load_dir sorts by file name: "celery-children.yaml" < "celery.yaml".
+                "celery-children",
+                "celery",
+                "gunicorn-children",
+                "gunicorn",
+                "php-fpm",
+                "puma",
+                "sidekiq",
+                "unicorn",
+                "uwsgi"
+            ]
+        );
     }
 }

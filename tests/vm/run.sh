@@ -6,6 +6,9 @@
 #   tests/vm/run.sh smoke observe   just those
 #   tests/vm/run.sh demo            watch a leaking worker being restarted
 #   tests/vm/run.sh systemd         the real-systemd VM (tests/vm/systemd/run.sh; in the default suite)
+#   tests/vm/run.sh apps_gunicorn apps_celery   Debian's gunicorn and Celery under oomguard
+#                                   (tests/vm/apps/run.sh; in the default suite; also apps_facts,
+#                                   apps_client_cost, bench_apps_gunicorn, bench_apps_celery)
 #   tests/vm/run.sh --kernel 5.10 [SCENARIO...]   on Debian bullseye's 5.10 (or 6.1, the default, or 6.12)
 #   tests/vm/run.sh --matrix [SCENARIO...]        the busybox test scenarios on 5.10, 6.1 and 6.12,
 #                                                 then a kernel x scenario table
@@ -134,6 +137,22 @@ run_scenario() { # <name> <kernel version>: boots one VM; sets verdict and reaso
   fi
 }
 
+# The real-apps VM (tests/vm/apps/run.sh): its own Debian rootfs, default kernel only.
+APPS_TESTS=(apps_gunicorn apps_celery)
+APPS_OTHERS=(apps_facts apps_client_cost apps_celery_warm bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery)
+is_apps() { [[ " ${APPS_TESTS[*]} ${APPS_OTHERS[*]} " == *" $1 "* ]]; }
+
+run_apps() { # <name>: sets verdict and reason; its own run.sh shows the console tail on failure
+  local line
+  line=$("$here/apps/run.sh" "$1" | tail -n 1 || true)
+  if [ "$line" = "SCENARIO $1 PASS" ]; then
+    verdict=PASS reason=""
+  else
+    verdict=FAIL reason=${line#"SCENARIO $1 FAIL: "}
+    reason=${reason:-"tests/vm/apps/run.sh printed no verdict"}
+  fi
+}
+
 run_systemd() { # sets verdict and reason; its own run.sh shows the console tail on failure
   local line
   line=$("$here/systemd/run.sh" | tail -n 1 || true)
@@ -160,9 +179,11 @@ boot_one() { # <name> <kernel version>
   local name=$1 kv=$2 start
   say "booting scenario $name on ${kernel_of[$kv]##*/}"
   start=$(date +%s)
-  if [ "$name" = systemd ]; then run_systemd; else run_scenario "$name" "$kv"; fi
+  if [ "$name" = systemd ]; then run_systemd
+  elif is_apps "$name"; then run_apps "$name"
+  else run_scenario "$name" "$kv"; fi
   secs=$(($(date +%s) - start))
-  if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ] && [ "$name" != systemd ]; then
+  if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ] && [ "$name" != systemd ] && ! is_apps "$name"; then
     # A failure needs its evidence (demos showed theirs live; systemd prints its own).
     tr -d '\r' <"$(log_path "$name" "$kv")" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 60 | sed 's/^/    | /'
   fi
@@ -199,15 +220,19 @@ main() {
   # `systemd` is not in vm-scenarios' table: it boots a Debian rootfs with a real systemd
   # (tests/vm/systemd/run.sh) instead of the busybox initramfs, always on the default kernel.
   kind[systemd]="test"
+  # The real-apps VM's scenarios likewise (tests/vm/apps/run.sh); only the tests are in the
+  # default suite, the fact-finding run and the benchmarks are run by name.
+  for name in "${APPS_TESTS[@]}"; do kind[$name]="test"; done
+  for name in "${APPS_OTHERS[@]}"; do kind[$name]="demo"; done
   local wanted=("$@") name
   if [ ${#wanted[@]} -eq 0 ]; then
     wanted=("${all_tests[@]}")
-    [ "${kernels[*]}" != "$default_kernel_version" ] || wanted+=(systemd)
+    [ "${kernels[*]}" != "$default_kernel_version" ] || wanted+=(systemd "${APPS_TESTS[@]}")
   fi
   for name in "${wanted[@]}"; do
     [ -n "${kind[$name]:-}" ] || { echo "unknown scenario: $name (known: ${!kind[*]})" >&2; exit 2; }
-    if [ "$name" = systemd ] && [ "${kernels[*]}" != "$default_kernel_version" ]; then
-      echo "the systemd scenario runs on the default kernel ($default_kernel_version) only" >&2
+    if { [ "$name" = systemd ] || is_apps "$name"; } && [ "${kernels[*]}" != "$default_kernel_version" ]; then
+      echo "the $name scenario runs on the default kernel ($default_kernel_version) only" >&2
       exit 2
     fi
   done
