@@ -189,6 +189,19 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
+/// The `observations` reply: a policy's lifetimes, and its limits when it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyObservations {
+    pub policy: String,
+    /// The running policy's memory.high and memory.max as written in it; None when it is not
+    /// running (only lifetimes recorded before remain).
+    pub memory_high: Option<String>,
+    pub memory_max: Option<String>,
+    pub grace_ms: Option<u64>,
+    pub ended: Vec<Lifetime>,
+    pub live: Vec<Lifetime>,
+}
+
 /// Everything recorded, as saved in the state directory.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Store {
@@ -298,6 +311,11 @@ impl Recorder {
 
     pub fn restore(&self, saved: Store) {
         self.with(|s| *s = saved);
+    }
+
+    /// After a failed save: the next chance saves again.
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A copy to save, or None when nothing changed since the last one.
