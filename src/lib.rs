@@ -11,6 +11,7 @@
 //!   workers' cgroups in a systemd unit of their own; `layout` says where those cgroups are.
 //! - `daemon` wires it together; `server`, `client` and `protocol` are the unix-socket surface.
 //!   `metrics` (Prometheus text) and `table` (the CLI's human output) are pure renderings of a status.
+//! - `observations` records worker lifetimes; `recommend` (pure) proposes limits from them.
 
 pub mod cgroupfs;
 pub mod children;
