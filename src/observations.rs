@@ -269,7 +269,10 @@ impl Recorder {
 
     /// An adopted worker continues the lifetime a previous daemon saved for it (same pid).
     pub fn adopted(&self, id: &str, pid: u32, g: &Group) {
-        let same = self.with(|s| s.live.get(id).is_some_and(|l| l.pid == pid));
+        let same = {
+            let s = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            s.live.get(id).is_some_and(|l| l.pid == pid)
+        };
         if same {
             self.sample(id, g, true);
         } else {
@@ -280,11 +283,13 @@ impl Recorder {
     /// A reading at a wake-up the instance already had; skipped when the last one is recent.
     pub fn sample(&self, id: &str, g: &Group, force: bool) {
         let now = now_ms();
-        let due = self.with(|s| {
+        // Looked at without marking the store changed: most wake-ups read nothing.
+        let due = {
+            let s = self.store.lock().unwrap_or_else(|e| e.into_inner());
             s.live
                 .get(id)
                 .is_some_and(|l| force || now >= l.last_ms + MIN_READING_GAP_MS)
-        });
+        };
         if !due {
             return;
         }
@@ -405,5 +410,9 @@ mod tests {
         assert_eq!(live[0].pid, 43);
         assert!(rec.take_dirty().is_some());
         assert!(rec.take_dirty().is_none(), "saved once per change");
+        rec.sample("w/1", &g, false);
+        assert!(rec.take_dirty().is_none(), "a wake-up too soon reads and changes nothing");
+        rec.sample("w/1", &g, true);
+        assert!(rec.take_dirty().is_some(), "a forced reading is recorded");
     }
 }
