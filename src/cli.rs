@@ -45,6 +45,9 @@ pub enum Cmd {
         /// A non-root uid that may also restart and reload (repeatable).
         #[arg(long = "admin-uid")]
         admin_uids: Vec<u32>,
+        /// Where worker observations are kept across restarts (for `recommend`).
+        #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Validate policy files or directories; exits 1 on any error.
     Check {
@@ -79,6 +82,16 @@ pub enum Cmd {
     Metrics,
     /// Hold the workers' cgroup subtree (run by oomguard-workers.service; see docs/install.md).
     Hold,
+    /// Propose memory.high, memory.max and a trigger from what the daemon observed of a
+    /// policy's workers (run it in `mode: observe` first; docs/recommend.md). Exit 1 when there
+    /// is not enough data yet.
+    Recommend {
+        /// A policy name ("celery") or a policy file.
+        policy: String,
+        /// The recommendation, its evidence and the YAML snippet as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of a policy file (for editors: see docs/install.md).
     Schema,
     /// Print shell completions.
@@ -97,6 +110,7 @@ pub fn main() -> ExitCode {
             dry_run,
             socket_group,
             admin_uids,
+            state_dir,
         } => {
             crate::logging::init();
             let opts = daemon::Options {
@@ -106,6 +120,7 @@ pub fn main() -> ExitCode {
                 dry_run,
                 socket_group,
                 admin_uids,
+                state_dir,
             };
             block_on(daemon::run(opts))
         }
@@ -121,6 +136,9 @@ pub fn main() -> ExitCode {
         Cmd::Restart { target } => client_cmd(client::cmd_restart(&socket, &target)),
         Cmd::Reload => client_cmd(client::cmd_reload(&socket)),
         Cmd::Metrics => client_cmd(client::cmd_metrics(&socket)),
+        Cmd::Recommend { policy, json } => {
+            client_cmd(client::cmd_recommend(&socket, &policy, json))
+        }
         Cmd::Schema => match serde_json::to_string_pretty(&policy::schema()) {
             Ok(text) => {
                 println!("{text}");

@@ -15,6 +15,9 @@ use crate::protocol::{
 };
 use crate::table;
 
+mod recommend;
+pub use recommend::cmd_recommend;
+
 /// Exit codes of the `cmd_*` functions.
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_REFUSED: u8 = 1;

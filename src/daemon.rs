@@ -3,6 +3,7 @@
 //! own task (`reload`); the runtime directory and state.json are `runtime`.
 
 mod lock;
+mod observed;
 mod reload;
 mod runtime;
 
@@ -30,6 +31,8 @@ use crate::supervisor::{Fleet, FleetError, CONTROLLERS};
 
 pub const DEFAULT_POLICIES: &str = "/etc/oomguard/policies.d";
 pub const DEFAULT_SOCKET: &str = "/run/oomguard/oomguard.sock";
+/// Kept across reboots (StateDirectory=oomguard): the observations `recommend` reads.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/oomguard";
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -43,6 +46,8 @@ pub struct Options {
     pub socket_group: Option<String>,
     /// Non-root uids that may also restart and reload.
     pub admin_uids: Vec<u32>,
+    /// Where observations.json lives (worker lifetimes for `oomguard recommend`).
+    pub state_dir: PathBuf,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (stop the workers gracefully) or SIGUSR2 (leave them
@@ -95,6 +100,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _root_lock = lock::lock_root(root.path())?;
     let saved = runtime.load_state();
     let fleet = Arc::new(Fleet::new(root, Arc::new(EventLog::new())));
+    // Without it the daemon still guards; `recommend` then only sees this daemon's lifetimes.
+    let state_dir = RuntimeDir::open(&opts.state_dir)
+        .map_err(|e| error!("observations are not kept across restarts: {e}"))
+        .ok();
+    if let Some(dir) = &state_dir {
+        // Before any instance starts: an adopted worker continues its saved lifetime.
+        fleet.observed().restore(observed::load(dir));
+    }
     for p in policies {
         let name = p.name.clone();
         // The fleet remembers it: reap_strays leaves its groups alone.
@@ -128,7 +141,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     info!(root = %fleet.root().path().display(), socket = %opts.socket.display(), "oomguard {} running", env!("CARGO_PKG_VERSION"));
     notify(&[NotifyState::Ready, NotifyState::Status("guarding")]);
 
-    let mut exit = main_loop(&fleet, &reloads, &runtime).await?;
+    let mut exit = main_loop(&fleet, &reloads, &runtime, state_dir.as_ref()).await?;
     if opts.dry_run && matches!(exit, Exit::Stop) {
         // Stopping a worker means signalling it, and a dry run signals nothing: the workers
         // stay, and the next daemon adopts them as after a SIGUSR2.
@@ -151,11 +164,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             // The (empty) root stays: under systemd it is oomguard-workers.service's `workers`
             // group, which the next start must find again.
             runtime.remove_state();
+            save_observations(state_dir.as_ref(), &fleet);
             info!("all workers stopped");
         }
         Exit::Detach => {
             let _no_reload = with_watchdog(reload_owner.lock()).await;
             save_state(&runtime, &fleet);
+            save_observations(state_dir.as_ref(), &fleet);
             info!(
                 "exiting (SIGUSR2, or the end of a dry run), leaving workers running for the next daemon to adopt ({})",
                 runtime.state_path().display()
@@ -187,6 +202,17 @@ fn api_error(e: FleetError) -> ApiError {
 impl Api for DaemonApi {
     fn status(&self, target: Option<&str>) -> Result<StatusReport, ApiError> {
         self.fleet.status(target).map_err(api_error)
+    }
+
+    fn observations(
+        &self,
+        policy: &str,
+    ) -> Result<crate::observations::PolicyObservations, ApiError> {
+        self.fleet.observations(policy).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "policy {policy} is not running and has no recorded lifetimes"
+            ))
+        })
     }
 
     fn events(&self, last: usize) -> Vec<EventRecord> {
@@ -264,6 +290,7 @@ async fn main_loop(
     fleet: &Arc<Fleet>,
     reloads: &Reloads,
     runtime: &RuntimeDir,
+    state_dir: Option<&RuntimeDir>,
 ) -> anyhow::Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -278,8 +305,15 @@ async fn main_loop(
             _ = usr2.recv() => return Ok(Exit::Detach),
             _ = hup.recv() => reloads.signal(),
             // Every decision changes counters worth keeping across a daemon restart.
-            _ = events.recv() => save_state(runtime, fleet),
-            _ = watchdog.tick() => notify(&[NotifyState::Watchdog]),
+            _ = events.recv() => {
+                save_state(runtime, fleet);
+                save_observations(state_dir, fleet);
+            }
+            _ = watchdog.tick() => {
+                notify(&[NotifyState::Watchdog]);
+                // A wake-up that exists anyway: running lifetimes survive a crash up to here.
+                save_observations(state_dir, fleet);
+            }
         }
     }
 }
@@ -318,6 +352,12 @@ fn arm_second_signal() -> anyhow::Result<()> {
     }
     stopping.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+fn save_observations(dir: Option<&RuntimeDir>, fleet: &Fleet) {
+    if let Some(dir) = dir {
+        observed::save(dir, fleet.observed());
+    }
 }
 
 fn save_state(runtime: &RuntimeDir, fleet: &Fleet) {
@@ -372,6 +412,7 @@ mod tests {
             dry_run,
             socket_group: None,
             admin_uids: vec![],
+            state_dir: PathBuf::from("/nonexistent"),
         }
     }
 

@@ -124,6 +124,8 @@ pub struct Instance {
     awaiting: Option<ready::Awaiting>,
     /// The `restart.hooks.after` owed to the replacement of the last restarted worker.
     pending_after: Option<hooks::PendingAfter>,
+    /// Lifetime records for `oomguard recommend`, fed at the wake-ups this task already has.
+    observed: Arc<crate::observations::Recorder>,
 }
 
 /// What an instance task is given by the fleet.
@@ -137,6 +139,7 @@ pub struct Spec {
     /// Shared by every instance: how many may be starting at once (see [`START_GATE`]).
     pub start_gate: Arc<Semaphore>,
     pub events: Arc<EventLog>,
+    pub observed: Arc<crate::observations::Recorder>,
 }
 
 /// Instances starting at once. Starting (mkdir, limits, fork and exec) is synchronous work on the
@@ -188,6 +191,7 @@ impl Instance {
             events: spec.events,
             awaiting: None,
             pending_after: None,
+            observed: spec.observed,
         };
         (instance, view_rx)
     }
@@ -285,6 +289,9 @@ impl Instance {
                     );
                     let ev =
                         self.ending_event(&worker, reason, "exit", ending, &self.numbers(), &what);
+                    let kills = worker.oom_kills_seen;
+                    self.observed
+                        .ended(&self.id, reason.as_str(), kills, &self.group);
                     self.events.push(ev);
                     self.replacement_failed(&what);
                     if !self.after_unplanned_exit(ran_for, reason, what).await {
@@ -351,6 +358,7 @@ impl Instance {
             }
         };
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
+        self.observed.started(&self.id, pid, &self.group);
         self.after_hook(pid);
         let main = Proc {
             pidfd,
@@ -443,6 +451,8 @@ impl Instance {
     /// operator's request, or the worker's own exit.
     async fn watch(&mut self, w: &mut Worker) -> Outcome {
         loop {
+            // Every wake-up of this loop is one the task had anyway (rate-limited inside).
+            self.observed.sample(&self.id, &self.group, false);
             let memory_due = self.memory_sample_due();
             let ready_at = self.ready_at(w);
             tokio::select! {

@@ -11,6 +11,7 @@
 //!   workers' cgroups in a systemd unit of their own; `layout` says where those cgroups are.
 //! - `daemon` wires it together; `server`, `client` and `protocol` are the unix-socket surface.
 //!   `metrics` (Prometheus text) and `table` (the CLI's human output) are pure renderings of a status.
+//! - `observations` records worker lifetimes; `recommend` (pure) proposes limits from them.
 
 pub mod cgroupfs;
 pub mod children;
@@ -26,9 +27,11 @@ pub mod instance;
 pub mod layout;
 pub mod logging;
 pub mod metrics;
+pub mod observations;
 pub mod policy;
 pub mod protocol;
 pub mod psi;
+pub mod recommend;
 pub mod sampler;
 pub mod server;
 pub mod shutdown;

@@ -300,6 +300,8 @@ pub enum Request {
     Reload,
     /// Prometheus text exposition of the current status.
     Metrics,
+    /// What the daemon observed of a policy's worker lifetimes, for `oomguard recommend`.
+    Observations { policy: Target },
 }
 
 fn default_events_last() -> usize {
@@ -315,6 +317,7 @@ impl Request {
             Request::Restart { .. } => "restart",
             Request::Reload => "reload",
             Request::Metrics => "metrics",
+            Request::Observations { .. } => "observations",
         }
     }
 
@@ -791,6 +794,9 @@ mod tests {
             },
             Request::Reload,
             Request::Metrics,
+            Request::Observations {
+                policy: t("celery"),
+            },
         ];
         for req in all {
             let line = req.to_line();

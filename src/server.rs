@@ -39,6 +39,7 @@ pub use self::slots::{Refusal, SlotLimits};
 use self::slots::{Slot, Slots};
 pub use self::socket::bind;
 use crate::metrics;
+use crate::observations::PolicyObservations;
 pub use crate::protocol::{ApiError, ReloadReport};
 use crate::protocol::{
     ErrorCode, EventRecord, Request, Response, RestartReply, StatusReport, MAX_REQUEST_LINE,
@@ -64,6 +65,13 @@ pub trait Api: Send + Sync + 'static {
     /// `shutting_down` (nothing may start while workers are being stopped); reads still work.
     fn accepting_changes(&self) -> bool {
         true
+    }
+    /// A policy's recorded worker lifetimes (`oomguard recommend`); `not_found` when it neither
+    /// runs nor has any.
+    fn observations(&self, policy: &str) -> Result<PolicyObservations, ApiError> {
+        Err(ApiError::not_found(format!(
+            "no observations of policy {policy:?}"
+        )))
     }
 }
 
@@ -521,5 +529,12 @@ async fn execute<A: Api>(api: &A, req: Request, peer: &Peer) -> Response {
             reply(api.reload().await.map(|r| Response::ok(&r)))
         }
         Request::Metrics => reply(api.status(None).map(|s| Response::ok(&metrics::render(&s)))),
+        Request::Observations { policy } => match policy.index {
+            Some(_) => Response::error(
+                ErrorCode::BadRequest,
+                format!("observations are per policy: {policy} names an instance"),
+            ),
+            None => reply(api.observations(&policy.policy).map(|o| Response::ok(&o))),
+        },
     }
 }

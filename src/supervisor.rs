@@ -19,6 +19,7 @@ use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, St
 use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
 
+mod observed;
 mod strays;
 
 /// Controllers every level of oomguard's subtree enables for the next.
@@ -67,6 +68,8 @@ pub struct Fleet {
     /// Valid policies that failed to start (e.g. a user lookup failed for a moment): their
     /// groups may hold live workers, so stray reaping leaves them alone (fail closed).
     unstarted: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Worker lifetimes for `oomguard recommend` (saved in the state directory by the daemon).
+    observed: Arc<crate::observations::Recorder>,
 }
 
 impl Fleet {
@@ -79,11 +82,16 @@ impl Fleet {
             samples: Arc::new(Samples::default()),
             start_gate: Arc::new(Semaphore::new(crate::instance::START_GATE)),
             unstarted: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            observed: Arc::default(),
         }
     }
 
     pub fn events(&self) -> &Arc<EventLog> {
         &self.events
+    }
+
+    pub fn observed(&self) -> &Arc<crate::observations::Recorder> {
+        &self.observed
     }
 
     pub fn root(&self) -> &Group {
@@ -159,6 +167,7 @@ impl Fleet {
             restart_lock: run.lock.clone(),
             start_gate: self.start_gate.clone(),
             events: self.events.clone(),
+            observed: self.observed.clone(),
         };
         let (instance, view) = Instance::new(spec, rx, restored);
         let task = tokio::spawn(instance.run(adopt));

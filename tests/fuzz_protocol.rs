@@ -85,6 +85,7 @@ const STRINGS: &[&str] = &[
     "restart",
     "reload",
     "metrics",
+    "observations",
     "celery",
     "celery/0",
     "celery/",

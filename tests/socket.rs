@@ -898,3 +898,22 @@ async fn bind_refuses_a_symlink_at_the_socket_path() {
         "precious"
     );
 }
+
+/// `observations` (what `oomguard recommend` asks) is per policy: an instance is a bad request;
+/// a daemon with nothing recorded answers not_found, never an empty success.
+#[tokio::test]
+async fn observations_are_per_policy_and_missing_ones_are_not_found() {
+    let srv = start().await;
+    let ask = |policy: &str| Request::Observations {
+        policy: policy.try_into().expect("valid"),
+    };
+    for (policy, code) in [
+        ("celery/0", ErrorCode::BadRequest),
+        ("celery", ErrorCode::NotFound),
+    ] {
+        match client::call::<serde_json::Value>(&srv.path, &ask(policy)).await {
+            Err(ClientError::Refused(b)) => assert_eq!(b.code, code, "{policy}: {}", b.message),
+            other => panic!("{policy}: expected {code:?}, got {other:?}"),
+        }
+    }
+}

@@ -262,6 +262,7 @@ mod tests {
             dry_run: false,
             socket_group: None,
             admin_uids: vec![],
+            state_dir: std::path::PathBuf::from("/nonexistent"),
         };
         let (closing_tx, closing) = watch::channel(false);
         let reloads = Reloads::spawn(fleet.clone(), opts, Arc::new(Mutex::new(())), closing);

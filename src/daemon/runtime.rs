@@ -110,8 +110,18 @@ impl RuntimeDir {
     }
 
     fn read_state(&self) -> io::Result<Option<Vec<u8>>> {
+        self.read_named(STATE)
+    }
+
+    /// The path of a file in this directory, for messages.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Reads `name` in this directory (never through a symlink); None when it does not exist.
+    pub fn read_named(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-        let fd = match openat(Some(self.dir.as_raw_fd()), STATE, flags, Mode::empty()) {
+        let fd = match openat(Some(self.dir.as_raw_fd()), name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -130,24 +140,39 @@ impl RuntimeDir {
     /// symlink), then renamed over the old state.
     pub fn save_state(&self, state: &SavedState) -> io::Result<()> {
         let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
+        self.write_named(STATE, STATE_TMP, &bytes, 0o644)
+    }
+
+    /// Moves `name` aside to `name.corrupt` (replacing an older one), so a file the daemon could
+    /// not read is kept for a person to look at and never read again.
+    pub fn set_aside(&self, name: &str) -> io::Result<PathBuf> {
+        let dirfd = Some(self.dir.as_raw_fd());
+        let aside = format!("{name}.corrupt");
+        renameat(dirfd, name, dirfd, aside.as_str())?;
+        Ok(self.path.join(aside))
+    }
+
+    /// Writes `name` atomically: a new `tmp` (never an existing file, never through a
+    /// symlink), then renamed over `name`.
+    pub fn write_named(&self, name: &str, tmp: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
         let dirfd = Some(self.dir.as_raw_fd());
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mode = Mode::from_bits_truncate(0o644);
-        let fd = match openat(dirfd, STATE_TMP, flags, mode) {
+        let mode = Mode::from_bits_truncate(mode);
+        let fd = match openat(dirfd, tmp, flags, mode) {
             // Left by a crash (or planted): unlinkat removes the name itself, never a target.
             Err(Errno::EEXIST) => {
-                unlinkat(dirfd, STATE_TMP, UnlinkatFlags::NoRemoveDir)?;
-                openat(dirfd, STATE_TMP, flags, mode)?
+                unlinkat(dirfd, tmp, UnlinkatFlags::NoRemoveDir)?;
+                openat(dirfd, tmp, flags, mode)?
             }
             other => other?,
         };
         // SAFETY: openat just returned this fd and nothing else owns it.
         let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let written = file.write_all(&bytes);
+        let written = file.write_all(bytes);
         drop(file);
-        if let Err(e) = written.and_then(|()| Ok(renameat(dirfd, STATE_TMP, dirfd, STATE)?)) {
-            let _ = unlinkat(dirfd, STATE_TMP, UnlinkatFlags::NoRemoveDir);
+        if let Err(e) = written.and_then(|()| Ok(renameat(dirfd, tmp, dirfd, name)?)) {
+            let _ = unlinkat(dirfd, tmp, UnlinkatFlags::NoRemoveDir);
             return Err(e);
         }
         Ok(())

@@ -23,6 +23,7 @@ impl Instance {
         self.apply_limits()?;
         let events_at_start = self.group.memory_events().unwrap_or_default();
         info!(instance = %self.id, pid, "adopted the running worker");
+        self.observed.adopted(&self.id, pid, &self.group);
         let children = match (layout, self.policy.children) {
             (true, Some(c)) => Some(c),
             (false, Some(_)) => {

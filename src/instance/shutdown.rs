@@ -65,6 +65,10 @@ impl Instance {
             }
         };
         let numbers = self.numbers();
+        // Read now, while the worker still holds its memory.
+        let kills = w.oom_kills_seen;
+        self.observed
+            .ended(&self.id, reason.as_str(), kills, &self.group);
         self.count_restart(reason);
         self.set_state(InstanceState::Restarting, Some(w.main.pid()));
         let (ending, report) = self.await_exit(&mut w, signalled).await;
@@ -91,6 +95,8 @@ impl Instance {
     pub(super) async fn stop(&mut self, mut w: Worker) {
         self.set_state(InstanceState::Restarting, Some(w.main.pid()));
         let (signalled, _, _) = self.signal(&mut w, None);
+        let kills = w.oom_kills_seen;
+        self.observed.ended(&self.id, "stopped", kills, &self.group);
         let (ending, report) = self.await_exit(&mut w, signalled).await;
         info!(instance = %self.id, pid = w.main.pid(), "stopped: {}{}", describe_ending(&ending, self.policy.restart.signal),
             report.notes.iter().map(|n| format!("; {n}")).collect::<String>());

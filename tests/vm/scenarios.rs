@@ -13,6 +13,7 @@ mod hooks;
 mod kernels;
 mod lifecycle;
 mod pressure_log;
+mod recommend;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -74,6 +75,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: observe,
+    },
+    Scenario {
+        name: "recommend",
+        demo: false,
+        kernel_args: "",
+        budget_s: 180,
+        vm_mb: 512,
+        run: recommend::recommend,
     },
     Scenario {
         name: "respawn",
