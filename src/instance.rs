@@ -180,8 +180,10 @@ impl Instance {
             draining_pid: None,
         });
         let mut view = view;
-        // The children a previous daemon saw are found again from the leaves at adoption.
+        // The children a previous daemon saw are found again from the leaves at adoption, and
+        // an overlap it left is resolved then (`drain_other_generation`).
         view.children.clear();
+        view.draining_pid = None;
         let mut tracker = Tracker::new();
         tracker.restore_exits(
             view.unplanned_exits_ms
@@ -348,6 +350,8 @@ impl Instance {
             }
             None => "what is in it could not be adopted (no worker of a previous daemon)".into(),
         };
+        // The whole instance group, generation leaves included, is cleared before a start.
+        self.group = self.home.clone();
         self.clear_leftovers(&why).await?;
         let gate = self.start_gate.clone();
         let _permit = gate.acquire().await;
@@ -367,6 +371,8 @@ impl Instance {
                     .ok_or("restart.overlap without a sized memory.max (refused at load)")?;
                 overlap::prepare(&self.home, envelope)?;
                 self.group = overlap::other(&self.home, &self.home);
+                // An empty leaf a drain could not remove: the next overlap's place.
+                let _ = overlap::other(&self.home, &self.group).remove();
             }
             None => {
                 overlap::flatten(&self.home)?;

@@ -116,7 +116,7 @@ impl Instance {
             "replacement pid {new_pid} started in {} beside pid {old_pid}, which is drained next",
             next.path().display()
         );
-        info!(instance = %self.id, "{what}");
+        // The event is the log line (events are logged as they are pushed).
         let mut ev = self.event(reason, "overlap", &what);
         ev.replacement_pid = Some(new_pid);
         self.events.push(ev);
