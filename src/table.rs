@@ -71,10 +71,12 @@ fn row(i: &InstanceStatus, now_unix: u64) -> [String; 8] {
         InstanceState::Restarting => "RESTARTING".to_string(),
         s => s.as_str().to_string(),
     };
-    let pids = match i.pids.as_slice() {
-        [] => "-".to_string(),
-        [one] => one.to_string(),
-        [first, rest @ ..] => format!("{first} +{}", rest.len()),
+    let pids = match (i.pids.as_slice(), i.draining_pid) {
+        ([], _) => "-".to_string(),
+        // An overlapping restart: the replacement, then the old worker it replaces.
+        ([new, ..], Some(old)) => format!("{new} ←{old}"),
+        ([one], None) => one.to_string(),
+        ([first, rest @ ..], None) => format!("{first} +{}", rest.len()),
     };
     let mem = memory(i.memory_current, i.memory_high, i.memory_max);
     let psi = percent(i.psi_some_avg10);
@@ -328,6 +330,17 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("pf/0: 4 children recycled alone"), "{out}");
+    }
+
+    #[test]
+    fn an_overlap_shows_both_pids() {
+        let mut i = instance("q/0");
+        i.state = InstanceState::Restarting;
+        i.pids = vec![5001, 5000];
+        i.draining_pid = Some(5000);
+        assert_eq!(row(&i, NOW)[2], "5001 ←5000");
+        i.draining_pid = None;
+        assert_eq!(row(&i, NOW)[2], "5001 +1");
     }
 
     #[test]
