@@ -26,14 +26,14 @@ mod load;
 mod perms;
 mod raw;
 mod restart;
-pub use restart::overlap_envelope;
+pub use restart::{overlap_envelope, overlap_peak};
 mod run;
 mod schema;
 mod validate;
 mod yaml;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use hooks::{Hooks, PLACEHOLDERS};
 pub use load::{load_dir, load_file, load_paths};

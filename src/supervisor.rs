@@ -19,6 +19,7 @@ use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, St
 use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
 
+mod envelope;
 mod strays;
 
 /// Controllers every level of oomguard's subtree enables for the next.
@@ -120,6 +121,7 @@ impl Fleet {
     }
 
     fn try_start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
+        envelope::check(&policy, &self.root).map_err(FleetError::Failed)?;
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group

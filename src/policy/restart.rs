@@ -198,6 +198,12 @@ impl Check<'_> {
     }
 }
 
+/// The most a policy with overlap may use at once: every instance's memory.max, plus one more
+/// generation for the instance being restarted (a policy's restarts run one at a time).
+pub fn overlap_peak(instances: u32, max: Limit) -> Option<u64> {
+    max.bytes()?.checked_mul(u64::from(instances) + 1)
+}
+
 /// The instance group's memory.max while it may hold two generations: twice the policy's
 /// memory.max; None when that has no size ("max") or the sum overflows.
 pub fn overlap_envelope(max: Limit) -> Option<u64> {
