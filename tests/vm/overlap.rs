@@ -84,11 +84,12 @@ impl Sampler {
     }
 }
 
-fn restart_event(after: u64) -> Option<EventRecord> {
+/// The first restart event of instance `id`.
+fn restart_event(id: &str) -> Option<EventRecord> {
     recent_events()
         .ok()?
         .into_iter()
-        .find(|e| e.action == "restart" && e.seq > after)
+        .find(|e| e.action == "restart" && e.instance == id)
 }
 
 pub fn overlap() -> Result<()> {
@@ -110,6 +111,16 @@ pub fn overlap() -> Result<()> {
             "run:\n  command: {cmd}\n  user: worker\nmemory:\n  high: 48M\n  max: 96M\n\
              triggers:\n  memory: {{above: 32M}}\n\
              restart:\n  grace: 20s\n  overlap: true\n"
+        ),
+    )?;
+    // The same worker without overlap, beside it: a plain restart's breakdown.
+    write_policy(
+        POLICY_DIR,
+        "plain",
+        &format!(
+            "run:\n  command: {}\n  user: worker\nmemory:\n  high: 48M\n  max: 96M\n\
+             triggers:\n  memory: {{above: 32M}}\nrestart:\n  grace: 20s\n",
+            worker_command(&["--leak-mb-per-s", "8", "--job-ms", "3000"])
         ),
     )?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
@@ -136,7 +147,7 @@ pub fn overlap() -> Result<()> {
         both.1
     );
     let ev = wait_until("the restart event", Duration::from_secs(30), || {
-        restart_event(0)
+        restart_event(ID)
     })?;
     evidence("restart event", &ev.message);
     evidence(
@@ -182,6 +193,40 @@ pub fn overlap() -> Result<()> {
     })?;
     evidence("generation groups after the restart", format!("{gens:?}"));
     ensure!(!pid_alive(first), "the first worker {first} still runs");
+    let plain = wait_until("plain/0's restart event", Duration::from_secs(30), || {
+        restart_event("plain/0")
+    })?;
+    evidence(
+        "plain breakdown",
+        format!(
+            "trigger->signal {:?} us, signal->exit {:?} ms, exit->exec {:?} ms, overlap {:?}, dead {:?} ms, new {:?}",
+            plain.trigger_to_signal_us,
+            plain.signal_to_exit_ms,
+            plain.exit_to_exec_ms,
+            plain.overlap_ms,
+            plain.dead_time_ms,
+            plain.replacement_pid
+        ),
+    );
+    ensure!(
+        plain.exit_to_exec_ms.is_some()
+            && plain.dead_time_ms == plain.exit_to_exec_ms
+            && plain.overlap_ms.is_none()
+            && plain.signal_to_exit_ms.is_some(),
+        "plain restart breakdown {plain:?}"
+    );
+    let plain_pid = status_json()?;
+    let plain_pid = require_instance(&plain_pid, "plain/0")?
+        .pids
+        .first()
+        .copied();
+    ensure!(
+        plain.replacement_pid.is_some()
+            && (plain_pid == plain.replacement_pid
+                || !pid_alive(plain.replacement_pid.unwrap_or(0))),
+        "replacement {:?}, running {plain_pid:?}",
+        plain.replacement_pid
+    );
 
     // 2. The daemon dies during the next overlap (SIGKILL: no state saved).
     // Polled every 20 ms straight from cgroupfs: the window is the old worker's last job.
