@@ -36,7 +36,7 @@ mod layout;
 mod words;
 
 use layout::{child_leaves, sweep};
-pub use layout::{flatten, has_layout, prepare};
+pub use layout::{controllers_off, flatten, has_layout, prepare};
 
 use kid::{KidNote, Order};
 

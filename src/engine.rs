@@ -218,6 +218,7 @@ mod tests {
             limit_count: 3,
             limit_within: ms(60_000),
             hooks: Default::default(),
+            overlap: None,
         }
     }
 

@@ -24,13 +24,16 @@ use crate::watch::{FileWatch, PidFd};
 use children::next_child_event;
 
 mod children;
+mod deadtime;
 mod down;
 mod hooks;
+mod overlap;
 mod ready;
 mod report;
 mod shutdown;
 mod wait;
 
+pub use overlap::{has_layout as overlap_layout, GENERATIONS};
 use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
 pub use report::{describe, fmt_dur};
 use shutdown::Cause;
@@ -40,12 +43,15 @@ use wait::{wait_file, wait_psi};
 /// How long observe mode stays quiet about one instance after reporting it.
 const OBSERVE_COOLDOWN: Duration = Duration::from_secs(30);
 
+/// The answer to an operator's restart.
+type Reply = oneshot::Sender<Result<String, String>>;
+
 /// Requests to an instance task.
 #[derive(Debug)]
 pub enum Command {
     /// Graceful restart. With a duration (a rolling restart's `restart.ready`) the reply comes
     /// once the new worker has run that long, or is an error saying why it did not; without,
-    /// once the old worker is gone.
+    /// once the old worker is gone and its replacement was started (or could not be).
     Restart(oneshot::Sender<Result<String, String>>, Option<Duration>),
     /// Graceful stop; the task ends after replying.
     Stop(oneshot::Sender<String>),
@@ -75,6 +81,9 @@ pub struct View {
     /// Children recycled alone.
     #[serde(default)]
     pub child_recycles: u32,
+    /// With `restart.overlap`: the old worker being drained while its replacement runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_pid: Option<u32>,
 }
 
 /// A running worker.
@@ -110,6 +119,9 @@ enum Outcome {
 pub struct Instance {
     pub id: String,
     policy: Arc<Policy>,
+    /// The instance's own group (`<policy>/<n>`).
+    home: Group,
+    /// Where the worker runs: `home`, or with `restart.overlap` its generation leaf.
     group: Group,
     identity: Option<Identity>,
     tracker: Tracker,
@@ -126,6 +138,8 @@ pub struct Instance {
     pending_after: Option<hooks::PendingAfter>,
     /// Lifetime records for `oomguard recommend`, fed at the wake-ups this task already has.
     observed: Arc<crate::observations::Recorder>,
+    /// A plain restart's event, held until its replacement is exec'd (exit to exec time).
+    pending_restart: Option<deadtime::PendingRestart>,
 }
 
 /// What an instance task is given by the fleet.
@@ -166,10 +180,13 @@ impl Instance {
             unplanned_exits_ms: Vec::new(),
             children: Vec::new(),
             child_recycles: 0,
+            draining_pid: None,
         });
         let mut view = view;
-        // The children a previous daemon saw are found again from the leaves at adoption.
+        // The children a previous daemon saw are found again from the leaves at adoption, and
+        // an overlap it left is resolved then (`drain_other_generation`).
         view.children.clear();
+        view.draining_pid = None;
         let mut tracker = Tracker::new();
         tracker.restore_exits(
             view.unplanned_exits_ms
@@ -180,6 +197,7 @@ impl Instance {
         let instance = Instance {
             id: spec.id,
             policy: spec.policy,
+            home: spec.group.clone(),
             group: spec.group,
             identity: spec.identity,
             tracker,
@@ -192,6 +210,7 @@ impl Instance {
             awaiting: None,
             pending_after: None,
             observed: spec.observed,
+            pending_restart: None,
         };
         (instance, view_rx)
     }
@@ -220,11 +239,23 @@ impl Instance {
                 return;
             }
         }
+        // A restart with overlap hands over its replacement, already running.
+        let mut next: Option<Worker> = None;
+        // An operator's restart is answered once its replacement runs (or could not start), so
+        // the restart event, sent at the replacement's exec, is out before the answer.
+        let mut owed: Option<(Reply, Option<Duration>)> = None;
         loop {
-            let started = self.next_worker(adopt.take()).await;
+            let started = match next.take() {
+                Some(w) => Ok(w),
+                None => self.next_worker(adopt.take()).await,
+            };
+            if let Some((reply, ready)) = owed.take() {
+                self.reply_when_ready(reply, ready, format!("{} restarted", self.id));
+            }
             let worker = match started {
                 Ok(w) => w,
                 Err(e) => {
+                    self.flush_restart_event(None);
                     let what = format!("cannot start the worker: {e}");
                     self.events
                         .push(self.event(Reason::Exited, "start_failed", &what));
@@ -242,20 +273,23 @@ impl Instance {
             match self.watch(&mut worker).await {
                 Outcome::Offence(offence, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
-                    self.restart(worker, offence.reason, Some(woke), Cause::Offence(offence))
+                    next = self
+                        .restart(worker, offence.reason, Some(woke), Cause::Offence(offence))
                         .await;
                 }
                 Outcome::Escalated(why, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
-                    self.restart(worker, Reason::Child, Some(woke), Cause::Escalation(why))
+                    next = self
+                        .restart(worker, Reason::Child, Some(woke), Cause::Escalation(why))
                         .await;
                 }
                 Outcome::Manual(reply, ready) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
                     // No offence: an operator's request.
-                    self.restart(worker, Reason::Manual, None, Cause::Operator)
+                    next = self
+                        .restart(worker, Reason::Manual, None, Cause::Operator)
                         .await;
-                    self.reply_when_ready(reply, ready, format!("{} restarted", self.id));
+                    owed = Some((reply, ready));
                 }
                 Outcome::Stop(reply) => {
                     self.replacement_failed("the instance was stopped");
@@ -310,7 +344,11 @@ impl Instance {
                 let gate = self.start_gate.clone();
                 let _permit = gate.acquire().await;
                 match self.adopt(pid) {
-                    Ok(w) => return Ok(w),
+                    Ok(w) => {
+                        drop(_permit);
+                        self.drain_other_generation(pid).await;
+                        return Ok(w);
+                    }
                     Err(e) => {
                         warn!(instance = %self.id, "cannot adopt pid {pid}: {e}");
                         format!("its worker (pid {pid}) could not be adopted: {e}")
@@ -319,6 +357,8 @@ impl Instance {
             }
             None => "what is in it could not be adopted (no worker of a previous daemon)".into(),
         };
+        // The whole instance group, generation leaves included, is cleared before a start.
+        self.group = self.home.clone();
         self.clear_leftovers(&why).await?;
         let gate = self.start_gate.clone();
         let _permit = gate.acquire().await;
@@ -330,6 +370,27 @@ impl Instance {
     fn start(&mut self) -> Result<Worker, String> {
         self.set_state(InstanceState::Starting, None);
         self.ensure_policy_group()?;
+        self.home.create().map_err(|e| e.to_string())?;
+        // The group is empty here (leftovers were cleared): its layout follows the policy.
+        match self.policy.restart.overlap {
+            Some(_) => {
+                let envelope = crate::policy::overlap_envelope(self.policy.memory.max)
+                    .ok_or("restart.overlap without a sized memory.max (refused at load)")?;
+                overlap::prepare(&self.home, envelope)?;
+                self.group = overlap::other(&self.home, &self.home);
+                // An empty leaf a drain could not remove: the next overlap's place.
+                let _ = overlap::other(&self.home, &self.group).remove();
+            }
+            None => {
+                overlap::flatten(&self.home)?;
+                self.group = self.home.clone();
+            }
+        }
+        self.start_here()
+    }
+
+    /// Starts the worker in `self.group`: created, limits set and verified, then spawned.
+    fn start_here(&mut self) -> Result<Worker, String> {
         self.group.create().map_err(|e| e.to_string())?;
         self.apply_limits()?;
         // With `children:` the group holds leaves: the worker starts in `main`.
@@ -359,6 +420,7 @@ impl Instance {
         };
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
         self.observed.started(&self.id, pid, &self.group);
+        self.flush_restart_event(Some(pid));
         self.after_hook(pid);
         let main = Proc {
             pidfd,
@@ -372,7 +434,7 @@ impl Instance {
     /// cleanup script): recreate it with the controllers its children need, or the instance could
     /// never set its limits again.
     fn ensure_policy_group(&self) -> Result<(), String> {
-        let Some(parent) = self.group.parent() else {
+        let Some(parent) = self.home.parent() else {
             return Ok(());
         };
         if parent.exists() {

@@ -289,6 +289,7 @@ mod tests {
             oom_kills: 1,
             children: Vec::new(),
             child_recycles: 0,
+            draining_pid: None,
         }
     }
 

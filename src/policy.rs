@@ -26,13 +26,14 @@ mod load;
 mod perms;
 mod raw;
 mod restart;
+pub use restart::{overlap_envelope, overlap_peak};
 mod run;
 mod schema;
 mod validate;
 mod yaml;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use hooks::{Hooks, PLACEHOLDERS};
 pub use load::{load_dir, load_file, load_paths};
@@ -199,4 +200,16 @@ pub struct RestartPolicy {
     pub limit_within: Duration,
     /// `restart.hooks`: programs run before the signal and after the respawn.
     pub hooks: Hooks,
+    /// `restart.overlap: true`: make-before-break restarts (the replacement starts in a sibling
+    /// group before the old worker is signalled); None when off.
+    pub overlap: Option<Overlap>,
+}
+
+/// How a restart with overlap runs (docs/policy.md, "Overlapping restarts").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    /// How long the replacement must have run before the old worker is signalled: the
+    /// `restart.ready` written in the policy, else zero (the default `ready` of a rolling
+    /// restart would keep a leaking worker running for seconds past its trigger).
+    pub ready: Duration,
 }

@@ -88,6 +88,10 @@ pub struct InstanceStatus {
     /// Children recycled (each alone) since the daemon started tracking this instance.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub child_recycles: u32,
+    /// With `restart.overlap`, during a restart: the old worker being drained (also in `pids`,
+    /// after the replacement's pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_pid: Option<u32>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -187,6 +191,21 @@ pub struct EventRecord {
     pub trigger_to_signal_us: Option<u64>,
     /// From the signal to the group being empty.
     pub signal_to_exit_ms: Option<u64>,
+    /// A restart's dead-time breakdown, after the two above: from the old worker's exit to the
+    /// replacement's exec (plain restart; absent when the replacement never started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_to_exec_ms: Option<u64>,
+    /// With `restart.overlap`: from the replacement's exec to the old worker's exit, while both
+    /// ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_ms: Option<u64>,
+    /// How long the instance had no running worker: `exit_to_exec_ms` for a plain restart, 0
+    /// with overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_time_ms: Option<u64>,
+    /// The replacement's pid, once it runs (a restart with overlap names it from the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_pid: Option<u32>,
     /// Human-readable one-line summary, the same text as the log line.
     pub message: String,
     /// The child of a `child_recycle`, `would_recycle` or `child_escalation` event.
@@ -241,6 +260,10 @@ impl EventRecord {
             ending: None,
             trigger_to_signal_us: None,
             signal_to_exit_ms: None,
+            exit_to_exec_ms: None,
+            overlap_ms: None,
+            dead_time_ms: None,
+            replacement_pid: None,
             message,
             child_pid: None,
             child_leaf: None,

@@ -20,6 +20,7 @@ use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
 
 mod observed;
+mod envelope;
 mod strays;
 
 /// Controllers every level of oomguard's subtree enables for the next.
@@ -128,6 +129,7 @@ impl Fleet {
     }
 
     fn try_start_policy(&self, policy: Policy, saved: &SavedState) -> Result<(), FleetError> {
+        envelope::check(&policy, &self.root).map_err(FleetError::Failed)?;
         let policy = Arc::new(policy);
         let group = self.root.child(&policy.name);
         group
@@ -507,11 +509,38 @@ fn find_main_pid(group: &Group, saved: Option<u32>) -> Option<u32> {
     if crate::shutdown::emptiness(group).is_empty() {
         return None;
     }
+    if crate::instance::overlap_layout(group) {
+        return youngest_generation(group, saved);
+    }
     let home = if crate::children::has_layout(group) {
         group.child(crate::children::MAIN_LEAF)
     } else {
         group.clone()
     };
+    main_of(&home, saved)
+}
+
+/// A daemon restarted mid-overlap finds a worker in each generation leaf: the younger one (the
+/// replacement) is adopted, and the instance drains the other (`drain_other_generation`), so
+/// the worker is neither lost nor doubled. Started-at comes from /proc (field 22), not from
+/// state.json, which may predate the replacement.
+fn youngest_generation(group: &Group, saved: Option<u32>) -> Option<u32> {
+    crate::instance::GENERATIONS
+        .iter()
+        .filter_map(|g| main_of(&group.child(g), saved))
+        .max_by_key(|pid| start_ticks(*pid).unwrap_or(0))
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Fields resume at 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The main process of one group: the saved pid if it is there, else the process whose parent
+/// is outside the group.
+fn main_of(home: &Group, saved: Option<u32>) -> Option<u32> {
     let procs = home.procs().ok()?;
     if let Some(pid) = saved.filter(|p| procs.contains(p)) {
         return Some(pid);
@@ -571,6 +600,8 @@ fn instance_status(
     if view.main_pid.is_some_and(|p| s.pids.contains(&p)) {
         pids.extend(s.pids.iter().filter(|p| Some(**p) != view.main_pid));
     }
+    // During an overlapping restart: the old worker too, after the replacement.
+    pids.extend(view.draining_pid.filter(|p| !pids.contains(p)));
     InstanceStatus {
         id: h.id.clone(),
         state: view.state,
@@ -590,5 +621,6 @@ fn instance_status(
         oom_kills: view.oom_kills,
         children,
         child_recycles: view.child_recycles,
+        draining_pid: view.draining_pid,
     }
 }

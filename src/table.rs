@@ -71,10 +71,12 @@ fn row(i: &InstanceStatus, now_unix: u64) -> [String; 8] {
         InstanceState::Restarting => "RESTARTING".to_string(),
         s => s.as_str().to_string(),
     };
-    let pids = match i.pids.as_slice() {
-        [] => "-".to_string(),
-        [one] => one.to_string(),
-        [first, rest @ ..] => format!("{first} +{}", rest.len()),
+    let pids = match (i.pids.as_slice(), i.draining_pid) {
+        ([], _) => "-".to_string(),
+        // An overlapping restart: the replacement, then the old worker it replaces.
+        ([new, ..], Some(old)) => format!("{new} ←{old}"),
+        ([one], None) => one.to_string(),
+        ([first, rest @ ..], None) => format!("{first} +{}", rest.len()),
     };
     let mem = memory(i.memory_current, i.memory_high, i.memory_max);
     let psi = percent(i.psi_some_avg10);
@@ -176,6 +178,18 @@ pub fn render_event(e: &EventRecord) -> String {
     if let Some(ms) = e.signal_to_exit_ms {
         numbers.push(format!("signal→exit={ms}ms"));
     }
+    if let Some(ms) = e.exit_to_exec_ms {
+        numbers.push(format!("exit→exec={ms}ms"));
+    }
+    if let Some(ms) = e.overlap_ms {
+        numbers.push(format!("overlap={ms}ms"));
+    }
+    if let Some(ms) = e.dead_time_ms {
+        numbers.push(format!("dead={ms}ms"));
+    }
+    if let Some(pid) = e.replacement_pid {
+        numbers.push(format!("new={pid}"));
+    }
     match &e.ending {
         Some(Ending::Exited { code: Some(c), .. }) => numbers.push(format!("exit={c}")),
         Some(Ending::Exited {
@@ -275,6 +289,7 @@ mod tests {
             oom_kills: 0,
             children: Vec::new(),
             child_recycles: 0,
+            draining_pid: None,
         }
     }
 
@@ -315,6 +330,17 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("pf/0: 4 children recycled alone"), "{out}");
+    }
+
+    #[test]
+    fn an_overlap_shows_both_pids() {
+        let mut i = instance("q/0");
+        i.state = InstanceState::Restarting;
+        i.pids = vec![5001, 5000];
+        i.draining_pid = Some(5000);
+        assert_eq!(row(&i, NOW)[2], "5001 ←5000");
+        i.draining_pid = None;
+        assert_eq!(row(&i, NOW)[2], "5001 +1");
     }
 
     #[test]
@@ -410,6 +436,10 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
             }),
             trigger_to_signal_us: Some(1500),
             signal_to_exit_ms: Some(2300),
+            exit_to_exec_ms: Some(40),
+            overlap_ms: None,
+            dead_time_ms: Some(40),
+            replacement_pid: Some(4300),
             message: "celery/0: memory pressure some 41.5% for 30s; sent SIGTERM".into(),
             child_pid: None,
             child_leaf: None,
@@ -422,7 +452,7 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
         assert_eq!(
             render_event(&sample_event()),
             "2023-11-14T22:13:20Z  celery/0      restart        pressure    \
-             mem=1.8G peak=1.9G psi=41.5%/12.2% high+12 trigger→signal=1.5ms signal→exit=2300ms exit=0  \
+             mem=1.8G peak=1.9G psi=41.5%/12.2% high+12 trigger→signal=1.5ms signal→exit=2300ms exit→exec=40ms dead=40ms new=4300 exit=0  \
              celery/0: memory pressure some 41.5% for 30s; sent SIGTERM"
         );
     }

@@ -7,9 +7,9 @@
 mod fake_tree;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use oomguard::protocol::{EventRecord, InstanceState};
+use oomguard::protocol::InstanceState;
 use oomguard::supervisor::{Fleet, SavedState};
 
 use fake_tree::*;
@@ -40,23 +40,6 @@ async fn running(dir: &Path, name: &str, hooks: &str) -> std::sync::Arc<Fleet> {
     })
     .await;
     fleet
-}
-
-async fn event(fleet: &Fleet, action: &str) -> EventRecord {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(e) = fleet
-            .events()
-            .last(20)
-            .into_iter()
-            .rev()
-            .find(|e| e.action == action)
-        {
-            return e;
-        }
-        assert!(Instant::now() < deadline, "no {action} event");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn env_of(file: &Path) -> String {

@@ -118,6 +118,7 @@ fn instance(id: &str) -> InstanceStatus {
         oom_kills: 0,
         children: Vec::new(),
         child_recycles: 0,
+        draining_pid: None,
     }
 }
 
@@ -136,6 +137,10 @@ fn event(seq: u64) -> EventRecord {
         ending: None,
         trigger_to_signal_us: None,
         signal_to_exit_ms: None,
+        exit_to_exec_ms: None,
+        overlap_ms: None,
+        dead_time_ms: None,
+        replacement_pid: None,
         message: format!("event {seq}"),
         child_pid: None,
         child_leaf: None,

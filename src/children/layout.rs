@@ -32,6 +32,12 @@ pub fn flatten(group: &Group) -> Result<(), String> {
         leaf.remove().map_err(|e| e.to_string())?;
     }
     group.child(MAIN_LEAF).remove().map_err(|e| e.to_string())?;
+    controllers_off(group)
+}
+
+/// Disables every controller `group` enables for its children, so that it can hold processes
+/// itself again (also for `restart.overlap`'s generation leaves, in `instance::overlap`).
+pub fn controllers_off(group: &Group) -> Result<(), String> {
     let enabled = group
         .read(crate::cgroupfs::SUBTREE_CONTROL)
         .map_err(|e| e.to_string())?;

@@ -110,6 +110,10 @@ pub fn log(ev: &EventRecord) {
         oomguard_exit_signal = exit_signal,
         oomguard_trigger_to_signal_us = ev.trigger_to_signal_us,
         oomguard_signal_to_exit_ms = ev.signal_to_exit_ms,
+        oomguard_exit_to_exec_ms = ev.exit_to_exec_ms,
+        oomguard_overlap_ms = ev.overlap_ms,
+        oomguard_dead_time_ms = ev.dead_time_ms,
+        oomguard_replacement_pid = ev.replacement_pid,
         oomguard_child_pid = ev.child_pid,
         oomguard_child_leaf = ev.child_leaf.as_deref(),
         oomguard_hooks = hooks.as_deref(),
@@ -194,6 +198,10 @@ mod tests {
             }),
             trigger_to_signal_us: Some(250),
             signal_to_exit_ms: Some(481),
+            exit_to_exec_ms: Some(37),
+            overlap_ms: None,
+            dead_time_ms: Some(37),
+            replacement_pid: Some(5151),
             message: "restart (pressure): held 1.1s".into(),
             child_pid: None,
             child_leaf: None,
@@ -230,6 +238,9 @@ mod tests {
             ("oomguard_exit_code", "0"),
             ("oomguard_trigger_to_signal_us", "250"),
             ("oomguard_signal_to_exit_ms", "481"),
+            ("oomguard_exit_to_exec_ms", "37"),
+            ("oomguard_dead_time_ms", "37"),
+            ("oomguard_replacement_pid", "5151"),
         ];
         for (k, v) in want {
             assert_eq!(j.get(k).map(String::as_str), Some(v), "{k} in {j:?}");
@@ -239,6 +250,7 @@ mod tests {
             "oomguard_memory_peak",
             "oomguard_exit_signal",
             "oomguard_hooks",
+            "oomguard_overlap_ms",
         ] {
             assert!(!j.contains_key(absent), "{absent} in {j:?}");
         }

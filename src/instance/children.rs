@@ -13,6 +13,8 @@ impl Instance {
     /// children's leaves are taken over; a layout that does not match the policy any more (a
     /// reload added or removed `children:`) is adopted as it is and changes at the next start.
     pub(super) fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
+        // With the overlap layout the worker is in one of the generation leaves.
+        self.group = super::overlap::leaf_of(&self.home, pid).unwrap_or_else(|| self.home.clone());
         let layout = crate::children::has_layout(&self.group);
         let home = if layout {
             self.group.child(crate::children::MAIN_LEAF)

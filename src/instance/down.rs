@@ -85,7 +85,7 @@ impl Instance {
             }
             Some(Command::Stop(reply)) => {
                 self.replacement_failed("the instance was stopped");
-                let _ = self.group.remove();
+                self.remove_groups();
                 self.set_state(InstanceState::Stopped, None);
                 let _ = reply.send(format!("{} stopped", self.id));
                 false

@@ -39,20 +39,34 @@ impl Instance {
 
     /// The graceful restart: the worker's own shutdown signal, memory.high lifted so a throttled
     /// worker can finish its job, up to the grace period for the group to empty, then
-    /// cgroup.kill; the limits restored. The caller respawns at once.
+    /// cgroup.kill; the limits restored. The caller respawns at once, or, with
+    /// `restart.overlap`, gets the replacement that was started before the signal.
     pub(super) async fn restart(
         &mut self,
         mut w: Worker,
         reason: Reason,
         woke: Option<Instant>,
         cause: Cause,
-    ) {
+    ) -> Option<Worker> {
         // Only the operator's `restart.hooks.before` may come ahead of the signal (bounded by
         // its timeout; docs/policy.md says a memory trigger's margin must cover it). Then the
         // signal goes first: everything else (numbers, bookkeeping, the PSI trigger's reading
         // and drop, whose close waits for an RCU grace period) would only delay it.
         let ctx = self.hook_context(&w, reason);
         let before = self.before_hook(ctx, reason).await;
+        // With overlap the replacement comes first, after the `before` hook (so the hooks keep
+        // their order: before, then the signal to the old worker; after once the new one runs).
+        let overlapped = if self.can_overlap() {
+            match self.start_beside(&w, reason).await {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    warn!(instance = %self.id, "cannot start the replacement beside the worker ({e}): restarting without overlap");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (signalled, to_signal, stall) = self.signal(&mut w, woke);
         let why = match cause {
             Cause::Operator => "requested by an operator".to_string(),
@@ -70,8 +84,11 @@ impl Instance {
         self.observed
             .ended(&self.id, reason.as_str(), kills, &self.group);
         self.count_restart(reason);
-        self.set_state(InstanceState::Restarting, Some(w.main.pid()));
+        if overlapped.is_none() {
+            self.set_state(InstanceState::Restarting, Some(w.main.pid()));
+        }
         let (ending, report) = self.await_exit(&mut w, signalled).await;
+        let exited = Instant::now();
         let how = describe_ending(&ending, self.policy.restart.signal);
         let mut notes: String = report.notes.iter().map(|n| format!("; {n}")).collect();
         if let Some(r) = &before {
@@ -89,7 +106,18 @@ impl Instance {
         ev.trigger_to_signal_us = to_signal.map(|d| d.as_micros() as u64);
         ev.signal_to_exit_ms = Some(ms(report.took));
         ev.hooks = before.into_iter().collect();
-        self.events.push(ev);
+        match overlapped {
+            Some(o) => {
+                super::deadtime::fill_overlap(&mut ev, o.exec, exited, o.replacement.main.pid());
+                self.overlap_done(&o);
+                self.events.push(ev);
+                Some(o.replacement)
+            }
+            None => {
+                self.pending_restart = Some(super::deadtime::PendingRestart { event: ev, exited });
+                None
+            }
+        }
     }
 
     pub(super) async fn stop(&mut self, mut w: Worker) {
@@ -100,8 +128,14 @@ impl Instance {
         let (ending, report) = self.await_exit(&mut w, signalled).await;
         info!(instance = %self.id, pid = w.main.pid(), "stopped: {}{}", describe_ending(&ending, self.policy.restart.signal),
             report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
-        let _ = self.group.remove();
+        self.remove_groups();
         self.set_state(InstanceState::Stopped, None);
+    }
+
+    /// After a stop: the worker's group, then the instance's (a generation leaf's parent).
+    pub(super) fn remove_groups(&self) {
+        let _ = self.group.remove();
+        let _ = self.home.remove();
     }
 
     /// Sends the worker its shutdown signal (through its pidfd) and lifts memory.high, then drops

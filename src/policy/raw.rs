@@ -120,6 +120,8 @@ pub(super) struct RawRestart {
     pub backoff: Option<RawBackoff>,
     pub limit: Option<RawLimit>,
     pub hooks: Option<RawHooks>,
+    /// Make-before-break restarts (docs/policy.md, "Overlapping restarts").
+    pub overlap: Option<Field<bool>>,
 }
 
 /// `restart.hooks`: argv lists run around a restart (docs/policy.md, "Restart hooks").

@@ -9,8 +9,9 @@ use nix::sys::signal::Signal;
 use super::bounds;
 use super::raw::RawRestart;
 use super::validate::Check;
-use crate::policy::RestartPolicy;
+use crate::policy::{ChildrenPolicy, MemoryLimits, Overlap, RestartPolicy};
 use crate::units::Dur;
+use crate::units::Limit;
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_READY: Duration = Duration::from_secs(5);
@@ -50,7 +51,13 @@ impl Check<'_> {
             backoff: None,
             limit: None,
             hooks: None,
+            overlap: None,
         });
+        let ready_written = raw.ready.is_some();
+        let overlap = match raw.overlap {
+            None => Some(false),
+            Some(f) => self.take("restart.overlap", f, "write true or false"),
+        };
         let hooks = self.hooks(raw.hooks);
         let signal = match raw.signal {
             None => Some(libc::SIGTERM),
@@ -143,8 +150,64 @@ impl Check<'_> {
             limit_count: count?,
             limit_within: within?,
             hooks: hooks?,
+            overlap: overlap?.then_some(Overlap {
+                ready: if ready_written {
+                    ready?
+                } else {
+                    Duration::ZERO
+                },
+            }),
         })
     }
+}
+
+impl Check<'_> {
+    /// `restart.overlap` runs two generations of a worker at once, each under the policy's
+    /// limits, in an instance group whose memory.max is twice memory.max (the envelope): so
+    /// memory.max must be a size, and a prefork server's leaves cannot also hold two
+    /// generations (`children:` recycles its children one at a time already, without a gap).
+    pub(super) fn overlap_fits(
+        &mut self,
+        restart: Option<&RestartPolicy>,
+        memory: Option<&MemoryLimits>,
+        children: Option<&Option<ChildrenPolicy>>,
+    ) {
+        if restart.and_then(|r| r.overlap).is_none() {
+            return;
+        }
+        if let Some(Some(_)) = children {
+            self.fail(
+                "restart.overlap",
+                "cannot be used with `children:`: a prefork server's children already restart \
+                 one at a time beside the running master; remove `restart.overlap` or `children:`",
+            );
+        }
+        if let Some(m) = memory {
+            if overlap_envelope(m.max).is_none() {
+                self.fail(
+                    "restart.overlap",
+                    format!(
+                        "needs memory.max as a size (it is {}): while the replacement and the old \
+                         worker both run, the instance's group holds twice memory.max; set \
+                         memory.max, e.g. max: 2G, or remove `restart.overlap`",
+                        m.max
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The most a policy with overlap may use at once: every instance's memory.max, plus one more
+/// generation for the instance being restarted (a policy's restarts run one at a time).
+pub fn overlap_peak(instances: u32, max: Limit) -> Option<u64> {
+    max.bytes()?.checked_mul(u64::from(instances) + 1)
+}
+
+/// The instance group's memory.max while it may hold two generations: twice the policy's
+/// memory.max; None when that has no size ("max") or the sum overflows.
+pub fn overlap_envelope(max: Limit) -> Option<u64> {
+    max.bytes()?.checked_mul(2)
 }
 
 #[cfg(test)]
@@ -294,5 +357,39 @@ mod tests {
         );
         let r = accepts(&restart("  backoff: {initial: 1m, max: 1m}")).restart;
         assert_eq!(r.backoff_initial, r.backoff_max);
+    }
+
+    #[test]
+    fn overlap_is_off_by_default_and_waits_only_for_a_written_ready() {
+        assert_eq!(accepts(BASE).restart.overlap, None);
+        let r = accepts(&restart("  overlap: true")).restart;
+        assert_eq!(r.overlap.map(|o| o.ready), Some(Duration::ZERO));
+        let r = accepts(&restart("  overlap: true\n  ready: 2s")).restart;
+        assert_eq!(r.overlap.map(|o| o.ready), Some(Duration::from_secs(2)));
+        assert_eq!(accepts(&restart("  overlap: false")).restart.overlap, None);
+        rejects(&restart("  overlap: yes please"), "restart.overlap", "");
+    }
+
+    #[test]
+    fn overlap_needs_a_sized_memory_max_and_no_children() {
+        let unbounded = BASE.replace("max: 2G", "max: max");
+        rejects(
+            &format!("{unbounded}restart:\n  overlap: true\n"),
+            "restart.overlap",
+            "needs memory.max as a size",
+        );
+        let prefork = format!(
+            "{BASE}restart:\n  overlap: true\nchildren:\n  memory: {{high: 100M, max: 200M}}\n  triggers:\n    pressure: {{some: 150ms, window: 1s}}\n"
+        );
+        rejects(
+            &prefork,
+            "restart.overlap",
+            "cannot be used with `children:`",
+        );
+        assert_eq!(
+            super::overlap_envelope(crate::units::Limit::Bytes(2 << 30)),
+            Some(4 << 30)
+        );
+        assert_eq!(super::overlap_envelope(crate::units::Limit::Max), None);
     }
 }

@@ -37,6 +37,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>> {
     let triggers = c.triggers(raw.triggers, max);
     let restart = c.restart(raw.restart);
     let children = c.children(raw.children, memory.as_ref());
+    c.overlap_fits(restart.as_ref(), memory.as_ref(), children.as_ref());
     match (name, mode, run, memory, triggers, restart, children) {
         (
             Some(name),
@@ -269,6 +270,7 @@ restart:
                     limit_count: 3,
                     limit_within: secs(600),
                     hooks: Default::default(),
+                    overlap: None,
                 },
                 children: None,
             }
@@ -300,6 +302,7 @@ restart:
                 limit_count: 10,
                 limit_within: Duration::from_secs(3600),
                 hooks: Default::default(),
+                overlap: None,
             }
         );
         assert_eq!(p.instance_ids(), ["web/0"]);

@@ -80,3 +80,21 @@ pub fn restart_event(fleet: &Fleet) -> EventRecord {
         .find(|e| e.action == "restart")
         .expect("a restart event")
 }
+
+/// The latest event with `action` among the last twenty, waited for.
+pub async fn event(fleet: &Fleet, action: &str) -> EventRecord {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(e) = fleet
+            .events()
+            .last(20)
+            .into_iter()
+            .rev()
+            .find(|e| e.action == action)
+        {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no {action} event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -12,6 +12,7 @@ mod harness;
 mod hooks;
 mod kernels;
 mod lifecycle;
+mod overlap;
 mod pressure_log;
 mod recommend;
 
@@ -67,6 +68,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 60,
         vm_mb: 512,
         run: hooks::hooks,
+    },
+    Scenario {
+        name: "overlap",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: overlap::overlap,
     },
     Scenario {
         name: "observe",
