@@ -23,6 +23,7 @@ use crate::spawn::{self, Identity};
 use crate::watch::{FileWatch, PidFd};
 use children::next_child_event;
 
+pub(crate) mod boundary;
 mod children;
 mod down;
 mod hooks;
@@ -31,6 +32,7 @@ mod report;
 mod shutdown;
 mod wait;
 
+pub use boundary::BoundaryView;
 use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
 pub use report::{describe, fmt_dur};
 use shutdown::Cause;
@@ -75,6 +77,9 @@ pub struct View {
     /// Children recycled alone.
     #[serde(default)]
     pub child_recycles: u32,
+    /// The memory.high boundary's sentinel while it is the kernel's memory.high.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<BoundaryView>,
 }
 
 /// A running worker.
@@ -94,6 +99,9 @@ struct Worker {
     children: Option<ChildSet>,
     /// Recycles counted into the view so far.
     recycles_seen: u32,
+    /// The group's own `high` count when the boundary's sentinel was armed (or last seen);
+    /// None: no sentinel.
+    boundary_seen: Option<u64>,
 }
 
 /// Why the watch over a running worker ended.
@@ -113,6 +121,8 @@ pub struct Instance {
     group: Group,
     identity: Option<Identity>,
     tracker: Tracker,
+    /// The memory.high boundary: the sentinel and what it learned about this instance's workers.
+    boundary: crate::engine::boundary::Boundary,
     view: View,
     view_tx: watch::Sender<View>,
     commands: mpsc::Receiver<Command>,
@@ -163,6 +173,7 @@ impl Instance {
             unplanned_exits_ms: Vec::new(),
             children: Vec::new(),
             child_recycles: 0,
+            boundary: None,
         });
         let mut view = view;
         // The children a previous daemon saw are found again from the leaves at adoption.
@@ -180,6 +191,7 @@ impl Instance {
             group: spec.group,
             identity: spec.identity,
             tracker,
+            boundary: Default::default(),
             view,
             view_tx,
             commands,
@@ -238,8 +250,11 @@ impl Instance {
             match self.watch(&mut worker).await {
                 Outcome::Offence(offence, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
+                    let began = Instant::now();
                     self.restart(worker, offence.reason, Some(woke), Cause::Offence(offence))
                         .await;
+                    // The boundary's margin covers the growth during a restart.
+                    self.boundary.restart_took(began.elapsed());
                 }
                 Outcome::Escalated(why, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
@@ -408,7 +423,9 @@ impl Instance {
         let with_children = children.is_some();
         self.view.children = Vec::new();
         self.set_state(InstanceState::Running, Some(main.pid()));
+        let boundary_seen = self.arm_boundary();
         Worker {
+            boundary_seen,
             children,
             recycles_seen: 0,
             main,
@@ -460,6 +477,9 @@ impl Instance {
                     // here; but a restart's own reading waits until its signal is out.
                     let restarts = offence.is_some() && self.policy.mode == Mode::Enforce;
                     let stall = if restarts { None } else { w.psi.as_mut().and_then(|p| p.measure(woke)) };
+                    if offence.is_some() && self.pressure_from_page_cache(woke) {
+                        continue;
+                    }
                     if let Some(mut offence) = offence {
                         offence.stall = stall;
                         if let Some(out) = self.offence(offence, woke) {
@@ -471,6 +491,9 @@ impl Instance {
                     match changed {
                         Ok(text) => self.on_memory_events(w, &text),
                         Err(_) => w.memory_events = None,
+                    }
+                    if let Some(out) = self.on_boundary(w) {
+                        return out;
                     }
                     if let Some(out) = self.sample_memory() {
                         return out;
@@ -579,6 +602,7 @@ impl Instance {
             }
             Err(e) => error!(instance = %self.id, "reload: cannot apply limits: {e}"),
         }
+        w.boundary_seen = self.arm_boundary();
         if rearm {
             w.psi = None; // closing the fd removes the old trigger before the new one is armed
             w.psi = self.arm_pressure(w.children.is_some());
