@@ -298,11 +298,18 @@ impl ChildSet {
         let who = format!("{} child {pid}", self.id);
         let mut boundary = Boundary::new();
         let boundary_seen = self.arm_boundary(&leaf, &mut boundary, &who);
+        let mut boundary_seen = boundary_seen;
         let events = boundary_seen.and_then(|_| {
             crate::watch::FileWatch::open(&leaf.file(crate::cgroupfs::MEMORY_EVENTS))
                 .map_err(|e| warn!(instance = %self.id, pid, "not watching the leaf's memory.events: {e}"))
                 .ok()
         });
+        if events.is_none() && boundary_seen.take().is_some() {
+            // Nothing would see the sentinel crossed: the configured high back.
+            if let Err(e) = leaf.set_high(self.cfg.memory.high) {
+                warn!(instance = %self.id, pid, "cannot put the leaf's memory.high back: {e}");
+            }
+        }
         let (order_tx, order_rx) = oneshot::channel();
         let task = tokio::spawn(kid::watch(
             who,

@@ -423,7 +423,11 @@ impl Instance {
         let with_children = children.is_some();
         self.view.children = Vec::new();
         self.set_state(InstanceState::Running, Some(main.pid()));
-        let boundary_seen = self.arm_boundary();
+        // No sentinel without the wake-up that reads it: the kernel would throttle at it.
+        let boundary_seen = match memory_events {
+            Some(_) => self.arm_boundary(),
+            None => None,
+        };
         Worker {
             boundary_seen,
             children,
@@ -490,7 +494,12 @@ impl Instance {
                 changed = wait_file(&mut w.memory_events) => {
                     match changed {
                         Ok(text) => self.on_memory_events(w, &text),
-                        Err(_) => w.memory_events = None,
+                        Err(_) => {
+                            w.memory_events = None;
+                            // Nothing would see the sentinel crossed any more.
+                            w.boundary_seen = None;
+                            self.lift_to_configured();
+                        }
                     }
                     if let Some(out) = self.on_boundary(w) {
                         return out;
@@ -602,7 +611,9 @@ impl Instance {
             }
             Err(e) => error!(instance = %self.id, "reload: cannot apply limits: {e}"),
         }
-        w.boundary_seen = self.arm_boundary();
+        if w.memory_events.is_some() {
+            w.boundary_seen = self.arm_boundary();
+        }
         if rearm {
             w.psi = None; // closing the fd removes the old trigger before the new one is armed
             w.psi = self.arm_pressure(w.children.is_some());

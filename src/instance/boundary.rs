@@ -65,7 +65,7 @@ impl Instance {
 
     /// The configured memory.high back in the kernel: before a restart, so the worker drains
     /// unthrottled up to the line the operator chose.
-    fn lift_to_configured(&mut self) {
+    pub(super) fn lift_to_configured(&mut self) {
         if let Err(e) = self.group.set_high(self.policy.memory.high) {
             warn!(instance = %self.id, "cannot put memory.high back to {}: {e}", self.policy.memory.high);
         }
