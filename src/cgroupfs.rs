@@ -17,6 +17,9 @@ use cgroups_rs::fs::MaxValue;
 use crate::units::Limit;
 
 mod kill;
+mod stat;
+
+pub use stat::{MEMORY_EVENTS_LOCAL, MEMORY_RECLAIM, MEMORY_STAT, MEMORY_SWAP_CURRENT};
 
 pub const MEMORY_CURRENT: &str = "memory.current";
 pub const MEMORY_PEAK: &str = "memory.peak";

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::cgroupfs::{Group, CGROUP_PROCS, MEMORY_CURRENT, MEMORY_PEAK, MEMORY_PRESSURE};
+use crate::engine::boundary::Boundary;
 use crate::engine::children::{placements, ChildDecision, ChildPlanner, Escalation, YOUNG};
 use crate::engine::{Offence, Tracker};
 use crate::events::EventLog;
@@ -31,6 +32,7 @@ use crate::psi::PsiTrigger;
 use crate::watch::PidFd;
 
 pub mod connector;
+mod edge;
 mod kid;
 mod layout;
 mod words;
@@ -71,6 +73,10 @@ struct Kid {
     recycles: u32,
     /// The decision's words and numbers, for the event when the recycle ends.
     recycle: Option<words::Decision>,
+    /// The memory.high boundary on this leaf (no memory trigger for the children).
+    boundary: Boundary,
+    /// The leaf's own `high` count at arming; None: no sentinel.
+    boundary_seen: Option<u64>,
 }
 
 /// The children of one running worker.
@@ -151,7 +157,10 @@ impl ChildSet {
                     ChildState::Recycling
                 },
                 memory_current: None,
-                memory_high: None,
+                // The configured high while the sentinel is the kernel's; status fills in the
+                // kernel's value otherwise.
+                memory_high: k.boundary_seen.and(self.cfg.memory.high.bytes()),
+                boundary: k.boundary_seen.and(k.boundary.sentinel()),
                 memory_max: None,
                 psi_some_avg10: None,
                 recycles: k.recycles,
@@ -286,12 +295,28 @@ impl ChildSet {
                 )
                 .ok()
         });
+        let who = format!("{} child {pid}", self.id);
+        let mut boundary = Boundary::new();
+        let boundary_seen = self.arm_boundary(&leaf, &mut boundary, &who);
+        let mut boundary_seen = boundary_seen;
+        let events = boundary_seen.and_then(|_| {
+            crate::watch::FileWatch::open(&leaf.file(crate::cgroupfs::MEMORY_EVENTS))
+                .map_err(|e| warn!(instance = %self.id, pid, "not watching the leaf's memory.events: {e}"))
+                .ok()
+        });
+        if events.is_none() && boundary_seen.take().is_some() {
+            // Nothing would see the sentinel crossed: the configured high back.
+            if let Err(e) = leaf.set_high(self.cfg.memory.high) {
+                warn!(instance = %self.id, pid, "cannot put the leaf's memory.high back: {e}");
+            }
+        }
         let (order_tx, order_rx) = oneshot::channel();
         let task = tokio::spawn(kid::watch(
-            format!("{} child {pid}", self.id),
+            who,
             leaf.clone(),
             pidfd,
             psi,
+            events,
             self.tx.clone(),
             order_rx,
         ));
@@ -305,6 +330,8 @@ impl ChildSet {
                 task,
                 recycles: 0,
                 recycle: None,
+                boundary,
+                boundary_seen,
             },
         );
         self.changed = true;
@@ -316,8 +343,12 @@ impl ChildSet {
                 let t = self.cfg.triggers.pressure?;
                 let kid = self.kids.get_mut(&pid)?;
                 let offence = kid.tracker.on_pressure(woke, &t)?;
+                if self.pressure_from_page_cache(pid, woke) {
+                    return None;
+                }
                 self.offence(pid, offence, woke)
             }
+            KidNote::MemoryEvents(pid) => self.on_memory_events(pid),
             KidNote::PsiStopped(pid, why) => {
                 debug!(instance = %self.id, pid, "child pressure trigger stopped: {why}");
                 None

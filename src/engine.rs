@@ -4,6 +4,7 @@
 //! as data. It never touches the filesystem or the clock, so every rule here is tested with plain
 //! tables below.
 
+pub mod boundary;
 pub mod children;
 
 use std::collections::VecDeque;
@@ -24,6 +25,8 @@ pub struct Offence {
     /// seconds (it can still read 0.0 % when the trigger fires), so the log needs this figure to
     /// show why the instance was restarted. Filled in by the caller, which reads the kernel.
     pub stall: Option<Stall>,
+    /// What the boundary read and decided from, for the memory.high boundary.
+    pub boundary: Option<boundary::Figures>,
 }
 
 /// A stall measured from memory.pressure's `total=` (microseconds, of the trigger's kind: `some`
@@ -110,6 +113,7 @@ impl Tracker {
             held_for,
             memory_current: None,
             stall: None,
+            boundary: None,
         })
     }
 
@@ -126,6 +130,7 @@ impl Tracker {
             held_for,
             memory_current: Some(current),
             stall: None,
+            boundary: None,
         })
     }
 

@@ -23,6 +23,7 @@ use crate::spawn::{self, Identity};
 use crate::watch::{FileWatch, PidFd};
 use children::next_child_event;
 
+pub(crate) mod boundary;
 mod children;
 mod deadtime;
 mod down;
@@ -34,6 +35,7 @@ mod shutdown;
 mod wait;
 
 pub use overlap::{has_layout as overlap_layout, GENERATIONS};
+pub use boundary::BoundaryView;
 use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
 pub use report::{describe, fmt_dur};
 use shutdown::Cause;
@@ -84,6 +86,9 @@ pub struct View {
     /// With `restart.overlap`: the old worker being drained while its replacement runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_pid: Option<u32>,
+    /// The memory.high boundary's sentinel while it is the kernel's memory.high.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<BoundaryView>,
 }
 
 /// A running worker.
@@ -103,6 +108,9 @@ struct Worker {
     children: Option<ChildSet>,
     /// Recycles counted into the view so far.
     recycles_seen: u32,
+    /// The group's own `high` count when the boundary's sentinel was armed (or last seen);
+    /// None: no sentinel.
+    boundary_seen: Option<u64>,
 }
 
 /// Why the watch over a running worker ended.
@@ -125,6 +133,8 @@ pub struct Instance {
     group: Group,
     identity: Option<Identity>,
     tracker: Tracker,
+    /// The memory.high boundary: the sentinel and what it learned about this instance's workers.
+    boundary: crate::engine::boundary::Boundary,
     view: View,
     view_tx: watch::Sender<View>,
     commands: mpsc::Receiver<Command>,
@@ -181,6 +191,7 @@ impl Instance {
             children: Vec::new(),
             child_recycles: 0,
             draining_pid: None,
+            boundary: None,
         });
         let mut view = view;
         // The children a previous daemon saw are found again from the leaves at adoption, and
@@ -201,6 +212,7 @@ impl Instance {
             group: spec.group,
             identity: spec.identity,
             tracker,
+            boundary: Default::default(),
             view,
             view_tx,
             commands,
@@ -273,9 +285,12 @@ impl Instance {
             match self.watch(&mut worker).await {
                 Outcome::Offence(offence, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
+                    let began = Instant::now();
                     next = self
                         .restart(worker, offence.reason, Some(woke), Cause::Offence(offence))
                         .await;
+                    // The boundary's margin covers the growth during a restart.
+                    self.boundary.restart_took(began.elapsed());
                 }
                 Outcome::Escalated(why, woke) => {
                     let _permit = self.restart_lock.clone().acquire_owned().await;
@@ -478,7 +493,13 @@ impl Instance {
         let with_children = children.is_some();
         self.view.children = Vec::new();
         self.set_state(InstanceState::Running, Some(main.pid()));
+        // No sentinel without the wake-up that reads it: the kernel would throttle at it.
+        let boundary_seen = match memory_events {
+            Some(_) => self.arm_boundary(),
+            None => None,
+        };
         Worker {
+            boundary_seen,
             children,
             recycles_seen: 0,
             main,
@@ -532,6 +553,9 @@ impl Instance {
                     // here; but a restart's own reading waits until its signal is out.
                     let restarts = offence.is_some() && self.policy.mode == Mode::Enforce;
                     let stall = if restarts { None } else { w.psi.as_mut().and_then(|p| p.measure(woke)) };
+                    if offence.is_some() && self.pressure_from_page_cache(woke) {
+                        continue;
+                    }
                     if let Some(mut offence) = offence {
                         offence.stall = stall;
                         if let Some(out) = self.offence(offence, woke) {
@@ -542,7 +566,15 @@ impl Instance {
                 changed = wait_file(&mut w.memory_events) => {
                     match changed {
                         Ok(text) => self.on_memory_events(w, &text),
-                        Err(_) => w.memory_events = None,
+                        Err(_) => {
+                            w.memory_events = None;
+                            // Nothing would see the sentinel crossed any more.
+                            w.boundary_seen = None;
+                            self.lift_to_configured();
+                        }
+                    }
+                    if let Some(out) = self.on_boundary(w) {
+                        return out;
                     }
                     if let Some(out) = self.sample_memory() {
                         return out;
@@ -650,6 +682,9 @@ impl Instance {
                 info!(instance = %self.id, "limits now memory.high {} memory.max {}", mem.high, mem.max)
             }
             Err(e) => error!(instance = %self.id, "reload: cannot apply limits: {e}"),
+        }
+        if w.memory_events.is_some() {
+            w.boundary_seen = self.arm_boundary();
         }
         if rearm {
             w.psi = None; // closing the fd removes the old trigger before the new one is armed

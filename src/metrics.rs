@@ -11,13 +11,14 @@ mod children;
 
 use crate::protocol::{InstanceState, InstanceStatus, Reason, StatusReport};
 
-const ALL_REASONS: [Reason; 6] = [
+const ALL_REASONS: [Reason; 7] = [
     Reason::Pressure,
     Reason::Memory,
     Reason::Manual,
     Reason::Exited,
     Reason::OomKilled,
     Reason::Child,
+    Reason::Boundary,
 ];
 
 const ALL_STATES: [InstanceState; 6] = [
@@ -37,7 +38,8 @@ const _: fn(Reason) = |r| match r {
     | Reason::Manual
     | Reason::Exited
     | Reason::OomKilled
-    | Reason::Child => {}
+    | Reason::Child
+    | Reason::Boundary => {}
 };
 const _: fn(InstanceState) = |s| match s {
     InstanceState::Starting
@@ -53,7 +55,7 @@ type Sample = fn(&InstanceStatus) -> Option<f64>;
 
 /// Per-instance families with one sample each: (name, type, help, value). `None` leaves the
 /// sample out (unknown, or a limit of "max").
-const GAUGES: [(&str, &str, &str, Sample); 8] = [
+const GAUGES: [(&str, &str, &str, Sample); 9] = [
     (
         "memory_current_bytes",
         "gauge",
@@ -65,6 +67,12 @@ const GAUGES: [(&str, &str, &str, Sample); 8] = [
         "gauge",
         "memory.high of the instance's cgroup; absent when \"max\".",
         |i| i.memory_high.map(|v| v as f64),
+    ),
+    (
+        "memory_boundary_bytes",
+        "gauge",
+        "the memory.high boundary's sentinel, the kernel's memory.high a margin under the configured one while the worker runs; absent without one.",
+        |i| i.boundary.map(|v| v as f64),
     ),
     (
         "memory_max_bytes",
@@ -276,6 +284,7 @@ mod tests {
             pids: vec![100],
             memory_current: Some(432_013_312),
             memory_high: Some(1_610_612_736),
+            boundary: Some(1_509_949_440),
             memory_max: Some(2_147_483_648),
             memory_peak: Some(1_000_000_000),
             psi_some_avg10: Some(12.5),
@@ -297,6 +306,7 @@ mod tests {
         let mut unlimited = instance("web/0");
         unlimited.state = InstanceState::Failed;
         unlimited.memory_high = None;
+        unlimited.boundary = None;
         unlimited.memory_max = None;
         unlimited.memory_current = None;
         unlimited.restarts_by_reason = BTreeMap::new();
@@ -334,6 +344,9 @@ oomguard_memory_current_bytes{policy="celery",index="0"} 432013312
 # HELP oomguard_memory_high_bytes memory.high of the instance's cgroup; absent when "max".
 # TYPE oomguard_memory_high_bytes gauge
 oomguard_memory_high_bytes{policy="celery",index="0"} 1610612736
+# HELP oomguard_memory_boundary_bytes the memory.high boundary's sentinel, the kernel's memory.high a margin under the configured one while the worker runs; absent without one.
+# TYPE oomguard_memory_boundary_bytes gauge
+oomguard_memory_boundary_bytes{policy="celery",index="0"} 1509949440
 # HELP oomguard_memory_max_bytes memory.max of the instance's cgroup; absent when "max".
 # TYPE oomguard_memory_max_bytes gauge
 oomguard_memory_max_bytes{policy="celery",index="0"} 2147483648
@@ -365,12 +378,14 @@ oomguard_restarts_total{policy="celery",index="0",reason="manual"} 1
 oomguard_restarts_total{policy="celery",index="0",reason="exited"} 0
 oomguard_restarts_total{policy="celery",index="0",reason="oom_killed"} 0
 oomguard_restarts_total{policy="celery",index="0",reason="child"} 0
+oomguard_restarts_total{policy="celery",index="0",reason="boundary"} 0
 oomguard_restarts_total{policy="web",index="0",reason="pressure"} 0
 oomguard_restarts_total{policy="web",index="0",reason="memory"} 0
 oomguard_restarts_total{policy="web",index="0",reason="manual"} 0
 oomguard_restarts_total{policy="web",index="0",reason="exited"} 0
 oomguard_restarts_total{policy="web",index="0",reason="oom_killed"} 0
 oomguard_restarts_total{policy="web",index="0",reason="child"} 0
+oomguard_restarts_total{policy="web",index="0",reason="boundary"} 0
 # HELP oomguard_oom_kills_total Kernel OOM kills in the instance's cgroup.
 # TYPE oomguard_oom_kills_total counter
 oomguard_oom_kills_total{policy="celery",index="0"} 1
@@ -426,8 +441,9 @@ oomguard_instance_state{policy="web",index="0",state="stopped"} 0
                 samples += 1;
             }
         }
-        // daemon 2; gauges: celery all 8, web 5 (no current/high/max); restarts 2x6; ooms 2; states 2x6.
-        assert_eq!(samples, 2 + 8 + 5 + 12 + 2 + 12);
+        // daemon 2; gauges: celery all 9, web 5 (no current/high/boundary/max); restarts 2x7;
+        // ooms 2; states 2x6.
+        assert_eq!(samples, 2 + 9 + 5 + 14 + 2 + 12);
     }
 
     fn valid_name(s: &str) -> bool {

@@ -154,6 +154,9 @@ pub struct MemoryLimits {
     pub high: Limit,
     pub max: Limit,
     pub swap_max: Option<Limit>,
+    /// `boundary` (default true): with memory.high set and no `triggers.memory`, restart at a
+    /// sentinel just under memory.high (`crate::engine::boundary`); false turns it off.
+    pub boundary: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

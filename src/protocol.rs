@@ -28,6 +28,9 @@ pub enum Reason {
     /// A child's offence restarted the instance (`children.restart.scope: instance`, or a
     /// respawn loop); the `child_escalation` event before the restart says which.
     Child,
+    /// No memory trigger: what the worker owns (memory.stat) reached the sentinel a margin
+    /// under memory.high (docs/policy.md, "The memory.high boundary").
+    Boundary,
 }
 
 impl Reason {
@@ -39,6 +42,7 @@ impl Reason {
             Reason::Exited => "exited",
             Reason::OomKilled => "oom_killed",
             Reason::Child => "child",
+            Reason::Boundary => "boundary",
         }
     }
 }
@@ -66,8 +70,13 @@ pub struct InstanceStatus {
     pub state: InstanceState,
     pub pids: Vec<u32>,
     pub memory_current: Option<u64>,
-    /// `None` when the limit is "max".
+    /// `None` when the limit is "max". The policy's memory.high, also while the boundary's
+    /// sentinel is the kernel's (see `boundary`).
     pub memory_high: Option<u64>,
+    /// The memory.high boundary's sentinel, written as the kernel's memory.high a margin under
+    /// `memory_high` while the worker runs (a policy with memory.high and no memory trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<u64>,
     pub memory_max: Option<u64>,
     pub memory_peak: Option<u64>,
     pub psi_some_avg10: Option<f64>,
@@ -109,6 +118,10 @@ pub struct ChildStatus {
     /// `None` when the limit is "max" (also while the child is recycling: its memory.high is
     /// lifted).
     pub memory_high: Option<u64>,
+    /// The memory.high boundary's sentinel on the leaf (the kernel's memory.high a margin under
+    /// `memory_high`), while armed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<u64>,
     pub memory_max: Option<u64>,
     pub psi_some_avg10: Option<f64>,
     /// Times oomguard began recycling this child: 0, or 1 once it is on its way out.

@@ -589,7 +589,13 @@ fn instance_status(
             };
             if let Some(n) = n {
                 c.memory_current = n.current;
-                c.memory_high = n.high;
+                // The configured memory.high, not the boundary's sentinel (see ChildSet::view).
+                let sentinel = c
+                    .boundary
+                    .is_some_and(|b| n.high.is_some_and(|h| h / 4096 == b / 4096));
+                if !sentinel {
+                    c.memory_high = n.high;
+                }
                 c.memory_max = n.max;
                 c.psi_some_avg10 = n.pressure.map(|p| p.some_avg10);
             }
@@ -607,7 +613,12 @@ fn instance_status(
         state: view.state,
         pids,
         memory_current: s.current,
-        memory_high: s.high,
+        // The configured memory.high, not the boundary's sentinel the kernel holds meanwhile.
+        memory_high: match view.boundary {
+            Some(b) if s.high.is_some_and(|h| h / 4096 == b.sentinel / 4096) => Some(b.high),
+            _ => s.high,
+        },
+        boundary: view.boundary.map(|b| b.sentinel),
         memory_max: s.max,
         memory_peak: s.peak,
         psi_some_avg10: s.pressure.map(|p| p.some_avg10),

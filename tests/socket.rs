@@ -105,6 +105,7 @@ fn instance(id: &str) -> InstanceStatus {
         pids: vec![1000],
         memory_current: Some(100 << 20),
         memory_high: Some(1 << 30),
+        boundary: None,
         memory_max: Some(2 << 30),
         memory_peak: Some(200 << 20),
         psi_some_avg10: Some(1.5),

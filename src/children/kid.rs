@@ -9,11 +9,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cgroupfs::Group;
 use crate::psi::PsiTrigger;
 use crate::shutdown::{Proc, Report, Sequence};
-use crate::watch::PidFd;
+use crate::watch::{FileWatch, PidFd};
 
 /// What a child's task tells the set.
 pub(super) enum KidNote {
     Pressure(u32, Instant),
+    /// The leaf's memory.events changed (the boundary's sentinel may have been crossed).
+    MemoryEvents(u32),
     PsiStopped(u32, String),
     /// Ended by itself (not recycled).
     Exited(u32),
@@ -42,12 +44,20 @@ pub(super) async fn watch(
     leaf: Group,
     pidfd: PidFd,
     mut psi: Option<PsiTrigger>,
+    mut events: Option<FileWatch>,
     tx: mpsc::UnboundedSender<KidNote>,
     mut order: oneshot::Receiver<Order>,
 ) {
     let pid = pidfd.pid();
     loop {
         tokio::select! {
+            changed = wait_file(&mut events) => match changed {
+                Ok(_) => {
+                    let _ = tx.send(KidNote::MemoryEvents(pid));
+                }
+                // The leaf went away, or the file cannot be watched: the PSI trigger remains.
+                Err(_) => events = None,
+            },
             fired = wait_psi(&mut psi) => match fired {
                 Ok(()) => {
                     let _ = tx.send(KidNote::Pressure(pid, Instant::now()));
@@ -109,6 +119,13 @@ async fn recycle(who: &str, leaf: &Group, pidfd: PidFd, o: Order) -> Recycle {
 async fn wait_psi(psi: &mut Option<PsiTrigger>) -> Result<(), crate::psi::PsiError> {
     match psi {
         Some(p) => p.fired().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_file(w: &mut Option<FileWatch>) -> Result<String, crate::watch::WatchError> {
+    match w {
+        Some(f) => f.changed().await,
         None => std::future::pending().await,
     }
 }

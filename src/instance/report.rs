@@ -75,8 +75,33 @@ pub fn describe(offence: &Offence, triggers: &Triggers) -> String {
                 fmt_dur(t.sustain)
             )
         }
+        Reason::Boundary => match &offence.boundary {
+            Some(f) => describe_boundary(f),
+            None => "memory.high boundary (figures not read)".into(),
+        },
         other => other.as_str().to_string(),
     }
+}
+
+/// The boundary's decision with every number it used, e.g. `memory.high boundary: owned 37.6M
+/// (anon 36.9M, file 1.1M of which shmem 0B, swap 0B) reached the sentinel 37.5M (memory.high
+/// 40M minus a margin of 2.5M); memory.current 37.6M; growing 18.2M/s since armed`.
+pub fn describe_boundary(f: &crate::engine::boundary::Figures) -> String {
+    let r = &f.reading;
+    format!(
+        "memory.high boundary: owned {} (anon {}, file {} of which shmem {}, swap {}) reached the sentinel {} (memory.high {} minus a margin of {}); memory.current {}; growing {}/s since armed{}",
+        human_bytes(r.owned()),
+        human_bytes(r.anon),
+        human_bytes(r.file),
+        human_bytes(r.shmem),
+        human_bytes(r.swap),
+        human_bytes(f.sentinel),
+        human_bytes(f.high),
+        human_bytes(f.high.saturating_sub(f.sentinel)),
+        human_bytes(r.current),
+        human_bytes(f.rate as u64),
+        if f.reclaimed { "; after a memory.reclaim" } else { "" },
+    )
 }
 
 /// The trigger's own measurement, e.g. `some stall 640ms in the last 1.1s`: what made the kernel
@@ -192,6 +217,7 @@ mod tests {
 
     fn pressure_offence(stall: Option<Stall>) -> Offence {
         Offence {
+            boundary: None,
             reason: Reason::Pressure,
             held_for: Duration::from_millis(1080),
             memory_current: None,

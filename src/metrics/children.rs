@@ -95,6 +95,7 @@ mod tests {
             state: ChildState::Recycling,
             memory_current: Some(1024),
             memory_high: None,
+            boundary: None,
             memory_max: Some(2048),
             psi_some_avg10: Some(12.5),
             recycles: 1,

@@ -55,6 +55,10 @@ impl Check<'_> {
             Some(f) => self.take("memory.swap_max", f, "").map(Some),
             None => Some(None),
         };
+        let boundary = match raw.boundary {
+            Some(f) => self.take("memory.boundary", f, "write true or false"),
+            None => Some(true),
+        };
         let mut zero = false;
         for (key, limit) in [("memory.high", high), ("memory.max", max)] {
             if limit == Some(Limit::Bytes(0)) {
@@ -105,6 +109,8 @@ impl Check<'_> {
             high,
             max,
             swap_max,
+            // An invalid value was reported above; the policy is refused anyway.
+            boundary: boundary.unwrap_or(true),
         });
         (limits, Some(max))
     }

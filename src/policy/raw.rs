@@ -84,6 +84,7 @@ pub(super) struct RawMemory {
     pub high: Option<Field<Limit>>,
     pub max: Option<Field<Limit>>,
     pub swap_max: Option<Field<Limit>>,
+    pub boundary: Option<Field<bool>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -248,6 +248,7 @@ restart:
                     high: Limit::Bytes(1536 << 20),
                     max: Limit::Bytes(2 << 30),
                     swap_max: Some(Limit::Bytes(0)),
+                    boundary: true,
                 },
                 triggers: Triggers {
                     pressure: Some(PressureTrigger {

@@ -67,7 +67,7 @@ pub fn hooks() -> Result<()> {
         POLICY_DIR,
         "hooked",
         &format!(
-            "run:\n  command: {cmd}\n  user: worker\nmemory:\n  high: 48M\n  max: 96M\n\
+            "run:\n  command: {cmd}\n  user: worker\nmemory:\n  high: 48M\n  max: 96M\n  boundary: false\n\
              triggers:\n  pressure: {{some: 100ms, window: 1s, for: 1s}}\n\
              restart:\n  grace: 10s\n  hooks:\n    before: [\"{before}\", \"{{pid}}\"]\n    \
              after: [\"{after}\", \"{{new_pid}}\"]\n    timeout: 2s\n"

@@ -148,6 +148,7 @@ fn child(slot: usize, t0: u64, o: &Prefork, log: &mut Ledger) -> i32 {
     let leaks = slot < o.leak_slots;
     let mut leak = Leak {
         mb_per_s: if leaks { o.leak_mb_per_s } else { 0.0 },
+        cap: usize::MAX,
         started: Instant::now(),
         chunks: Vec::new(),
     };

@@ -90,6 +90,16 @@ nogroup:x:65534:
 EOF
   printf 'passwd: files\ngroup: files\n' >"$root/etc/nsswitch.conf"
   install -m 0755 "$here/init.sh" "$root/init"
+  # brd (a RAM block device whose unwritten sectors read as zeros without using memory), for
+  # the boundary scenarios' page-cache streamer: /lib/modules/<release>/brd.ko per kernel.
+  local kv mod
+  for kv in "${!kernel_of[@]}"; do
+    for mod in "$(dirname "$(dirname "${kernel_of[$kv]}")")"/lib/modules/*/kernel/drivers/block/brd.ko; do
+      [ -e "$mod" ] || continue
+      local rel=${mod#*/lib/modules/}
+      install -D -m 0644 "$mod" "$root/lib/modules/${rel%%/*}/brd.ko"
+    done
+  done
   initramfs="$cache/initramfs.cpio.gz"
   (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$initramfs"
   say "initramfs: $(du -h "$initramfs" | cut -f1)"

@@ -4,6 +4,7 @@
 //! prints the table below, so adding a scenario means adding one row here.
 
 mod bench;
+mod boundary;
 mod children;
 mod faults;
 mod hardening_daemon;
@@ -246,6 +247,38 @@ const SCENARIOS: &[Scenario] = &[
         run: faults::fault_kill_mid_restart,
     },
     Scenario {
+        name: "boundary_leak",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: boundary::boundary_leak,
+    },
+    Scenario {
+        name: "boundary_stable",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: boundary::boundary_stable,
+    },
+    Scenario {
+        name: "boundary_pagecache",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 768,
+        run: boundary::boundary_pagecache,
+    },
+    Scenario {
+        name: "boundary_child",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: boundary::boundary_child,
+    },
+    Scenario {
         name: "bench_goodput",
         demo: true,
         kernel_args: "",
@@ -375,8 +408,10 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 // ---- policies shared by several scenarios ----
 
 /// Limits and trigger every scenario policy uses (`triggers` is a required section): high
-/// throttles at 48M, max (the OOM line) at 96M, restart after 1 s of PSI trigger events.
-const GUARDS: &str = "memory:\n  high: 48M\n  max: 96M\n\
+/// throttles at 48M, max (the OOM line) at 96M, restart after 1 s of PSI trigger events. The
+/// memory.high boundary (the default, tests/vm/boundary.rs) is off so these scenarios keep
+/// testing the PSI trigger.
+const GUARDS: &str = "memory:\n  high: 48M\n  max: 96M\n  boundary: false\n\
                       triggers:\n  pressure: {some: 100ms, window: 1s, for: 1s}\n";
 
 /// One instance leaking ~8 MB/s: reaches memory.high in about 6 s.

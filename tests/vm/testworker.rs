@@ -29,6 +29,8 @@ const PAGE: usize = 4096;
 struct Options {
     ledger: Option<String>,
     leak_mb_per_s: f64,
+    /// `--leak-cap-mb N`: stop leaking once N MiB are held (a worker that grows, then stays flat).
+    leak_cap_mb: Option<usize>,
     job_ms: u64,
     exit_after_jobs: Option<u64>,
     crash: bool,
@@ -45,6 +47,7 @@ fn parse_args() -> Result<Options, String> {
     let mut opts = Options {
         ledger: None,
         leak_mb_per_s: 0.0,
+        leak_cap_mb: None,
         job_ms: 100,
         exit_after_jobs: None,
         crash: false,
@@ -76,6 +79,7 @@ fn parse_args() -> Result<Options, String> {
                     .filter(|f: &f64| f.is_finite() && *f >= 0.0)
                     .ok_or(format!("--leak-mb-per-s: bad number {v:?}"))?;
             }
+            "--leak-cap-mb" => opts.leak_cap_mb = Some(number(&value("--leak-cap-mb")?)?),
             "--job-ms" => {
                 let v = value("--job-ms")?;
                 opts.job_ms = v
@@ -183,6 +187,7 @@ fn do_job(job: u64, ms: u64) -> u64 {
 /// cgroup; they are kept until the process ends.
 struct Leak {
     mb_per_s: f64,
+    cap: usize,
     started: Instant,
     chunks: Vec<Vec<u8>>,
 }
@@ -191,7 +196,7 @@ impl Leak {
     /// Catches up to the configured rate; a throttled process leaks in bursts, as a real one would.
     /// Stops early once `stop()` says so, so a shutdown is not held up by a long burst.
     fn catch_up(&mut self, stop: impl Fn() -> bool) {
-        let due = (self.started.elapsed().as_secs_f64() * self.mb_per_s) as usize;
+        let due = ((self.started.elapsed().as_secs_f64() * self.mb_per_s) as usize).min(self.cap);
         while self.chunks.len() < due && !stop() {
             let mut chunk = vec![0u8; MIB];
             for i in (0..MIB).step_by(PAGE) {
@@ -255,6 +260,7 @@ fn main() -> ExitCode {
     );
     let mut leak = Leak {
         mb_per_s: opts.leak_mb_per_s,
+        cap: opts.leak_cap_mb.unwrap_or(usize::MAX),
         started: Instant::now(),
         chunks: Vec::new(),
     };

@@ -1,0 +1,209 @@
+//! The instance's side of the memory.high boundary (`crate::engine::boundary`): the sentinel
+//! written as the kernel's memory.high while a worker runs, and the decision at each `high`
+//! event. Used when the policy sets memory.high and no `triggers.memory` (an explicit memory
+//! trigger keeps its own behaviour).
+
+use std::time::Instant;
+
+use tracing::{debug, error, info, warn};
+
+use super::report::describe_boundary;
+use super::{Instance, Outcome, Worker};
+use crate::cgroupfs::{CgroupError, Group};
+use crate::engine::boundary::{Boundary, Figures, Reading, Verdict};
+use crate::engine::Offence;
+use crate::protocol::Reason;
+use crate::units::{human_bytes, Limit};
+
+/// What status shows while a sentinel is the kernel's memory.high.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BoundaryView {
+    /// The sentinel written as the kernel's memory.high.
+    pub sentinel: u64,
+    /// The policy's memory.high, which status keeps showing as `memory_high`.
+    pub high: u64,
+}
+
+impl Instance {
+    /// The configured memory.high when the boundary applies to this policy.
+    fn boundary_high(&self) -> Option<u64> {
+        if self.policy.triggers.memory.is_some() || !self.policy.memory.boundary {
+            return None;
+        }
+        self.policy.memory.high.bytes()
+    }
+
+    /// Writes the sentinel for the running worker (after the configured limits were applied);
+    /// returns the group's `high` count at arming, which later counts tell a crossing by. A
+    /// failure leaves the configured memory.high in force (the PSI trigger, if any, still
+    /// guards the worker) and says so.
+    pub(super) fn arm_boundary(&mut self) -> Option<u64> {
+        self.boundary.disarm();
+        self.set_boundary_view(None);
+        let high = self.boundary_high()?;
+        match arm(&self.group, &mut self.boundary, high) {
+            Ok((seen, sentinel)) => {
+                debug!(instance = %self.id, "memory.high boundary armed: sentinel {} under memory.high {}", human_bytes(sentinel), human_bytes(high));
+                self.set_boundary_view(Some(BoundaryView { sentinel, high }));
+                Some(seen)
+            }
+            Err(e) => {
+                error!(instance = %self.id, "memory.high boundary not armed (memory.high stays {}): {e}", human_bytes(high));
+                self.boundary.disarm();
+                self.lift_to_configured();
+                None
+            }
+        }
+    }
+
+    fn set_boundary_view(&mut self, b: Option<BoundaryView>) {
+        if self.view.boundary != b {
+            self.view.boundary = b;
+            self.view_tx.send_replace(self.view.clone());
+        }
+    }
+
+    /// The configured memory.high back in the kernel: before a restart, so the worker drains
+    /// unthrottled up to the line the operator chose.
+    pub(super) fn lift_to_configured(&mut self) {
+        if let Err(e) = self.group.set_high(self.policy.memory.high) {
+            warn!(instance = %self.id, "cannot put memory.high back to {}: {e}", self.policy.memory.high);
+        }
+        self.boundary.disarm();
+        self.set_boundary_view(None);
+    }
+
+    /// With the boundary armed, a PSI offence while what the worker owns is still under the
+    /// sentinel is page-cache churn (or pressure from outside the group): a restart would not
+    /// help, the new worker would stream the same files. Not acted on; said once per episode
+    /// (the observe cooldown), and a failed reading acts (fail closed).
+    pub(super) fn pressure_from_page_cache(&mut self, woke: Instant) -> bool {
+        let Some(sentinel) = self.boundary.sentinel() else {
+            return false;
+        };
+        let Ok(r) = self.group.memory_reading() else {
+            return false;
+        };
+        if r.owned() >= sentinel {
+            return false;
+        }
+        info!(
+            instance = %self.id,
+            "memory pressure, but not restarted: the worker owns {} (anon {}, swap {}) under the boundary's sentinel {}; the rest is page cache ({} file), which a restart would not free",
+            human_bytes(r.owned()),
+            human_bytes(r.anon),
+            human_bytes(r.swap),
+            human_bytes(sentinel),
+            human_bytes(r.file),
+        );
+        self.tracker.reported(woke, super::OBSERVE_COOLDOWN);
+        true
+    }
+
+    /// A memory.events change: if the group's own `high` count moved since the sentinel was
+    /// armed, decide (reclaiming page cache first when that is what crossed).
+    pub(super) fn on_boundary(&mut self, w: &mut Worker) -> Option<Outcome> {
+        self.boundary.sentinel()?;
+        if !crossed(&self.group, &mut w.boundary_seen, &self.id) {
+            return None;
+        }
+        let (figures, woke) = decide(&self.group, &mut self.boundary, &self.id)?;
+        // First the configured high back: the worker must not be throttled at the sentinel
+        // while it drains (the restart lifts it further).
+        self.lift_to_configured();
+        debug!(instance = %self.id, "{}", describe_boundary(&figures));
+        // Observe mode reports once and leaves the configured memory.high for the rest of
+        // this worker's life.
+        self.offence(offence(figures), woke)
+    }
+}
+
+/// The offence a boundary crossing makes.
+pub(crate) fn offence(figures: Figures) -> Offence {
+    Offence {
+        reason: Reason::Boundary,
+        held_for: std::time::Duration::ZERO,
+        memory_current: Some(figures.reading.current),
+        stall: None,
+        boundary: Some(figures),
+    }
+}
+
+/// Arms `b` for `group` with the configured `high` and writes the sentinel as the kernel's
+/// memory.high; returns the group's own `high` count at arming and the sentinel.
+pub(crate) fn arm(group: &Group, b: &mut Boundary, high: u64) -> Result<(u64, u64), CgroupError> {
+    let seen = group.high_events()?;
+    let current = group.number(crate::cgroupfs::MEMORY_CURRENT)?;
+    let sentinel = b.arm(Instant::now(), current, high);
+    group.set_high(Limit::Bytes(sentinel))?;
+    Ok((seen, sentinel))
+}
+
+/// Whether the group's own `high` count moved past `seen` (None: nothing armed), which is
+/// updated. An unreadable count reads as a crossing (fail closed: the reading decides).
+pub(crate) fn crossed(group: &Group, seen: &mut Option<u64>, who: &str) -> bool {
+    let Some(before) = *seen else {
+        return false;
+    };
+    let now = match group.high_events() {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(who, "cannot read the high count: {e}");
+            before.saturating_add(1)
+        }
+    };
+    *seen = Some(now.max(before));
+    now > before
+}
+
+/// Reads the group and decides; when page cache crossed, asks the kernel to reclaim it and
+/// decides again. Some: restart (the figures and when they were read).
+pub(crate) fn decide(group: &Group, b: &mut Boundary, who: &str) -> Option<(Figures, Instant)> {
+    let mut reclaimed = false;
+    loop {
+        let woke = Instant::now();
+        let reading = match group.memory_reading() {
+            Ok(r) => r,
+            Err(e) => {
+                // Fail closed: count all of memory.current as the worker's.
+                warn!(
+                    who,
+                    "cannot split memory.current (counting all of it as the worker's): {e}"
+                );
+                let current = group.number(crate::cgroupfs::MEMORY_CURRENT).ok()?;
+                Reading {
+                    current,
+                    anon: current,
+                    ..Default::default()
+                }
+            }
+        };
+        match b.on_crossing(woke, reading, reclaimed) {
+            Verdict::Stay => return None,
+            Verdict::Restart(figures) => return Some((figures, woke)),
+            Verdict::Reclaim { bytes } => {
+                reclaimed = true;
+                if !group.can_reclaim() {
+                    // < 5.19: the kernel's own high reclaim at the sentinel drops the cache.
+                    debug!(
+                        who,
+                        "page cache crossed the boundary; no memory.reclaim on this kernel"
+                    );
+                    return None;
+                }
+                match group.reclaim(bytes) {
+                    Ok(()) => debug!(
+                        who,
+                        "page cache crossed the boundary: reclaimed {}",
+                        human_bytes(bytes)
+                    ),
+                    Err(e) => debug!(
+                        who,
+                        "page cache crossed the boundary: reclaim of {} fell short: {e}",
+                        human_bytes(bytes)
+                    ),
+                }
+            }
+        }
+    }
+}
