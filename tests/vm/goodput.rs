@@ -306,9 +306,14 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
             String::new()
         };
         println!(
-            "ROW rate={rate} run={run} fleet={} goodput={goodput:.3} leaky_jobs={} twin_jobs={},{} \
+            "ROW rate={rate} run={run} fleet={}{} goodput={goodput:.3} leaky_jobs={} twin_jobs={},{} \
              oom_kills={ooms} lost={lost} restarts={restarts} graceful={}/{restarts}{extra}",
-            live.fleet.name, jobs[0], jobs[1], jobs[2], (clean as u64).min(restarts)
+            live.fleet.name,
+            if sleeping_jobs() { " job=sleep" } else { "" },
+            jobs[0],
+            jobs[1],
+            jobs[2],
+            (clean as u64).min(restarts)
         );
     }
     for live in lives
@@ -323,7 +328,15 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
     Ok(())
 }
 
+/// `oomguard.job=sleep` on the kernel command line: the workers' jobs sleep instead of computing
+/// (testworker `--job-sleep`), so the leak is not starved of CPU by eighteen busy loops.
+fn sleeping_jobs() -> bool {
+    fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "oomguard.job=sleep"))
+}
+
 fn worker_args(ledger: &str, leak: u32) -> Vec<String> {
+    let sleep = sleeping_jobs().then_some("--job-sleep");
     [
         "--ledger",
         ledger,
@@ -332,8 +345,9 @@ fn worker_args(ledger: &str, leak: u32) -> Vec<String> {
         "--job-ms",
         "50",
     ]
-    .iter()
-    .map(|s| s.to_string())
+    .into_iter()
+    .chain(sleep)
+    .map(str::to_string)
     .collect()
 }
 

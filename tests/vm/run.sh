@@ -6,7 +6,8 @@
 #   tests/vm/run.sh smoke observe   just those
 #   tests/vm/run.sh demo            watch a leaking worker being restarted
 #   tests/vm/run.sh bench_goodput   the goodput sweep: one VM per leak rate (1, 5, 20, 50 MB/s),
-#                                   GOODPUT_RUNS (default 3) runs each; then
+#                                   GOODPUT_RUNS (default 3) runs each (GOODPUT_JOB=sleep: jobs
+#                                   that sleep instead of computing); then
 #                                   `cargo run --example goodput-report -- table < LOGS` (README)
 #   tests/vm/run.sh bench_goodput_oomd   its systemd-oomd row, in the systemd VM (by name only)
 #   tests/vm/run.sh systemd         the real-systemd VM (tests/vm/systemd/run.sh; in the default suite)
@@ -257,7 +258,7 @@ main() {
     earlyoom_bin="$deb_root/usr/bin/earlyoom"
     # Runs per rate (each 40 s of six fleets side by side), passed to the VM.
     for name in "${wanted[@]}"; do
-      [[ "$name" != bench_goodput_* ]] || kargs[$name]+=" oomguard.runs=${GOODPUT_RUNS:-3}"
+      [[ "$name" != bench_goodput_* ]] || kargs[$name]+=" oomguard.runs=${GOODPUT_RUNS:-3}${GOODPUT_JOB:+ oomguard.job=$GOODPUT_JOB}"
     done
   fi
   build_initramfs
