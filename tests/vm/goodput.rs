@@ -241,8 +241,9 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
     for live in &lives {
         if let Some(why) = &live.unsupported {
             println!(
-                "ROW rate={rate} run={run} fleet={} unsupported=\"{why}\"",
-                live.fleet.name
+                "ROW rate={rate} run={run} fleet={}{} unsupported=\"{why}\"",
+                live.fleet.name,
+                if sleeping_jobs() { " job=sleep" } else { "" }
             );
             continue;
         }

@@ -2,6 +2,7 @@
 //! into the README's table and the memory plot, on the host:
 //!
 //!   cat tests/vm/.cache/logs/bench_goodput_*.log | cargo run -q --example goodput-report -- table
+//!     [--job sleep|compute]   (the rows of one job kind: GOODPUT_JOB=sleep or not)
 //!   cat tests/vm/.cache/logs/bench_goodput_20.log tests/vm/.cache/logs/bench_goodput_oomd.log |
 //!     cargo run --example goodput-report -- svg 20 > docs/goodput.svg
 //!
@@ -93,7 +94,7 @@ fn span<T: PartialOrd + Copy + std::fmt::Display>(v: &[T]) -> String {
 /// differ), restarts and how many exits were graceful in all runs together.
 fn cell(rows: &[&Row]) -> String {
     if let Some(why) = rows.iter().find_map(|r| r.unsupported.as_ref()) {
-        return format!("{why} ({} runs)", rows.len());
+        return format!("{} ({} runs)", short_reason(why), rows.len());
     }
     let g: Vec<f64> = rows.iter().map(|r| r.goodput).collect();
     let m = median(g.clone());
@@ -116,6 +117,16 @@ fn cell(rows: &[&Row]) -> String {
     )
 }
 
+/// `unsupported by this build: error: /tmp/x.yaml: restart.overlap: line 15: unknown key: expected
+/// one of ...` -> `unsupported by this build: restart.overlap: line 15: unknown key` (the file is
+/// the bench's, the list of keys is in the log).
+fn short_reason(why: &str) -> String {
+    let (head, rest) = why.split_once("error: ").unwrap_or(("", why));
+    let rest = rest.split_once(".yaml: ").map_or(rest, |(_, r)| r);
+    let rest = rest.split(": expected").next().unwrap_or(rest);
+    format!("{head}{}", rest.trim_end_matches(';'))
+}
+
 fn table(rows: &[Row]) -> String {
     let mut rates: Vec<u32> = rows.iter().map(|r| r.rate).collect();
     rates.sort_unstable();
@@ -133,8 +144,8 @@ fn table(rows: &[Row]) -> String {
             names.push((&r.fleet, &r.fleet));
         }
     }
-    for sleep in [false, true] {
-        for (name, words) in &names {
+    for (name, words) in &names {
+        for sleep in [false, true] {
             let of = |r: &&Row| r.fleet == *name && r.sleep == sleep;
             if !rows.iter().any(|r| of(&r)) {
                 continue;
@@ -279,8 +290,23 @@ fn main() -> ExitCode {
     // A serial console is not always valid UTF-8; the lines read here are ASCII.
     let text = String::from_utf8_lossy(&bytes);
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["table"] => {
-            let rows: Vec<Row> = text.lines().filter_map(parse_row).collect();
+        ["table", ref kind @ ..] => {
+            // `table --job sleep|compute`: only the rows of that job kind (an unsupported row ran
+            // no jobs, and a build before job= on those rows did not mark it: it is kept).
+            let keep: fn(&Row) -> bool = match kind {
+                [] => |_| true,
+                ["--job", "sleep"] => |r| r.sleep,
+                ["--job", "compute"] => |r| !r.sleep,
+                _ => {
+                    eprintln!("goodput-report: table takes --job sleep or --job compute");
+                    return ExitCode::from(2);
+                }
+            };
+            let rows: Vec<Row> = text
+                .lines()
+                .filter_map(parse_row)
+                .filter(|r| r.unsupported.is_some() || keep(r))
+                .collect();
             if rows.is_empty() {
                 eprintln!(
                     "goodput-report: no ROW lines on stdin (the bench_goodput_* console logs)"
@@ -304,7 +330,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: goodput-report table | svg <rate>   (console logs on stdin)");
+            eprintln!(
+                "usage: goodput-report table [--job sleep|compute] | svg <rate>   (console logs on stdin)"
+            );
             ExitCode::from(2)
         }
     }

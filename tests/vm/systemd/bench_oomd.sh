@@ -33,13 +33,13 @@ systemctl start systemd-oomd.socket systemd-oomd.service ||
 echo "EVIDENCE systemd-oomd: $(systemd-oomd --version 2>/dev/null | head -n 1), $(systemctl is-active systemd-oomd)"
 echo "EVIDENCE oomd.conf: $(grep -v '^#' /etc/systemd/oomd.conf 2>/dev/null | grep . | tr '\n' ' ')"
 
-unit() { # <rate> <name> <slice> <leak>
+unit() { # <rate> <name> <slice> <leak> [--job-sleep]
   cat >"$UNITS/$2-$1.service" <<EOF
 [Unit]
 StartLimitIntervalSec=0
 [Service]
 Slice=$3.slice
-ExecStart=/usr/bin/testworker --ledger $LEDGERS/$2-$1.ledger --leak-mb-per-s $4 --job-ms 50
+ExecStart=/usr/bin/testworker --ledger $LEDGERS/$2-$1.ledger --leak-mb-per-s $4 --job-ms 50 ${5:-}
 MemoryHigh=40M
 MemoryMax=64M
 Restart=always
@@ -62,15 +62,22 @@ lost_jobs() { # <ledger> <running pids, space-separated>
     }' "$1"
 }
 
+# Both job kinds of the busybox sweep: sleeping jobs (GOODPUT_JOB=sleep, the README's main table;
+# these print the SAMPLE lines for the plot) and computing jobs. Unit names carry a `s` suffix
+# for the sleeping kind, so every run starts from fresh units, slices and ledgers.
+for job in sleep compute; do
 for rate in $RATES; do
-  slice=oomd$rate
+  if [ "$job" = sleep ]; then sfx=s flag=--job-sleep field=" job=sleep" plot=yes
+  else sfx="" flag="" field="" plot=no; fi
+  slice=oomd$rate$sfx
   cat >"$UNITS/$slice.slice" <<EOF
 [Slice]
 ManagedOOMMemoryPressure=kill
 EOF
-  unit "$rate" leaky "$slice" "$rate"
-  unit "$rate" twin-a "twins$rate" 0
-  unit "$rate" twin-b "twins$rate" 0
+  rate=$rate$sfx
+  unit "$rate" leaky "$slice" "${rate%s}" "$flag"
+  unit "$rate" twin-a "twins$rate" 0 "$flag"
+  unit "$rate" twin-b "twins$rate" 0 "$flag"
   systemctl daemon-reload
   systemctl start "leaky-$rate" "twin-a-$rate" "twin-b-$rate" || fail "cannot start the $rate MB/s units"
   cg=/sys/fs/cgroup/$slice.slice
@@ -80,10 +87,10 @@ EOF
     ms=$((($(date +%s%N) - t0) / 1000000))
     [ "$ms" -lt $((PHASE_S * 1000)) ] || break
     kib=$(($(cat "$cg/memory.current" 2>/dev/null || echo 0) / 1024))
-    echo "SAMPLE $rate systemd_oomd $ms $kib"
+    [ "$plot" = no ] || echo "SAMPLE ${rate%s} systemd_oomd $ms $kib"
     while read -r pid; do
       case $seen in *" $pid "*) ;; *)
-        [ "$seen" = " " ] || echo "MARK $rate systemd_oomd $ms"
+        [ "$seen" = " " ] || [ "$plot" = no ] || echo "MARK ${rate%s} systemd_oomd $ms"
         seen="$seen$pid " ;;
       esac
     done <"$cg/leaky-$rate.service/cgroup.procs" 2>/dev/null
@@ -101,11 +108,16 @@ EOF
   # Graceful: exits with `exit <pid> clean` (the SIGTERM handler ran) among the restarts.
   clean=$(grep -c '^exit .* clean' "$ledger" || true)
   oomd_kills=$(journalctl --no-pager -u systemd-oomd 2>/dev/null | grep -c "Killed .*$slice" || true)
+  # What oomd saw: the slice must be among its monitored cgroups (else "no kill" would mean a
+  # misconfiguration, not oomd's choice), with the pressure it compares against its limit.
+  echo "EVIDENCE oomd $rate MB/s: $(oomctl dump 2>&1 | grep -A4 "/$slice.slice" | tr -s ' \n' ' ' | cut -c1-400)"
+  echo "EVIDENCE $slice.slice memory.pressure: $(tr '\n' ' ' <"$cg/memory.pressure")"
   systemctl stop "leaky-$rate" "twin-a-$rate" "twin-b-$rate"
   goodput=$(awk -v l="$leaky" -v a="$a" -v b="$b" 'BEGIN { t = (a + b) / 2; if (t < 1) t = 1; printf "%.3f", l / t }')
   [ "$clean" -le "$restarts" ] || clean=$restarts
-  echo "ROW rate=$rate run=1 fleet=systemd_oomd goodput=$goodput leaky_jobs=$leaky twin_jobs=$a,$b" \
+  echo "ROW rate=${rate%s} run=1 fleet=systemd_oomd$field goodput=$goodput leaky_jobs=$leaky twin_jobs=$a,$b" \
     "oom_kills=$ooms lost=$lost restarts=$restarts graceful=$clean/$restarts oomd_kills=$oomd_kills"
+done
 done
 journalctl --no-pager -u systemd-oomd 2>/dev/null | grep -i kill | tail -n 10 | sed 's/^/EVIDENCE oomd: /'
 echo "SCENARIO bench_goodput_oomd PASS"
