@@ -74,6 +74,46 @@ suite_sources() { # <suite> <keyring or empty>
   ' "${files[@]}"
 }
 
+# A private apt state for <suite> in $cache/apt-<suite> (lists, cache, sources derived from the
+# host's own entries), updated once: sets `apt` (the directory) and `apt_opts` (apt's options).
+# The host's own apt state is never touched.
+suite_apt() { # <suite>
+  local suite=$1 keyring=""
+  apt="$cache/apt-$suite"
+  rm -rf "$apt"
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/deb"
+  # Debian's archive keyring holds every release's key; without it apt uses its trusted parts.
+  [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] &&
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  suite_sources "$suite" "$keyring" >"$apt/sources.list"
+  if [ ! -s "$apt/sources.list" ]; then
+    echo "no Debian 'deb' entry for this host's codename in /etc/apt/sources.list{,.d}:" \
+      "cannot derive a $suite source (the VM kernels and tools come from Debian's archive)" >&2
+    exit 1
+  fi
+  apt_opts=(-o Dir::State::Lists="$apt/lists" -o Dir::Etc::SourceList="$apt/sources.list"
+    -o Dir::Etc::SourceParts=/dev/null -o Dir::Cache="$apt/cache" -o APT::Sandbox::User=root)
+  say "apt-get update for $suite (private lists in $apt): $(awk '{print $(NF-2), $(NF-1)}' "$apt/sources.list" | tr '\n' ' ')"
+  # A suite that no longer exists (an -updates suite after its release moved to the archive)
+  # fails its part of the update; what matters is whether the package resolves afterwards.
+  apt-get "${apt_opts[@]}" update -qq || say "apt-get update for $suite reported errors (see above)"
+}
+
+# A Debian package of <suite> unpacked (dpkg -x) into $cache/deb-<package>, fetched once (not into
+# $cache/debs: systemd/run.sh empties that for its own .debs). Sets `deb_root`. For tools the busybox VM runs as a user would install
+# them (earlyoom for bench_goodput); their libraries come from the host by copy_with_libs.
+ensure_deb() { # <suite> <package>
+  local suite=$1 pkg=$2
+  deb_root="$cache/deb-$pkg"
+  [ -d "$deb_root" ] && return
+  suite_apt "$suite"
+  say "fetching $pkg ($suite)"
+  (cd "$apt/deb" && apt-get "${apt_opts[@]}" download -qq "$pkg")
+  dpkg -x "$apt"/deb/"$pkg"_*.deb "$deb_root.tmp"
+  mv "$deb_root.tmp" "$deb_root"
+  rm -rf "$apt"
+}
+
 # Debian's cloud kernel of <suite> (default bookworm: cgroup v2, PSI, cgroup.kill built in; see
 # shared/FIELD-NOTES.md), fetched once into $cache/kernel-<suite>. Sets `kernel` to the bzImage.
 # The suite's package lists go to a private apt directory (lists, cache, sources), so the host's
@@ -87,33 +127,16 @@ ensure_kernel() { # [suite]
   fi
   kernel=$(ls "$dir"/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
   [ -n "$kernel" ] && return
-  local apt="$cache/apt-$suite" keyring=""
-  rm -rf "$apt"
-  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/deb"
-  # Debian's archive keyring holds every release's key; without it apt uses its trusted parts.
-  [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] &&
-    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  suite_sources "$suite" "$keyring" >"$apt/sources.list"
-  if [ ! -s "$apt/sources.list" ]; then
-    echo "no Debian 'deb' entry for this host's codename in /etc/apt/sources.list{,.d}:" \
-      "cannot derive a $suite source (the VM kernels come from Debian's archive)" >&2
-    exit 1
-  fi
-  local opts=(-o Dir::State::Lists="$apt/lists" -o Dir::Etc::SourceList="$apt/sources.list"
-    -o Dir::Etc::SourceParts=/dev/null -o Dir::Cache="$apt/cache" -o APT::Sandbox::User=root)
-  say "apt-get update for $suite (private lists in $apt): $(awk '{print $(NF-2), $(NF-1)}' "$apt/sources.list" | tr '\n' ' ')"
-  # A suite that no longer exists (an -updates suite after its release moved to the archive)
-  # fails its part of the update; what matters is whether the metapackage resolves below.
-  apt-get "${opts[@]}" update -qq || say "apt-get update for $suite reported errors (see above)"
+  suite_apt "$suite"
   local pkg
-  pkg=$(apt-cache "${opts[@]}" depends linux-image-cloud-amd64 2>/dev/null |
+  pkg=$(apt-cache "${apt_opts[@]}" depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ {print $2; exit}' || true)
   [ -n "$pkg" ] || {
     echo "cannot resolve linux-image-cloud-amd64 to a kernel package in $suite (sources: $apt/sources.list)" >&2
     exit 1
   }
   say "fetching kernel package $pkg ($suite)"
-  (cd "$apt/deb" && apt-get "${opts[@]}" download -qq "$pkg")
+  (cd "$apt/deb" && apt-get "${apt_opts[@]}" download -qq "$pkg")
   rm -rf "$dir"
   dpkg -x "$apt"/deb/"$pkg"_*.deb "$dir"
   rm -rf "$apt"

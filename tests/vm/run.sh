@@ -5,6 +5,11 @@
 #   tests/vm/run.sh                 every test scenario (not the demo)
 #   tests/vm/run.sh smoke observe   just those
 #   tests/vm/run.sh demo            watch a leaking worker being restarted
+#   tests/vm/run.sh bench_goodput   the goodput sweep: one VM per leak rate (1, 5, 20, 50 MB/s),
+#                                   GOODPUT_RUNS (default 3) runs each (GOODPUT_JOB=sleep: jobs
+#                                   that sleep instead of computing); then
+#                                   `cargo run --example goodput-report -- table < LOGS` (README)
+#   tests/vm/run.sh bench_goodput_oomd   its systemd-oomd row, in the systemd VM (by name only)
 #   tests/vm/run.sh systemd         the real-systemd VM (tests/vm/systemd/run.sh; in the default suite)
 #   tests/vm/run.sh apps_gunicorn apps_celery   Debian's gunicorn and Celery under oomguard
 #                                   (tests/vm/apps/run.sh; in the default suite; also apps_facts,
@@ -78,6 +83,8 @@ build_initramfs() {
   copy_with_libs "$root" "$bin_oomguard" /bin/oomguard
   copy_with_libs "$root" "$bin_worker" /bin/testworker
   copy_with_libs "$root" "$bin_scenarios" /bin/vm-scenarios
+  # Debian bookworm's earlyoom for bench_goodput's earlyoom fleet (only when a sweep is wanted).
+  [ -z "${earlyoom_bin:-}" ] || copy_with_libs "$root" "$earlyoom_bin" /bin/earlyoom
   cat >"$root/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 worker:x:1000:1000:worker:/tmp:/bin/false
@@ -163,13 +170,14 @@ run_apps() { # <name>: sets verdict and reason; its own run.sh shows the console
   fi
 }
 
-run_systemd() { # sets verdict and reason; its own run.sh shows the console tail on failure
-  local line
-  line=$("$here/systemd/run.sh" | tail -n 1 || true)
-  if [ "$line" = "SCENARIO systemd PASS" ]; then
+run_systemd() { # [systemd | bench_goodput_oomd]: sets verdict and reason; its own run.sh shows
+  # the console tail on failure
+  local line name=${1:-systemd}
+  line=$("$here/systemd/run.sh" "$name" | tail -n 1 || true)
+  if [ "$line" = "SCENARIO $name PASS" ]; then
     verdict=PASS reason=""
   else
-    verdict=FAIL reason=${line#"SCENARIO systemd FAIL: "}
+    verdict=FAIL reason=${line#"SCENARIO $name FAIL: "}
     reason=${reason:-"tests/vm/systemd/run.sh printed no verdict"}
   fi
 }
@@ -189,11 +197,12 @@ boot_one() { # <name> <kernel version>
   local name=$1 kv=$2 start
   say "booting scenario $name on ${kernel_of[$kv]##*/}"
   start=$(date +%s)
-  if [ "$name" = systemd ]; then run_systemd
+  if [ "$name" = systemd ] || [ "$name" = bench_goodput_oomd ]; then run_systemd "$name"
   elif is_apps "$name"; then run_apps "$name"
   else run_scenario "$name" "$kv"; fi
   secs=$(($(date +%s) - start))
-  if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ] && [ "$name" != systemd ] && ! is_apps "$name"; then
+  if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ] && [ "$name" != systemd ] && ! is_apps "$name" &&
+    [ "$name" != bench_goodput_oomd ]; then
     # A failure needs its evidence (demos showed theirs live; systemd prints its own).
     tr -d '\r' <"$(log_path "$name" "$kv")" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 60 | sed 's/^/    | /'
   fi
@@ -230,22 +239,38 @@ main() {
   # `systemd` is not in vm-scenarios' table: it boots a Debian rootfs with a real systemd
   # (tests/vm/systemd/run.sh) instead of the busybox initramfs, always on the default kernel.
   kind[systemd]="test"
+  # The goodput sweep's systemd-oomd row runs in the same VM (by name only).
+  kind[bench_goodput_oomd]="demo"
   # The real-apps VM's scenarios likewise (tests/vm/apps/run.sh); only the tests are in the
   # default suite, the fact-finding run and the benchmarks are run by name.
   for name in "${APPS_TESTS[@]}"; do kind[$name]="test"; done
   for name in "${APPS_OTHERS[@]}"; do kind[$name]="demo"; done
-  local wanted=("$@") name
+  local wanted=() name
+  # `bench_goodput` is the whole sweep: one VM per leak rate (rows bench_goodput_<rate>).
+  for name in "$@"; do
+    if [ "$name" = bench_goodput ]; then wanted+=(bench_goodput_1 bench_goodput_5 bench_goodput_20 bench_goodput_50)
+    else wanted+=("$name"); fi
+  done
   if [ ${#wanted[@]} -eq 0 ]; then
     wanted=("${all_tests[@]}")
     [ "${kernels[*]}" != "$default_kernel_version" ] || wanted+=(systemd "${APPS_TESTS[@]}")
   fi
   for name in "${wanted[@]}"; do
     [ -n "${kind[$name]:-}" ] || { echo "unknown scenario: $name (known: ${!kind[*]})" >&2; exit 2; }
-    if { [ "$name" = systemd ] || is_apps "$name"; } && [ "${kernels[*]}" != "$default_kernel_version" ]; then
+    if { [ "$name" = systemd ] || [ "$name" = bench_goodput_oomd ] || is_apps "$name"; } &&
+      [ "${kernels[*]}" != "$default_kernel_version" ]; then
       echo "the $name scenario runs on the default kernel ($default_kernel_version) only" >&2
       exit 2
     fi
   done
+  if [[ " ${wanted[*]} " == *" bench_goodput_"* ]]; then
+    ensure_deb bookworm earlyoom
+    earlyoom_bin="$deb_root/usr/bin/earlyoom"
+    # Runs per rate (each 40 s of six fleets side by side), passed to the VM.
+    for name in "${wanted[@]}"; do
+      [[ "$name" != bench_goodput_* ]] || kargs[$name]+=" oomguard.runs=${GOODPUT_RUNS:-3}${GOODPUT_JOB:+ oomguard.job=$GOODPUT_JOB}"
+    done
+  fi
   build_initramfs
 
   local passed=0 failed=0 summary=()

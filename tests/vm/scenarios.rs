@@ -7,6 +7,7 @@ mod bench;
 mod boundary;
 mod children;
 mod faults;
+mod goodput;
 mod hardening_daemon;
 mod hardening_instance;
 mod harness;
@@ -279,13 +280,40 @@ const SCENARIOS: &[Scenario] = &[
         run: boundary::boundary_child,
     },
     Scenario {
-        name: "bench_goodput",
+        name: "bench_goodput_1",
         demo: true,
-        kernel_args: "",
-        // Five 40 s fleets, each started and stopped.
-        budget_s: 500,
-        vm_mb: 512,
-        run: bench::bench_goodput,
+        kernel_args: "oomguard.leak=1",
+        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        budget_s: 600,
+        vm_mb: 1024,
+        run: goodput::bench_goodput_rate,
+    },
+    Scenario {
+        name: "bench_goodput_5",
+        demo: true,
+        kernel_args: "oomguard.leak=5",
+        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        budget_s: 600,
+        vm_mb: 1024,
+        run: goodput::bench_goodput_rate,
+    },
+    Scenario {
+        name: "bench_goodput_20",
+        demo: true,
+        kernel_args: "oomguard.leak=20",
+        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        budget_s: 600,
+        vm_mb: 1024,
+        run: goodput::bench_goodput_rate,
+    },
+    Scenario {
+        name: "bench_goodput_50",
+        demo: true,
+        kernel_args: "oomguard.leak=50",
+        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        budget_s: 600,
+        vm_mb: 1024,
+        run: goodput::bench_goodput_rate,
     },
     Scenario {
         name: "bench_scale",

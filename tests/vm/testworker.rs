@@ -32,6 +32,8 @@ struct Options {
     /// `--leak-cap-mb N`: stop leaking once N MiB are held (a worker that grows, then stays flat).
     leak_cap_mb: Option<usize>,
     job_ms: u64,
+    /// `--job-sleep`: jobs wait instead of computing (see sleep_job).
+    job_sleep: bool,
     exit_after_jobs: Option<u64>,
     crash: bool,
     ignore_sigterm: bool,
@@ -49,6 +51,7 @@ fn parse_args() -> Result<Options, String> {
         leak_mb_per_s: 0.0,
         leak_cap_mb: None,
         job_ms: 100,
+        job_sleep: false,
         exit_after_jobs: None,
         crash: false,
         ignore_sigterm: false,
@@ -93,6 +96,7 @@ fn parse_args() -> Result<Options, String> {
                     .map_err(|_| format!("--exit-after-jobs: bad number {v:?}"))?;
                 opts.exit_after_jobs = Some(n);
             }
+            "--job-sleep" => opts.job_sleep = true,
             "--crash" => opts.crash = true,
             "--ignore-sigterm" => opts.ignore_sigterm = true,
             "--escape-to" => opts.escape_to = Some(value("--escape-to")?),
@@ -181,6 +185,16 @@ fn do_job(job: u64, ms: u64) -> u64 {
             return black_box(acc);
         }
     }
+}
+
+/// A job that mostly waits (a downstream call, I/O): one round of the buffer work, then the rest
+/// of `ms` asleep. The goodput sweep's `oomguard.job=sleep` variant uses it so that eighteen
+/// workers on two emulated vCPUs leave the leak its CPU (with computing jobs they starve it).
+fn sleep_job(job: u64, ms: u64) -> u64 {
+    let started = Instant::now();
+    let acc = do_job(job, 0);
+    std::thread::sleep(Duration::from_millis(ms).saturating_sub(started.elapsed()));
+    acc
 }
 
 /// Allocates 1 MiB chunks and writes every page of each, so they are really charged to the
@@ -289,7 +303,11 @@ fn main() -> ExitCode {
         // The leak happens while a job runs, as in a real worker (big task arguments, caches
         // filled by the job): a SIGKILL at the memory limit loses the job in flight.
         leak.catch_up(|| term_requested() && !opts.ignore_sigterm);
-        do_job(job, opts.job_ms);
+        if opts.job_sleep {
+            sleep_job(job, opts.job_ms);
+        } else {
+            do_job(job, opts.job_ms);
+        }
         ledger.record(&format!("done {pid} {job}"));
         if job % 10 == 0 {
             println!(

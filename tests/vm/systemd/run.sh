@@ -23,7 +23,14 @@ logs="$cache/logs"
 rootfs="$cache/systemd-rootfs"
 image="$cache/systemd-image"
 initrd="$cache/systemd-initrd.cpio"
-log="$logs/systemd.log"
+# `run.sh bench_goodput_oomd`: the same VM without the package, with Debian's systemd-oomd, running
+# the goodput sweep's systemd-oomd row (bench_oomd.sh) instead of the scenario.
+mode=${1:-systemd}
+case $mode in
+  systemd | bench_goodput_oomd) ;;
+  *) echo "usage: tests/vm/systemd/run.sh [bench_goodput_oomd]" >&2; exit 2 ;;
+esac
+log="$logs/$mode.log"
 mkdir -p "$cache" "$logs"
 
 # Packages in the VM. jq reads `oomguard status --json` in scenario.sh. Changing this list
@@ -68,7 +75,7 @@ ensure_packages() {
 
 # Failing before the boot still ends with a verdict line (tests/vm/run.sh reads the last one).
 fail_early() {
-  echo "SCENARIO systemd FAIL: $*"
+  echo "SCENARIO $mode FAIL: $*"
   exit 1
 }
 
@@ -134,9 +141,18 @@ build_image() {
   local missing
   missing=$(chroot "$image" ldd /usr/bin/testworker | grep 'not found' || true)
   [ -z "$missing" ] || { echo "libraries missing in the VM: $missing" >&2; exit 1; }
-  install -D -m 0644 -t "$image/var/cache/oomguard-test" "${debs[@]}"
-  # The scenario, started once multi-user is reached.
-  install -D -m 0755 "$here/scenario.sh" "$image/usr/local/lib/oomguard-test/scenario.sh"
+  if [ "$mode" = bench_goodput_oomd ]; then
+    # The unit runs .../scenario.sh: here that is the oomd bench, with Debian's systemd-oomd
+    # unpacked into the image (its user comes from sysusers.d at boot).
+    install -D -m 0755 "$here/bench_oomd.sh" "$image/usr/local/lib/oomguard-test/scenario.sh"
+    ensure_deb bookworm systemd-oomd
+    # tar, not cp: the package's /lib must land in the rootfs's /lib -> usr/lib symlink.
+    tar -C "$deb_root" -cf - . | tar -C "$image" -xf - --keep-directory-symlink
+  else
+    install -D -m 0644 -t "$image/var/cache/oomguard-test" "${debs[@]}"
+    # The scenario, started once multi-user is reached.
+    install -D -m 0755 "$here/scenario.sh" "$image/usr/local/lib/oomguard-test/scenario.sh"
+  fi
   install -m 0755 "$here/package.sh" "$image/usr/local/lib/oomguard-test/package.sh"
   install -m 0644 "$here/oomguard-scenario.service" "$image/etc/systemd/system/"
   ln -sf /etc/systemd/system/oomguard-scenario.service \
@@ -161,25 +177,26 @@ boot() {
     -append "console=ttyS0 rdinit=/sbin/init panic=-1 loglevel=4 systemd.show_status=error" \
     </dev/null >"$log" 2>&1 || rc=$?
   local line
-  line=$(tr -d '\r' <"$log" | grep -E '^SCENARIO systemd (PASS|FAIL)' | tail -n 1 || true)
+  line=$(tr -d '\r' <"$log" | grep -E "^SCENARIO $mode (PASS|FAIL)" | tail -n 1 || true)
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    line="SCENARIO systemd FAIL: VM timed out after ${VM_LIMIT_S}s"
+    line="SCENARIO $mode FAIL: VM timed out after ${VM_LIMIT_S}s"
   elif [ -z "$line" ]; then
-    line="SCENARIO systemd FAIL: no verdict on the console (qemu exit $rc)"
+    line="SCENARIO $mode FAIL: no verdict on the console (qemu exit $rc)"
   fi
-  if [ "$line" != "SCENARIO systemd PASS" ]; then
+  if [ "$line" != "SCENARIO $mode PASS" ]; then
     tr -d '\r' <"$log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 80 | sed 's/^/    | /' >&2
   fi
   tr -d '\r' <"$log" | grep -E '^EVIDENCE (timings|scenario seconds|boot to)' | sed 's/^/    /' >&2 || true
+  [ "$mode" = systemd ] || tr -d '\r' <"$log" | grep -E '^(ROW|EVIDENCE)' | sed 's/^/    /' >&2 || true
   echo "$line"
-  [ "$line" = "SCENARIO systemd PASS" ]
+  [ "$line" = "SCENARIO $mode PASS" ]
 }
 
 main() {
   ensure_packages
-  ensure_kernel
+  ensure_kernel bookworm
   build_binaries
-  build_debs
+  [ "$mode" = bench_goodput_oomd ] || build_debs
   ensure_rootfs
   build_image
   boot
