@@ -34,8 +34,8 @@ mod report;
 mod shutdown;
 mod wait;
 
-pub use overlap::{has_layout as overlap_layout, GENERATIONS};
 pub use boundary::BoundaryView;
+pub use overlap::{has_layout as overlap_layout, GENERATIONS};
 use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
 pub use report::{describe, fmt_dur};
 use shutdown::Cause;

@@ -411,7 +411,10 @@ mod tests {
         assert!(rec.take_dirty().is_some());
         assert!(rec.take_dirty().is_none(), "saved once per change");
         rec.sample("w/1", &g, false);
-        assert!(rec.take_dirty().is_none(), "a wake-up too soon reads and changes nothing");
+        assert!(
+            rec.take_dirty().is_none(),
+            "a wake-up too soon reads and changes nothing"
+        );
         rec.sample("w/1", &g, true);
         assert!(rec.take_dirty().is_some(), "a forced reading is recorded");
     }

@@ -19,8 +19,8 @@ use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, St
 use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
 
-mod observed;
 mod envelope;
+mod observed;
 mod strays;
 
 /// Controllers every level of oomguard's subtree enables for the next.
