@@ -285,6 +285,18 @@ pub fn instance<'a>(report: &'a StatusReport, id: &str) -> Option<&'a InstanceSt
         .find(|i| i.id == id)
 }
 
+/// Whether the kernel's memory.high of an instance's group (`kernel`, as read) is the policy's
+/// `configured` value in force: either that value itself, or the memory.high boundary's sentinel
+/// under it that status reports for the running worker (a policy with memory.high and no
+/// memory trigger; docs/policy.md, "The memory.high boundary").
+pub fn high_in_force(status: &InstanceStatus, kernel: &str, configured: u64) -> bool {
+    kernel == configured.to_string()
+        || (status.memory_high == Some(configured)
+            && status
+                .boundary
+                .is_some_and(|s| s < configured && kernel == s.to_string()))
+}
+
 /// Like [`instance`], but missing is an error.
 pub fn require_instance<'a>(report: &'a StatusReport, id: &str) -> Result<&'a InstanceStatus> {
     instance(report, id).ok_or_else(|| anyhow!("status has no instance {id}"))
