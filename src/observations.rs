@@ -41,15 +41,14 @@ pub struct Reading {
 impl Reading {
     /// Reads the group's files through cgroupfs; a missing file stays `None`.
     pub fn of(g: &Group) -> Reading {
-        let stat = g
-            .read("memory.stat")
-            .ok()
-            .map(|t| crate::cgroupfs::parse_keyed(&t));
-        let swap = g.number("memory.swap.current").unwrap_or(0);
+        // The same memory.stat reading the memory.high boundary decides on.
+        let memory = g.memory_reading().ok();
         let pressure = g.pressure().ok();
         Reading {
-            anon: stat.and_then(|s| s.get("anon").copied()).map(|a| a + swap),
-            current: g.number(MEMORY_CURRENT).ok(),
+            anon: memory.map(|m| m.anon + m.swap),
+            current: memory
+                .map(|m| m.current)
+                .or_else(|| g.number(MEMORY_CURRENT).ok()),
             group_peak: g.number(MEMORY_PEAK).ok(),
             stall_us: pressure.map(|p| (p.some_total_us, p.full_total_us)),
         }
