@@ -142,3 +142,21 @@ ensure_kernel() { # [suite]
   rm -rf "$apt"
   kernel=$(ls "$dir"/boot/vmlinuz-* | head -n 1)
 }
+
+# console_verdict <scenario> <qemu exit> <hard limit s> <console log>: prints the scenario's
+# verdict line ("SCENARIO <name> PASS" or "SCENARIO <name> FAIL: why"), also when the VM timed
+# out or printed none; on a failure the console's tail (without kernel lines) goes to stderr.
+# Shared by the VMs that boot one scenario per run (tests/vm/apps/run.sh, tests/vm/systemd/run.sh).
+console_verdict() {
+  local name=$1 rc=$2 limit=$3 log=$4 line
+  line=$(tr -d '\r' <"$log" | grep -E "^SCENARIO $name (PASS|FAIL)" | tail -n 1 || true)
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    line="SCENARIO $name FAIL: VM timed out after ${limit}s"
+  elif [ -z "$line" ]; then
+    line="SCENARIO $name FAIL: no verdict on the console (qemu exit $rc)"
+  fi
+  if [ "$line" != "SCENARIO $name PASS" ]; then
+    tr -d '\r' <"$log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 80 | sed 's/^/    | /' >&2
+  fi
+  echo "$line"
+}

@@ -98,15 +98,7 @@ boot() { # <scenario>: prints the verdict line
     -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 oomguard.scenario=$name oomguard.budget=${BUDGET[$1]}" \
     </dev/null >"$log" 2>&1 || rc=$?
   local line
-  line=$(tr -d '\r' <"$log" | grep -E "^SCENARIO $name (PASS|FAIL)" | tail -n 1 || true)
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    line="SCENARIO $name FAIL: VM timed out after ${limit}s"
-  elif [ -z "$line" ]; then
-    line="SCENARIO $name FAIL: no verdict on the console (qemu exit $rc)"
-  fi
-  if [ "$line" != "SCENARIO $name PASS" ]; then
-    tr -d '\r' <"$log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 80 | sed 's/^/    | /' >&2
-  fi
+  line=$(console_verdict "$name" "$rc" "$limit" "$log")
   tr -d '\r' <"$log" | grep -E '^(RESULT|TABLE|METRIC)' | sed 's/^/    /' >&2 || true
   say "$name: $(($(date +%s) - t0))s"
   echo "$line"

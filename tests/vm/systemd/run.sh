@@ -177,15 +177,7 @@ boot() {
     -append "console=ttyS0 rdinit=/sbin/init panic=-1 loglevel=4 systemd.show_status=error" \
     </dev/null >"$log" 2>&1 || rc=$?
   local line
-  line=$(tr -d '\r' <"$log" | grep -E "^SCENARIO $mode (PASS|FAIL)" | tail -n 1 || true)
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    line="SCENARIO $mode FAIL: VM timed out after ${VM_LIMIT_S}s"
-  elif [ -z "$line" ]; then
-    line="SCENARIO $mode FAIL: no verdict on the console (qemu exit $rc)"
-  fi
-  if [ "$line" != "SCENARIO $mode PASS" ]; then
-    tr -d '\r' <"$log" | grep -vE '^\[ *[0-9]+\.[0-9]+\]' | tail -n 80 | sed 's/^/    | /' >&2
-  fi
+  line=$(console_verdict "$mode" "$rc" "$VM_LIMIT_S" "$log")
   tr -d '\r' <"$log" | grep -E '^EVIDENCE (timings|scenario seconds|boot to)' | sed 's/^/    /' >&2 || true
   [ "$mode" = systemd ] || tr -d '\r' <"$log" | grep -E '^(ROW|EVIDENCE)' | sed 's/^/    /' >&2 || true
   echo "$line"
