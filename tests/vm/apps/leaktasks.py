@@ -13,11 +13,10 @@ import time
 
 from celery import Celery
 
-LEAK = int(os.environ.get("LEAK_KB", "256")) * 1024
-KEEP = os.environ.get("KEEP", "1") != "0"  # 0: allocate as much, free it (no-leak baseline)
-WORK = float(os.environ.get("WORK_MS", "20")) / 1000.0
+import leak
+
+WORK = leak.work_seconds("20")
 LEDGER = os.environ.get("LEDGER", "/tmp/celery.ledger")
-_kept = []
 
 app = Celery("leaktasks", broker=os.environ.get("BROKER", "redis://127.0.0.1:6379/0"))
 
@@ -42,12 +41,6 @@ def slow(n, secs):
 
 @app.task(name="leaktasks.work")
 def work(n):
-    if LEAK:
-        chunk = b"x" * LEAK
-        if KEEP:
-            _kept.append(chunk)
-    end = time.perf_counter() + WORK
-    while time.perf_counter() < end:
-        pass
+    leak.step(WORK)
     _done(n)
     return n
