@@ -128,9 +128,10 @@ load_scenarios() {
 run_scenario() { # <name> <kernel version>: boots one VM; sets verdict and reason
   local name=$1 log limit=$((${budget[$1]} + 90)) rc=0
   log=$(log_path "$name" "$2")
+  # sysrq_always_enabled: so a frozen guest can be asked for its stacks (see dump_when_frozen).
   local qemu=(timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2
     -m "${mem[$1]}" -nographic -no-reboot -kernel "${kernel_of[$2]}" -initrd "$initramfs"
-    -append "console=ttyS0 panic=-1 loglevel=4 oomguard.scenario=$name ${kargs[$name]}")
+    -append "console=ttyS0 panic=-1 loglevel=4 sysrq_always_enabled oomguard.scenario=$name ${kargs[$name]}")
   if [ "${kind[$1]}" = demo ]; then
     # Demos and benchmarks are for watching: stream the console (without kernel lines) live.
     set +o pipefail
@@ -139,11 +140,26 @@ run_scenario() { # <name> <kernel version>: boots one VM; sets verdict and reaso
     rc=${PIPESTATUS[0]}
     set -o pipefail
   else
-    "${qemu[@]}" </dev/null >"$log" 2>&1 || rc=$?
+    # The console's input is a FIFO we hold open, so the watcher can send it keys.
+    local fifo="$cache/console-in.$$" qin watcher
+    rm -f "$fifo" && mkfifo "$fifo"
+    exec {qin}<>"$fifo"
+    dump_when_frozen "$name" "$log" $((limit - 25)) >&"$qin" &
+    watcher=$!
+    "${qemu[@]}" <"$fifo" >"$log" 2>&1 || rc=$?
+    kill "$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
+    exec {qin}>&-
+    rm -f "$fifo"
   fi
   local line
   line=$(tr -d '\r' <"$log" | grep -E "^SCENARIO $name (PASS|FAIL)" | tail -n 1 || true)
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+  if { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ -z "$line" ]; then
+    # Not even the in-VM watchdog (a thread that fails the scenario at its budget) got a line
+    # out: the guest as a whole stopped running user space (or its console stopped).
+    verdict=FAIL reason="VM timed out after ${limit}s; the guest froze: not even the in-VM watchdog printed (its kernel stacks are at the end of the log)"
+    froze=yes
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     verdict=FAIL reason="VM timed out after ${limit}s"
   elif [ -z "$line" ]; then
     verdict=FAIL reason="no verdict on the console (qemu exit $rc)"
@@ -152,6 +168,40 @@ run_scenario() { # <name> <kernel version>: boots one VM; sets verdict and reaso
   else
     verdict=FAIL reason=${line#"SCENARIO $name FAIL: "}
   fi
+}
+
+# What a frozen guest's kernel said when asked (dump_when_frozen), short enough for a CI log: the
+# console's last lines, the blocked tasks, the CPUs' backtraces, and the stacks of user-space tasks
+# (kernel threads, registers and the unreliable `?` frames left out).
+frozen_digest() { # <log>
+  tr -d '\r' <"$1" | awk '
+    /sysrq: Changing Loglevel/ { dumping = 1 }
+    !dumping { last[n++ % 15] = $0; next }
+    /sysrq: Show State/ { state = 1; print; next }
+    state && /task:/ { user = ($0 !~ /ppid:(0|2) /) }
+    !state || user { print }
+    END { if (!dumping) { print "(no answer to SysRq: the guest kernel did not take the serial interrupt)" }
+          print "--- the console before the dump:"; for (i = n - 15; i < n; i++) if (i >= 0) print last[i % 15] }
+  ' | sed -E 's/^\[ *[0-9]+\.[0-9]+\] //' |
+    grep -vE '^ \? |^(Code|RSP|RAX|RDX|RBP|R10|R13|FS|CS|CR2|DR0|DR3|Hardware name):' | head -n 200
+}
+
+# Runs in the background beside a test VM, its stdout the VM's console input. If the scenario has
+# printed no verdict by <at> seconds (shortly before the VM's time limit), the guest is hung: asks
+# its kernel, through magic SysRq on the serial line (qemu's "Ctrl-a b" sends a break), for the
+# console loglevel 9, the blocked tasks, every CPU's backtrace and every task's stack, so the log
+# says where it hung. A guest whose interrupts are off prints nothing, which says that much.
+dump_when_frozen() { # <name> <log> <at>
+  local t
+  for ((t = 0; t < $3; t += 2)); do sleep 2; done
+  ! tr -d '\r' <"$2" | grep -qE "^SCENARIO $1 (PASS|FAIL)" || return 0
+  local key
+  for key in 9 w l t; do
+    printf '\001b'
+    sleep 0.5
+    printf '%s' "$key"
+    sleep 4
+  done
 }
 
 # The real-apps VM (tests/vm/apps/run.sh): its own Debian rootfs, default kernel only.
@@ -199,7 +249,24 @@ boot_one() { # <name> <kernel version>
   start=$(date +%s)
   if [ "$name" = systemd ] || [ "$name" = bench_goodput_oomd ]; then run_systemd "$name"
   elif is_apps "$name"; then run_apps "$name"
-  else run_scenario "$name" "$kv"; fi
+  else
+    froze=no
+    run_scenario "$name" "$kv"
+    if [ "$froze" = yes ]; then
+      # A guest that froze gave no verdict on our code either way: keep its log (with the
+      # kernel's stacks) and boot once more. The result line and the summary say so; a second
+      # freeze, like any failure, fails.
+      local first
+      first="$(log_path "$name" "$kv").froze"
+      mv "$(log_path "$name" "$kv")" "$first"
+      say "the guest froze ($reason); booting $name once more (first log: $first)"
+      frozen_digest "$first" | sed 's/^/    | /'
+
+      frozen+=("$name [$kv]: $first")
+      run_scenario "$name" "$kv"
+      reason="${reason:+$reason; }after a frozen first boot (log: $first)"
+    fi
+  fi
   secs=$(($(date +%s) - start))
   if [ "${kind[$name]}" != demo ] && [ "$verdict" = FAIL ] && [ "$name" != systemd ] && ! is_apps "$name" &&
     [ "$name" != bench_goodput_oomd ]; then
@@ -274,6 +341,7 @@ main() {
   build_initramfs
 
   local passed=0 failed=0 summary=()
+  frozen=()
   declare -A cell
   for kv in "${kernels[@]}"; do
     for name in "${wanted[@]}"; do
@@ -281,7 +349,7 @@ main() {
       cell[$name@$kv]="$verdict ${secs}s"
       if [ "$verdict" = PASS ]; then
         passed=$((passed + 1))
-        summary+=("PASS $name [$kv] (${secs}s)")
+        summary+=("PASS $name [$kv] (${secs}s)${reason:+: $reason}")
       else
         failed=$((failed + 1))
         summary+=("FAIL $name [$kv] (${secs}s): $reason")
@@ -300,6 +368,11 @@ main() {
       for kv in "${kernels[@]}"; do printf ' %-12s' "${cell[$name@$kv]}"; done
       echo
     done
+  fi
+  if [ ${#frozen[@]} -gt 0 ]; then
+    echo
+    echo "guests that froze and were booted once more (see the kernel stacks at the end of each log):"
+    printf '  %s\n' "${frozen[@]}"
   fi
   echo "$passed passed, $failed failed"
   [ "$failed" = 0 ]
