@@ -18,6 +18,7 @@ use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use oomguard::protocol::EventRecord;
 
 use crate::harness::*;
 use supervise::{pids_under, write, Guard, Member};
@@ -42,6 +43,8 @@ struct Fleet {
     kind: Kind,
     high: &'static str,
     max: &'static str,
+    /// The leaky worker gives each leaked MiB back at once (testworker `--leak-freed`).
+    freed: bool,
 }
 
 const FLEETS: &[Fleet] = &[
@@ -51,6 +54,17 @@ const FLEETS: &[Fleet] = &[
         kind: Kind::Bench(Guard::None),
         high: HIGH,
         max: "max",
+        freed: false,
+    },
+    // The ceiling no guard can pass: the same leak's page faults and charges, each MiB given
+    // back at once, so the worker never grows and nothing restarts it. What separates this row
+    // from the twins' 1.0 is the cost of the leaking itself under TCG, not any guard's doing.
+    Fleet {
+        name: "ceiling",
+        kind: Kind::Bench(Guard::None),
+        high: "max",
+        max: "max",
+        freed: true,
     },
     // A hard cap and a plain respawn (what a container restart policy gives): no memory.high,
     // so the worker runs at full speed until the kernel OOM-kills it at 64M.
@@ -59,6 +73,7 @@ const FLEETS: &[Fleet] = &[
         kind: Kind::Bench(Guard::Respawn),
         high: "max",
         max: MAX,
+        freed: false,
     },
     // Debian's earlyoom with its defaults (it watches the machine's free memory, not groups),
     // beside the same respawn loop so a worker it or the kernel kills comes back.
@@ -67,6 +82,7 @@ const FLEETS: &[Fleet] = &[
         kind: Kind::Bench(Guard::Respawn),
         high: HIGH,
         max: MAX,
+        freed: false,
     },
     // Issue 9's naive shell guard: first PSI event, lift high, SIGTERM, respawn.
     Fleet {
@@ -74,6 +90,7 @@ const FLEETS: &[Fleet] = &[
         kind: Kind::Bench(Guard::NaivePsi { high: HIGH }),
         high: HIGH,
         max: MAX,
+        freed: false,
     },
     // The README example policy as a new user writes it: PSI `{some: 150ms, window: 1s}`.
     Fleet {
@@ -81,6 +98,7 @@ const FLEETS: &[Fleet] = &[
         kind: Kind::Oomguard { overlap: false },
         high: HIGH,
         max: MAX,
+        freed: false,
     },
     // The same with make-before-break restarts (`restart.overlap: true`, issue 9 item 3).
     Fleet {
@@ -88,6 +106,7 @@ const FLEETS: &[Fleet] = &[
         kind: Kind::Oomguard { overlap: true },
         high: HIGH,
         max: MAX,
+        freed: false,
     },
 ];
 
@@ -190,7 +209,7 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
             let leak = if i == 0 { rate } else { 0 };
             let member = Member {
                 group: group.clone(),
-                args: worker_args(ledger, leak),
+                args: worker_args(ledger, leak, i == 0 && live.fleet.freed),
                 // The twins are respawned (or not) like the leaker, but never PSI-guarded.
                 guard: if i == 0 || guard == Guard::None {
                     guard
@@ -214,7 +233,8 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
     let sampler = (run == 1).then(|| {
         let groups = lives
             .iter()
-            .filter(|l| l.unsupported.is_none())
+            // The ceiling's memory is flat by construction: not worth a panel.
+            .filter(|l| l.unsupported.is_none() && !l.fleet.freed)
             .map(|l| (l.fleet.name.to_string(), l.leaky_group.clone()))
             .collect();
         let stop = stop.clone();
@@ -287,6 +307,7 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
     if let Some(s) = sampler {
         s.join().map_err(|_| anyhow!("the sampler panicked"))?;
     }
+    let events = recent_events()?;
     daemon.stop()?;
     let earlyoom_kills = stop_earlyoom(earlyoom)?;
     for (live, gone, jobs, lost, ooms, restarts) in rows {
@@ -301,10 +322,12 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
             .count();
         let twins = (jobs[1] + jobs[2]) as f64 / 2.0;
         let goodput = jobs[0] as f64 / twins.max(1.0);
-        let extra = if live.fleet.name == "earlyoom" {
-            format!(" earlyoom_kills={earlyoom_kills}")
-        } else {
-            String::new()
+        let extra = match live.fleet.kind {
+            _ if live.fleet.name == "earlyoom" => format!(" earlyoom_kills={earlyoom_kills}"),
+            Kind::Oomguard { .. } => {
+                breakdown(&events, &format!("r{run}-{}-leaky/0", live.fleet.name))
+            }
+            Kind::Bench(_) => String::new(),
         };
         println!(
             "ROW rate={rate} run={run} fleet={}{} goodput={goodput:.3} leaky_jobs={} twin_jobs={},{} \
@@ -329,6 +352,34 @@ fn run_once(rate: u32, run: u32) -> Result<()> {
     Ok(())
 }
 
+/// Where an oomguard fleet's restarts spent their time (issue 9 item 4): the medians over this
+/// run's restart events of the instance, as ` t2s_us=.. s2e_ms=.. e2x_ms=.. ovl_ms=.. dead_ms=..` (a field
+/// no event carried is left out).
+fn breakdown(events: &[EventRecord], id: &str) -> String {
+    let restarts: Vec<_> = events
+        .iter()
+        .filter(|e| e.instance == id && e.action == "restart")
+        .collect();
+    type Field = (&'static str, fn(&EventRecord) -> Option<u64>);
+    let fields: [Field; 5] = [
+        ("t2s_us", |e| e.trigger_to_signal_us),
+        ("s2e_ms", |e| e.signal_to_exit_ms),
+        ("e2x_ms", |e| e.exit_to_exec_ms),
+        ("ovl_ms", |e| e.overlap_ms),
+        ("dead_ms", |e| e.dead_time_ms),
+    ];
+    let mut out = String::new();
+    for (name, get) in fields {
+        let mut v: Vec<u64> = restarts.iter().filter_map(|e| get(e)).collect();
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_unstable();
+        out.push_str(&format!(" {name}={}", v[(v.len() - 1) / 2]));
+    }
+    out
+}
+
 /// `oomguard.job=sleep` on the kernel command line: the workers' jobs sleep instead of computing
 /// (testworker `--job-sleep`), so the leak is not starved of CPU by eighteen busy loops.
 fn sleeping_jobs() -> bool {
@@ -336,8 +387,9 @@ fn sleeping_jobs() -> bool {
         .is_ok_and(|c| c.split_whitespace().any(|w| w == "oomguard.job=sleep"))
 }
 
-fn worker_args(ledger: &str, leak: u32) -> Vec<String> {
+fn worker_args(ledger: &str, leak: u32, freed: bool) -> Vec<String> {
     let sleep = sleeping_jobs().then_some("--job-sleep");
+    let freed = freed.then_some("--leak-freed");
     [
         "--ledger",
         ledger,
@@ -348,12 +400,13 @@ fn worker_args(ledger: &str, leak: u32) -> Vec<String> {
     ]
     .into_iter()
     .chain(sleep)
+    .chain(freed)
     .map(str::to_string)
     .collect()
 }
 
 fn policy(name: &str, fleet: &Fleet, ledger: &str, leak: u32, overlap: bool) -> String {
-    let args = worker_args(ledger, leak);
+    let args = worker_args(ledger, leak, fleet.freed);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     format!(
         "name: {name}\nrun:\n  command: {}\n  instances: 1\n  user: worker\n\

@@ -16,6 +16,10 @@ use std::process::ExitCode;
 /// The fleets in the order the bench runs them, with the README's words for each.
 const FLEETS: &[(&str, &str)] = &[
     ("no_guard", "no guard (memory.high alone)"),
+    (
+        "ceiling",
+        "ceiling: the same leak, each MiB freed at once (no growth, no guard)",
+    ),
     ("max_respawn", "memory.max + plain respawn"),
     ("earlyoom", "earlyoom (Debian, defaults) + respawn"),
     (
@@ -34,6 +38,7 @@ const FLEETS: &[(&str, &str)] = &[
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Row {
     rate: u32,
+    run: u32,
     fleet: String,
     goodput: f64,
     oom_kills: u64,
@@ -43,7 +48,19 @@ struct Row {
     unsupported: Option<String>,
     /// `job=sleep`: the run's jobs slept instead of computing (`oomguard.job=sleep`).
     sleep: bool,
+    /// An oomguard fleet's restart breakdown, medians of the run: `t2s_us`, `s2e_ms`, `e2x_ms`,
+    /// `ovl_ms`, `dead_ms` (see BREAKDOWN).
+    breakdown: BTreeMap<String, u64>,
 }
+
+/// The restart breakdown's fields on a ROW line, with the README's words.
+const BREAKDOWN: &[(&str, &str)] = &[
+    ("t2s_us", "trigger→signal (µs)"),
+    ("s2e_ms", "signal→exit (ms)"),
+    ("e2x_ms", "exit→exec (ms)"),
+    ("ovl_ms", "overlap (ms)"),
+    ("dead_ms", "dead time (ms)"),
+];
 
 fn parse_row(line: &str) -> Option<Row> {
     let rest = line.trim_end_matches('\r').strip_prefix("ROW ")?;
@@ -57,6 +74,7 @@ fn parse_row(line: &str) -> Option<Row> {
         };
         match k {
             "rate" => row.rate = v.parse().ok()?,
+            "run" => row.run = v.parse().ok()?,
             "fleet" => row.fleet = v.to_string(),
             "job" => row.sleep = v == "sleep",
             "goodput" => row.goodput = v.parse().ok()?,
@@ -66,6 +84,9 @@ fn parse_row(line: &str) -> Option<Row> {
             "graceful" => {
                 let (a, b) = v.split_once('/')?;
                 row.graceful = (a.parse().ok()?, b.parse().ok()?);
+            }
+            k if BREAKDOWN.iter().any(|(n, _)| *n == k) => {
+                row.breakdown.insert(k.to_string(), v.parse().ok()?);
             }
             _ => {}
         }
@@ -91,8 +112,9 @@ fn span<T: PartialOrd + Copy + std::fmt::Display>(v: &[T]) -> String {
 }
 
 /// One markdown cell: median goodput (range over runs), then the counts (median, range if they
-/// differ), restarts and how many exits were graceful in all runs together.
-fn cell(rows: &[&Row]) -> String {
+/// differ), restarts and how many exits were graceful in all runs together, and the median over
+/// runs of goodput / the ceiling fleet's goodput in the same run (`ceiling`: run -> goodput).
+fn cell(rows: &[&Row], ceiling: &BTreeMap<u32, f64>) -> String {
     if let Some(why) = rows.iter().find_map(|r| r.unsupported.as_ref()) {
         return format!("{} ({} runs)", short_reason(why), rows.len());
     }
@@ -109,12 +131,72 @@ fn cell(rows: &[&Row]) -> String {
     let (clean, gone) = rows
         .iter()
         .fold((0, 0), |(c, g), r| (c + r.graceful.0, g + r.graceful.1));
+    let of_ceiling: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.fleet != "ceiling")
+        .filter_map(|r| ceiling.get(&r.run).map(|c| r.goodput / c.max(1e-9)))
+        .collect();
+    let of_ceiling = if of_ceiling.is_empty() {
+        String::new()
+    } else {
+        format!("<br>{:.2} of the ceiling", median(of_ceiling))
+    };
     format!(
-        "{goodput}<br>{} OOM, {} lost, {} restarts, {clean}/{gone} graceful",
+        "{goodput}<br>{} OOM, {} lost, {} restarts, {clean}/{gone} graceful{of_ceiling}",
         counts(|r| r.oom_kills),
         counts(|r| r.lost),
         counts(|r| r.restarts)
     )
+}
+
+/// The restart breakdown of the fleets that report one (oomguard's): per fleet and rate, the
+/// median over runs of each run's median. Empty when no row carries one.
+fn breakdown_table(rows: &[Row]) -> String {
+    let mut keys: Vec<(&str, u32, bool)> = rows
+        .iter()
+        .filter(|r| !r.breakdown.is_empty())
+        .map(|r| (r.fleet.as_str(), r.rate, r.sleep))
+        .collect();
+    keys.sort_by_key(|(f, rate, sleep)| {
+        let order = FLEETS
+            .iter()
+            .position(|(n, _)| n == f)
+            .unwrap_or(usize::MAX);
+        (order, *sleep, *rate)
+    });
+    keys.dedup();
+    if keys.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("| restarts of | leak |");
+    for (_, words) in BREAKDOWN {
+        let _ = write!(out, " {words} |");
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---|".repeat(BREAKDOWN.len()));
+    out.push('\n');
+    for (fleet, rate, sleep) in keys {
+        let these: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.fleet == fleet && r.rate == rate && r.sleep == sleep)
+            .collect();
+        let suffix = if sleep { ", sleeping jobs" } else { "" };
+        let _ = write!(out, "| {fleet}{suffix} | {rate} MB/s |");
+        for (field, _) in BREAKDOWN {
+            let v: Vec<u64> = these
+                .iter()
+                .filter_map(|r| r.breakdown.get(*field).copied())
+                .collect();
+            let text = if v.is_empty() {
+                "—".to_string()
+            } else {
+                median(v).to_string()
+            };
+            let _ = write!(out, " {text} |");
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `unsupported by this build: error: /tmp/x.yaml: restart.overlap: line 15: unknown key: expected
@@ -154,10 +236,16 @@ fn table(rows: &[Row]) -> String {
             let _ = write!(out, "| {words}{suffix} |");
             for rate in &rates {
                 let these: Vec<&Row> = rows.iter().filter(|r| r.rate == *rate && of(r)).collect();
+                let ceiling: BTreeMap<u32, f64> = rows
+                    .iter()
+                    .filter(|r| r.fleet == "ceiling" && r.rate == *rate && r.sleep == sleep)
+                    .filter(|r| r.unsupported.is_none())
+                    .map(|r| (r.run, r.goodput))
+                    .collect();
                 let text = if these.is_empty() {
                     "not run".to_string()
                 } else {
-                    cell(&these)
+                    cell(&these, &ceiling)
                 };
                 let _ = write!(out, " {text} |");
             }
@@ -314,6 +402,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
             print!("{}", table(&rows));
+            let breakdown = breakdown_table(&rows);
+            if !breakdown.is_empty() {
+                print!("\n{breakdown}");
+            }
             ExitCode::SUCCESS
         }
         ["svg", rate] => {
@@ -368,6 +460,28 @@ mod tests {
             t.contains("unsupported by this build: unknown key 'overlap' (1 runs)"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn each_cell_says_its_share_of_the_ceiling_in_the_same_run_and_restarts_break_down() {
+        let log = "ROW rate=20 run=1 fleet=ceiling goodput=0.800 restarts=0 graceful=0/0\n\
+            ROW rate=20 run=2 fleet=ceiling goodput=0.900 restarts=0 graceful=0/0\n\
+            ROW rate=20 run=1 fleet=oomguard goodput=0.760 restarts=9 graceful=9/9 t2s_us=300 s2e_ms=60 e2x_ms=40 dead_ms=40\n\
+            ROW rate=20 run=2 fleet=oomguard goodput=0.810 restarts=9 graceful=9/9 t2s_us=500 s2e_ms=70 e2x_ms=44 dead_ms=44\n";
+        let rows: Vec<Row> = log.lines().filter_map(parse_row).collect();
+        let t = table(&rows);
+        // Run by run: 0.76/0.80 = 0.95 and 0.81/0.90 = 0.90; the lower middle of two is 0.90.
+        assert!(t.contains("18/18 graceful<br>0.90 of the ceiling |"), "{t}");
+        assert!(
+            !t.contains("0/0 graceful<br>"),
+            "the ceiling is not measured against itself: {t}"
+        );
+        let b = breakdown_table(&rows);
+        assert!(
+            b.contains("| oomguard | 20 MB/s | 300 | 60 | 40 | — | 40 |"),
+            "{b}"
+        );
+        assert_eq!(b.lines().count(), 3, "{b}");
     }
 
     #[test]

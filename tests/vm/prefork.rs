@@ -146,12 +146,7 @@ fn child(slot: usize, t0: u64, o: &Prefork, log: &mut Ledger) -> i32 {
         log.record(&format!("grandchild {g} {me}"));
     }
     let leaks = slot < o.leak_slots;
-    let mut leak = Leak {
-        mb_per_s: if leaks { o.leak_mb_per_s } else { 0.0 },
-        cap: usize::MAX,
-        started: Instant::now(),
-        chunks: Vec::new(),
-    };
+    let mut leak = Leak::new(if leaks { o.leak_mb_per_s } else { 0.0 }, usize::MAX);
     // Allocated at once and kept: a child that starts near its limit (a respawn loop).
     let mut at_start: Vec<Vec<u8>> = Vec::new();
     if leaks {

@@ -31,6 +31,9 @@ struct Options {
     leak_mb_per_s: f64,
     /// `--leak-cap-mb N`: stop leaking once N MiB are held (a worker that grows, then stays flat).
     leak_cap_mb: Option<usize>,
+    /// `--leak-freed`: write each leaked MiB, then give it back (the goodput sweep's ceiling:
+    /// the page faults of the leak without its growth).
+    leak_freed: bool,
     job_ms: u64,
     /// `--job-sleep`: jobs wait instead of computing (see sleep_job).
     job_sleep: bool,
@@ -50,6 +53,7 @@ fn parse_args() -> Result<Options, String> {
         ledger: None,
         leak_mb_per_s: 0.0,
         leak_cap_mb: None,
+        leak_freed: false,
         job_ms: 100,
         job_sleep: false,
         exit_after_jobs: None,
@@ -97,6 +101,7 @@ fn parse_args() -> Result<Options, String> {
                 opts.exit_after_jobs = Some(n);
             }
             "--job-sleep" => opts.job_sleep = true,
+            "--leak-freed" => opts.leak_freed = true,
             "--crash" => opts.crash = true,
             "--ignore-sigterm" => opts.ignore_sigterm = true,
             "--escape-to" => opts.escape_to = Some(value("--escape-to")?),
@@ -198,19 +203,77 @@ fn sleep_job(job: u64, ms: u64) -> u64 {
 }
 
 /// Allocates 1 MiB chunks and writes every page of each, so they are really charged to the
-/// cgroup; they are kept until the process ends.
+/// cgroup; they are kept until the process ends (or, with `freed`, given back at once).
 struct Leak {
     mb_per_s: f64,
     cap: usize,
     started: Instant,
     chunks: Vec<Vec<u8>>,
+    /// `--leak-freed`: one mapping whose pages are dropped after each MiB (see `fault_and_free`).
+    freed: Option<Freed>,
+    /// MiB written so far when `freed` (`chunks` stays empty then).
+    written: usize,
+}
+
+/// A 1 MiB anonymous mapping for `--leak-freed`. Not a Vec: glibc raises its mmap threshold
+/// after the first free of a big chunk and then hands back heap pages that are already faulted
+/// in, which would make the ceiling a free ride. MADV_DONTNEED makes the next write of each page
+/// a fresh zero-page fault and charge, as the real leak's are.
+struct Freed(*mut u8);
+
+impl Freed {
+    fn new() -> Result<Freed, String> {
+        // SAFETY: a private anonymous mapping; the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MIB,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Freed(p.cast()))
+    }
+
+    /// Writes every page, then hands them all back to the kernel.
+    fn fault_and_free(&self) {
+        for i in (0..MIB).step_by(PAGE) {
+            // SAFETY: i < MIB, inside the mapping made in new().
+            unsafe { std::ptr::write_volatile(self.0.add(i), 1) };
+        }
+        // SAFETY: the whole mapping made in new(); nothing holds a reference into it.
+        unsafe { libc::madvise(self.0.cast(), MIB, libc::MADV_DONTNEED) };
+    }
 }
 
 impl Leak {
+    fn new(mb_per_s: f64, cap: usize) -> Leak {
+        Leak {
+            mb_per_s,
+            cap,
+            started: Instant::now(),
+            chunks: Vec::new(),
+            freed: None,
+            written: 0,
+        }
+    }
+
     /// Catches up to the configured rate; a throttled process leaks in bursts, as a real one would.
     /// Stops early once `stop()` says so, so a shutdown is not held up by a long burst.
     fn catch_up(&mut self, stop: impl Fn() -> bool) {
         let due = ((self.started.elapsed().as_secs_f64() * self.mb_per_s) as usize).min(self.cap);
+        if let Some(f) = &self.freed {
+            while self.written < due && !stop() {
+                f.fault_and_free();
+                self.written += 1;
+            }
+            return;
+        }
         while self.chunks.len() < due && !stop() {
             let mut chunk = vec![0u8; MIB];
             for i in (0..MIB).step_by(PAGE) {
@@ -272,12 +335,16 @@ fn main() -> ExitCode {
         // SAFETY: getuid cannot fail.
         unsafe { libc::getuid() }
     );
-    let mut leak = Leak {
-        mb_per_s: opts.leak_mb_per_s,
-        cap: opts.leak_cap_mb.unwrap_or(usize::MAX),
-        started: Instant::now(),
-        chunks: Vec::new(),
-    };
+    let mut leak = Leak::new(opts.leak_mb_per_s, opts.leak_cap_mb.unwrap_or(usize::MAX));
+    if opts.leak_freed {
+        match Freed::new() {
+            Ok(f) => leak.freed = Some(f),
+            Err(e) => {
+                eprintln!("testworker {pid}: --leak-freed: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let mut said_ignoring = false;
     let mut job = 0u64;
     let term_requested = || TERM_REQUESTED.load(Ordering::SeqCst);
