@@ -1,13 +1,14 @@
 //! Command line: parses arguments and calls into the library. Kept thin: every subcommand is one
 //! call into `daemon`, `holder`, `policy` or `client`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client;
 use crate::daemon::{self, DEFAULT_POLICIES, DEFAULT_SOCKET};
+use crate::layout::CGROUP_MOUNT;
 use crate::policy;
 use crate::protocol::DEFAULT_EVENTS_LAST;
 
@@ -53,6 +54,10 @@ pub enum Cmd {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Where `run` would put the groups, to check `restart.overlap` against the memory.max
+        /// of the groups above [default: as `run`].
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
     },
     /// Show every instance: state, memory, pressure, restarts.
     Status {
@@ -128,7 +133,7 @@ pub fn main() -> ExitCode {
             crate::logging::init();
             block_on(crate::holder::hold())
         }
-        Cmd::Check { paths } => check(&paths),
+        Cmd::Check { paths, cgroup_root } => check(&paths, cgroup_root.as_deref()),
         Cmd::Status { target, json } => client_cmd(client::cmd_status(&socket, target, json)),
         Cmd::Events { last, follow, json } => {
             client_cmd(client::cmd_events(&socket, last, follow, json))
@@ -210,16 +215,26 @@ fn client_cmd(fut: impl std::future::Future<Output = u8>) -> ExitCode {
     }
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
+fn check(paths: &[PathBuf], cgroup_root: Option<&Path>) -> ExitCode {
     let (policies, errors) = policy::load_paths(paths);
+    let mut errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let mount = Path::new(CGROUP_MOUNT);
     for p in &policies {
-        println!(
-            "ok: {} ({}): {} instance(s), mode {:?}",
-            p.source.display(),
-            p.name,
-            p.run.instances,
-            p.mode
-        );
+        match overlap_fits(p, mount, cgroup_root) {
+            Err(e) => errors.push(format!("{}: {e}", p.source.display())),
+            Ok(note) => {
+                println!(
+                    "ok: {} ({}): {} instance(s), mode {:?}",
+                    p.source.display(),
+                    p.name,
+                    p.run.instances,
+                    p.mode
+                );
+                if let Some(note) = note {
+                    println!("  {note}");
+                }
+            }
+        }
     }
     for e in &errors {
         eprintln!("error: {e}");
@@ -232,9 +247,62 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// `restart.overlap` against the limits above the cgroup root `run` would use: the check `run`
+/// makes at load (supervisor::envelope), made before the policy is deployed. Ok(Some(note))
+/// says what was (or could not be) checked; Err refuses the policy, as `run` would.
+fn overlap_fits(
+    policy: &policy::Policy,
+    mount: &Path,
+    explicit_root: Option<&Path>,
+) -> Result<Option<String>, String> {
+    if policy.restart.overlap.is_none() {
+        return Ok(None);
+    }
+    if !mount.join("cgroup.controllers").exists() {
+        return Ok(Some(format!(
+            "restart.overlap not checked against the machine's limits: no cgroup v2 hierarchy at {} \
+             (`run` checks it at load)",
+            mount.display()
+        )));
+    }
+    let root = crate::layout::cgroup_root(mount, explicit_root).map_err(|e| e.to_string())?;
+    crate::supervisor::envelope::check(policy, &crate::cgroupfs::Group::new(&root))?;
+    Ok(Some(format!(
+        "restart.overlap: two generations fit under the memory.max of {} and the groups above",
+        root.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::testutil::{accepts, BASE};
+
+    #[test]
+    fn check_measures_overlap_against_the_limits_above_the_cgroup_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path();
+        let plain = accepts(BASE);
+        let overlap = accepts(&format!("{BASE}restart:\n  overlap: true\n"));
+        let root = mount.join("slice/oomguard");
+        // No cgroup v2 here (the host of these tests): said, not refused.
+        let note = overlap_fits(&overlap, mount, Some(&root)).unwrap().unwrap();
+        assert!(note.contains("not checked"), "{note}");
+        std::fs::write(mount.join("cgroup.controllers"), "memory pids\n").unwrap();
+        assert_eq!(overlap_fits(&plain, mount, Some(&root)), Ok(None));
+        // BASE is one instance of memory.max 2G: 4G while it overlaps. The root does not exist
+        // yet (as before the first `run`); the slice above it does.
+        std::fs::create_dir_all(mount.join("slice")).unwrap();
+        std::fs::write(mount.join("slice/memory.max"), format!("{}\n", 3u64 << 30)).unwrap();
+        let err = overlap_fits(&overlap, mount, Some(&root)).unwrap_err();
+        assert!(
+            err.contains("memory.max 3G") && err.contains("up to 4G"),
+            "{err}"
+        );
+        std::fs::write(mount.join("slice/memory.max"), "max\n").unwrap();
+        let note = overlap_fits(&overlap, mount, Some(&root)).unwrap().unwrap();
+        assert!(note.contains("two generations fit"), "{note}");
+    }
 
     #[test]
     fn the_cli_definition_is_consistent() {

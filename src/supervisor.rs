@@ -19,7 +19,7 @@ use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, St
 use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
 
-mod envelope;
+pub(crate) mod envelope;
 mod observed;
 mod strays;
 

@@ -250,6 +250,63 @@ pub fn children_leaves() -> Result<()> {
     Ok(())
 }
 
+/// `tests/vm/run.sh bench_fork_to_leaf`: the fork-to-leaf delay with the proc connector, first on
+/// cgroup2 as mounted (`nsdelegate`), then remounted with `favordynmods` (6.0+), in one boot. On
+/// 6.0+ a write to cgroup.procs takes cgroup_threadgroup_rwsem for writing, which waits for an
+/// RCU grace period unless the hierarchy favours dynamic modifications; under TCG a grace period
+/// is long. METRIC lines for each; fails only when something is broken.
+pub fn bench_fork_to_leaf() -> Result<()> {
+    let args = ["--prefork", "3", "--child-exit-after-jobs", "10"];
+    let mut rounds = Vec::new();
+    for (name, options) in [
+        ("default", "nsdelegate"),
+        ("favordynmods", "nsdelegate,favordynmods"),
+    ] {
+        remount_cgroup2(options)?;
+        evidence("cgroup2 mount options", cgroup2_options()?);
+        let (daemon, _, _) = start(&args, "{grace: 5s}")?;
+        // Slots end after 10 jobs (~0.5 s) and are forked again: about 60 forks in 20 s.
+        sleep(Duration::from_secs(20));
+        let delays = leaf_delays(0)?;
+        daemon.stop()?;
+        rounds.push((name, delays));
+    }
+    for (name, delays) in rounds {
+        report_delays(name, delays)?;
+    }
+    Ok(())
+}
+
+/// `mount -o remount,<options> none /sys/fs/cgroup`: the options given replace the mount's own.
+fn remount_cgroup2(options: &str) -> Result<()> {
+    let out = run_cmd(
+        "mount",
+        &[
+            "-o",
+            &format!("remount,{options}"),
+            "none",
+            "/sys/fs/cgroup",
+        ],
+        Duration::from_secs(20),
+    )?;
+    ensure!(
+        out.status.success(),
+        "remount cgroup2 with {options}: {}",
+        out.summary()
+    );
+    Ok(())
+}
+
+/// The cgroup2 line of /proc/mounts (its options).
+fn cgroup2_options() -> Result<String> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .map(str::to_string)
+        .context("no cgroup2 in /proc/mounts")
+}
+
 /// One child leaks: it alone is recycled (its SIGTERM handler runs), the main process and its
 /// siblings keep their pids, no OOM kill, its leaf goes, and a replacement gets a new leaf.
 pub fn children_recycle() -> Result<()> {

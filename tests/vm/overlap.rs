@@ -43,6 +43,31 @@ fn generation_groups() -> Vec<PathBuf> {
         .collect()
 }
 
+/// `oomguard check --cgroup-root` refuses the overlap policy while the root's memory.max (150M)
+/// cannot hold two generations (2 x 96M), as `run` would at load, and passes it once that limit
+/// is gone. The workers are small meanwhile, so the brief limit touches nobody.
+fn check_sees_the_limits_above() -> Result<()> {
+    let file = format!("{POLICY_DIR}/consumer.yaml");
+    let limit = std::path::Path::new(CGROUP_ROOT).join("memory.max");
+    fs::write(&limit, "150M")?;
+    let refused = oomguard(&["check", "--cgroup-root", CGROUP_ROOT, &file]);
+    fs::write(&limit, "max")?;
+    let refused = refused?;
+    evidence("check under a 150M root", refused.summary());
+    ensure!(
+        !refused.status.success() && refused.text().contains("up to 192M"),
+        "check passed the overlap policy under a 150M root: {}",
+        refused.summary()
+    );
+    let ok = oomguard(&["check", "--cgroup-root", CGROUP_ROOT, &file])?;
+    ensure!(
+        ok.status.success() && ok.text().contains("two generations fit"),
+        "check without the limit: {}",
+        ok.summary()
+    );
+    Ok(())
+}
+
 /// Samples the instance's workers every 20 ms until stopped: counts of samples that saw 0, 1,
 /// 2 and 3 or more workers.
 struct Sampler {
@@ -129,6 +154,7 @@ pub fn overlap() -> Result<()> {
     let envelope = read_trimmed(&instance_group(ID).join("memory.max"))?;
     evidence("instance group memory.max (envelope)", &envelope);
     ensure!(envelope == "201326592", "envelope {envelope}, want 2 x 96M");
+    check_sees_the_limits_above()?;
     let sampler = Sampler::start();
 
     // 1. The leak's restart: both pids in status while the old one drains.

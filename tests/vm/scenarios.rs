@@ -280,6 +280,15 @@ const SCENARIOS: &[Scenario] = &[
         run: boundary::boundary_child,
     },
     Scenario {
+        name: "bench_fork_to_leaf",
+        demo: true,
+        kernel_args: "",
+        // Two rounds of 20 s of prefork churn, one per cgroup2 mount option set.
+        budget_s: 150,
+        vm_mb: 512,
+        run: children::bench_fork_to_leaf,
+    },
+    Scenario {
         name: "bench_goodput_1",
         demo: true,
         kernel_args: "oomguard.leak=1",
