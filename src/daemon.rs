@@ -83,6 +83,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
 
+    if policies.iter().any(|p| p.children.is_some()) {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if let Some(note) = hostcheck::favordynmods_note(&mountinfo, mount, release.trim()) {
+            info!("{note}");
+        }
+    }
     let instances: u64 = policies.iter().map(|p| u64::from(p.run.instances)).sum();
     match crate::spawn::raise_nofile_limit() {
         Ok((_, limit)) if limit < instances * 2 + 64 => warn!(

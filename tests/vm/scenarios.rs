@@ -283,8 +283,8 @@ const SCENARIOS: &[Scenario] = &[
         name: "bench_fork_to_leaf",
         demo: true,
         kernel_args: "",
-        // Two rounds of 20 s of prefork churn, one per cgroup2 mount option set.
-        budget_s: 150,
+        // Three rounds of 20 s of prefork churn: as mounted, favordynmods, as mounted.
+        budget_s: 180,
         vm_mb: 512,
         run: children::bench_fork_to_leaf,
     },
