@@ -23,7 +23,9 @@ use tracing::{debug, info, warn};
 
 use crate::cgroupfs::{Group, CGROUP_PROCS, MEMORY_CURRENT, MEMORY_PEAK, MEMORY_PRESSURE};
 use crate::engine::boundary::Boundary;
-use crate::engine::children::{placements, ChildDecision, ChildPlanner, Escalation, YOUNG};
+use crate::engine::children::{
+    born_big, placements, ChildDecision, ChildPlanner, Escalation, EARLY, YOUNG,
+};
 use crate::engine::{Offence, Tracker};
 use crate::events::EventLog;
 use crate::policy::{ChildrenPolicy, Mode};
@@ -77,6 +79,8 @@ struct Kid {
     boundary: Boundary,
     /// The leaf's own `high` count at arming; None: no sentinel.
     boundary_seen: Option<u64>,
+    /// Its leaf's memory.current `EARLY` after placement (its size at birth), once read.
+    early: Option<u64>,
 }
 
 /// The children of one running worker.
@@ -194,6 +198,7 @@ impl ChildSet {
                 return ChildEvent::Changed;
             }
             let memory_at = self.memory_due();
+            let early_at = self.early_due();
             tokio::select! {
                 note = recv_note(&mut self.forks) => match note {
                     Some(connector::Note::Forked { child, at }) => self.place(child, Some(at)),
@@ -211,6 +216,7 @@ impl ChildSet {
                         return ChildEvent::Escalate(why);
                     }
                 }
+                _ = crate::instance::sleep_until_opt(early_at) => self.sample_early(),
             }
         }
     }
@@ -332,6 +338,7 @@ impl ChildSet {
                 recycle: None,
                 boundary,
                 boundary_seen,
+                early: None,
             },
         );
         self.changed = true;
@@ -382,6 +389,36 @@ impl ChildSet {
         }
     }
 
+    /// When the next child not yet read at birth is `EARLY` old.
+    fn early_due(&self) -> Option<Instant> {
+        self.kids
+            .values()
+            .filter(|k| k.early.is_none())
+            .map(|k| k.born + EARLY)
+            .min()
+    }
+
+    /// Reads the leaves of the children that are `EARLY` old: their size at birth, which tells
+    /// a respawn loop from a fast leak (engine::children::born_big). An unreadable leaf reads as
+    /// 0 (born small): a doubt never restarts the whole instance.
+    fn sample_early(&mut self) {
+        let now = Instant::now();
+        for kid in self.kids.values_mut() {
+            if kid.early.is_none() && now >= kid.born + EARLY {
+                kid.early = Some(kid.leaf.number(MEMORY_CURRENT).unwrap_or(0));
+            }
+        }
+    }
+
+    /// The memory line a child trips at: the memory trigger's `above`, else its memory.high.
+    fn trip_line(&self) -> Option<u64> {
+        self.cfg
+            .triggers
+            .memory
+            .map(|m| m.above)
+            .or_else(|| self.cfg.memory.high.bytes())
+    }
+
     /// When the children's memory.current is next read: once a second with a memory trigger.
     fn memory_due(&mut self) -> Option<Instant> {
         self.cfg.triggers.memory?;
@@ -424,9 +461,11 @@ impl ChildSet {
         // No order left to give: it is already recycling.
         kid.order.as_ref()?;
         let r = self.cfg.restart;
+        let big = born_big(woke, kid.born, kid.early, self.trip_line());
         let decision = self.planner.on_offence(
             woke,
             kid.born,
+            big,
             r.at_once,
             r.scope,
             self.mode == Mode::Enforce,
@@ -479,10 +518,11 @@ impl ChildSet {
                         d.what
                     ),
                     Escalation::RespawnLoop { young } => format!(
-                        "{}; a respawn loop: {young} children in a row tripped their triggers \
-                         less than {} after they started, so recycling one alone does not help: \
-                         restarting the instance",
+                        "{}; a respawn loop: {young} children in a row were at half their line \
+                         or more {} after they started and tripped their triggers less than {} \
+                         after it, so recycling one alone does not help: restarting the instance",
                         d.what,
+                        crate::instance::fmt_dur(EARLY),
                         crate::instance::fmt_dur(YOUNG)
                     ),
                 };

@@ -5,9 +5,12 @@
 //! A respawn loop: replacing the offender does not help when every replacement starts near its
 //! limit (a big import at start, a cache warmed at fork, a limit set too low). oomguard calls it
 //! one when [`LOOP_RECYCLES`] children of an instance in a row each tripped their triggers less
-//! than [`YOUNG`] after being placed in their leaf; the instance is then restarted gracefully, as
-//! if `scope: instance` were set, and the `child_escalation` event says so. A child that lived
-//! longer than [`YOUNG`] before tripping starts the count over.
+//! than [`YOUNG`] after being placed in their leaf **and** were born big ([`born_big`]: half their
+//! line or more [`EARLY`] after placement); the instance is then restarted gracefully, as if
+//! `scope: instance` were set, and the `child_escalation` event says so. Any other offender
+//! starts the count over. Youth alone is not enough: a worker that leaks fast under load also
+//! trips young, and restarting its whole server for that refuses connections and fixes nothing
+//! (the new server's workers leak as fast).
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,20 @@ use crate::policy::ChildScope;
 pub const YOUNG: Duration = Duration::from_secs(5);
 /// This many young offenders in a row are a respawn loop.
 pub const LOOP_RECYCLES: u32 = 3;
+/// A child's leaf is read this long after its placement: its size at birth, for [`born_big`].
+pub const EARLY: Duration = Duration::from_millis(500);
+
+/// Whether a child that tripped at `now` came into the world near its limit: its leaf held half
+/// its trip `line` (the memory trigger's `above`, else its memory.high) or more [`EARLY`] after
+/// it was placed at `born`. A child that tripped before it was read (`early` None) was big from
+/// the start if it tripped within twice [`EARLY`]; with no sized line, youth alone decides.
+pub fn born_big(now: Instant, born: Instant, early: Option<u64>, line: Option<u64>) -> bool {
+    match (early, line) {
+        (Some(e), Some(line)) => e >= line / 2,
+        (Some(_), None) => true,
+        (None, _) => now.saturating_duration_since(born) < EARLY * 2,
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChildDecision {
@@ -51,11 +68,13 @@ impl ChildPlanner {
         ChildPlanner::default()
     }
 
-    /// A child tripped its triggers at `now`; it was placed in its leaf at `born`.
+    /// A child tripped its triggers at `now`; it was placed in its leaf at `born`; `big`: it was
+    /// [`born_big`].
     pub fn on_offence(
         &mut self,
         now: Instant,
         born: Instant,
+        big: bool,
         at_once: u32,
         scope: ChildScope,
         enforce: bool,
@@ -73,7 +92,7 @@ impl ChildPlanner {
                 recycling: self.recycling,
             };
         }
-        if now.saturating_duration_since(born) < YOUNG {
+        if big && now.saturating_duration_since(born) < YOUNG {
             self.young_in_a_row += 1;
         } else {
             self.young_in_a_row = 0;
@@ -138,20 +157,20 @@ mod tests {
         let now = t0 + ms(60_000);
         let mut p = ChildPlanner::new();
         assert_eq!(
-            p.on_offence(now, born, 2, ChildScope::Child, true),
+            p.on_offence(now, born, true, 2, ChildScope::Child, true),
             ChildDecision::Recycle
         );
         assert_eq!(
-            p.on_offence(now, born, 2, ChildScope::Child, true),
+            p.on_offence(now, born, true, 2, ChildScope::Child, true),
             ChildDecision::Recycle
         );
         assert_eq!(
-            p.on_offence(now, born, 2, ChildScope::Child, true),
+            p.on_offence(now, born, true, 2, ChildScope::Child, true),
             ChildDecision::Wait { recycling: 2 }
         );
         p.recycle_ended();
         assert_eq!(
-            p.on_offence(now, born, 2, ChildScope::Child, true),
+            p.on_offence(now, born, true, 2, ChildScope::Child, true),
             ChildDecision::Recycle
         );
         assert_eq!(p.recycling(), 2);
@@ -163,7 +182,7 @@ mod tests {
         let mut p = ChildPlanner::new();
         // (born ms, offence ms, expected)
         let young = |p: &mut ChildPlanner, born: u64, at: u64| {
-            let d = p.on_offence(t0 + ms(at), t0 + ms(born), 1, ChildScope::Child, true);
+            let d = p.on_offence(t0 + ms(at), t0 + ms(born), true, 1, ChildScope::Child, true);
             if d == ChildDecision::Recycle {
                 p.recycle_ended();
             }
@@ -184,22 +203,46 @@ mod tests {
     }
 
     #[test]
+    fn fast_leakers_are_young_but_not_a_respawn_loop() {
+        let t0 = Instant::now();
+        let m = 1u64 << 20;
+        // Born small (12M of an 80M line at 0.5 s), tripping 3 s later: a fast leak, recycled
+        // one by one however many in a row.
+        assert!(!born_big(t0 + ms(3000), t0, Some(12 * m), Some(80 * m)));
+        let mut p = ChildPlanner::new();
+        for i in 0..10 {
+            let born = t0 + ms(i * 3000);
+            let big = born_big(born + ms(3000), born, Some(12 * m), Some(80 * m));
+            let d = p.on_offence(born + ms(3000), born, big, 1, ChildScope::Child, true);
+            assert_eq!(d, ChildDecision::Recycle, "offender {i}");
+            p.recycle_ended();
+        }
+        // Born big: 44M of a 48M line at 0.5 s.
+        assert!(born_big(t0 + ms(900), t0, Some(44 * m), Some(48 * m)));
+        // Tripped before the early reading: big if within twice EARLY, unknown (not big) after.
+        assert!(born_big(t0 + ms(300), t0, None, Some(48 * m)));
+        assert!(!born_big(t0 + ms(2000), t0, None, Some(48 * m)));
+        // No sized line: youth alone, as before.
+        assert!(born_big(t0 + ms(3000), t0, Some(m), None));
+    }
+
+    #[test]
     fn a_waiting_offender_is_not_counted_twice() {
         let t0 = Instant::now();
         let mut p = ChildPlanner::new();
         assert_eq!(
-            p.on_offence(t0, t0, 1, ChildScope::Child, true),
+            p.on_offence(t0, t0, true, 1, ChildScope::Child, true),
             ChildDecision::Recycle
         );
         for i in 1..10 {
             assert_eq!(
-                p.on_offence(t0 + ms(i), t0, 1, ChildScope::Child, true),
+                p.on_offence(t0 + ms(i), t0, true, 1, ChildScope::Child, true),
                 ChildDecision::Wait { recycling: 1 }
             );
         }
         p.recycle_ended();
         assert_eq!(
-            p.on_offence(t0 + ms(20), t0, 1, ChildScope::Child, true),
+            p.on_offence(t0 + ms(20), t0, true, 1, ChildScope::Child, true),
             ChildDecision::Recycle
         );
     }
@@ -209,15 +252,15 @@ mod tests {
         let t0 = Instant::now();
         let mut p = ChildPlanner::new();
         assert_eq!(
-            p.on_offence(t0, t0, 1, ChildScope::Instance, true),
+            p.on_offence(t0, t0, true, 1, ChildScope::Instance, true),
             ChildDecision::Escalate(Escalation::Scope)
         );
         assert_eq!(
-            p.on_offence(t0, t0, 1, ChildScope::Child, false),
+            p.on_offence(t0, t0, true, 1, ChildScope::Child, false),
             ChildDecision::Report
         );
         assert_eq!(
-            p.on_offence(t0, t0, 1, ChildScope::Instance, false),
+            p.on_offence(t0, t0, true, 1, ChildScope::Instance, false),
             ChildDecision::Report
         );
         assert_eq!(p.recycling(), 0);

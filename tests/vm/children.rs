@@ -64,6 +64,18 @@ fn slot_pids(slot: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Waits for at least `n` `child_recycle` events; returns them all.
+fn wait_recycles(n: usize, timeout: Duration) -> Result<Vec<EventRecord>> {
+    wait_until(&format!("{n} child_recycle events"), timeout, || {
+        let r: Vec<EventRecord> = events()
+            .ok()?
+            .into_iter()
+            .filter(|e| e.action == "child_recycle")
+            .collect();
+        (r.len() >= n).then_some(r)
+    })
+}
+
 fn logged(kind: &str, pid: u32) -> bool {
     log_lines().iter().any(|(k, p, _)| k == kind && *p == pid)
 }
@@ -326,6 +338,50 @@ fn cgroup2_options() -> Result<String> {
         .context("no cgroup2 in /proc/mounts")
 }
 
+/// A child that leaks fast under load trips young (here about 2 s after its birth) but is small
+/// at birth: it is recycled alone however many times in a row, never taken for a respawn loop
+/// (which would restart the whole server and refuse its connections).
+pub fn children_fast_leak() -> Result<()> {
+    let args = [
+        "--prefork",
+        "2",
+        "--leak-slots",
+        "1",
+        "--leak-mb-per-s",
+        "20",
+    ];
+    let (mut daemon, main, oom_before) = start(&args, "{signal: SIGTERM, grace: 10s, at_once: 1}")?;
+    let recycles = wait_recycles(4, Duration::from_secs(60))?;
+    let lives: Vec<String> = recycles.iter().map(|e| e.message.clone()).collect();
+    evidence("recycles", format!("{lives:#?}"));
+    let all = events()?;
+    ensure!(
+        !all.iter().any(|e| e.action == "child_escalation"),
+        "a fast leak was taken for a respawn loop: {:?}",
+        all.iter()
+            .find(|e| e.action == "child_escalation")
+            .map(|e| &e.message)
+    );
+    let st = daemon.status()?;
+    let inst = pf(&st).context("pf/0")?;
+    ensure!(
+        inst.pids.first() == Some(&main) && inst.restarts == 0,
+        "the instance was restarted: pids {:?}, restarts {}",
+        inst.pids,
+        inst.restarts
+    );
+    // Young: the leaking slot's children lived well under 5 s each (40M at 20 MB/s).
+    let born = slot_pids("0");
+    evidence("slot 0 children", format!("{born:?}"));
+    ensure!(born.len() >= 5, "only {} children in slot 0", born.len());
+    ensure!(
+        vmstat_oom_kill()? == oom_before,
+        "the kernel OOM-killed during the run"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
 /// One child leaks: it alone is recycled (its SIGTERM handler runs), the main process and its
 /// siblings keep their pids, no OOM kill, its leaf goes, and a replacement gets a new leaf.
 pub fn children_recycle() -> Result<()> {
@@ -434,14 +490,7 @@ pub fn children_at_once() -> Result<()> {
         "--child-ignore-sigterm",
     ];
     let (mut daemon, main, oom_before) = start(&args, "{grace: 2s, at_once: 1}")?;
-    let recycles = wait_until("three child recycles", Duration::from_secs(70), || {
-        let r: Vec<EventRecord> = events()
-            .ok()?
-            .into_iter()
-            .filter(|e| e.action == "child_recycle")
-            .collect();
-        (r.len() >= 3).then_some(r)
-    })?;
+    let recycles = wait_recycles(3, Duration::from_secs(70))?;
     let mut spans: Vec<(u64, u64, u32)> = Vec::new();
     for e in &recycles {
         ensure!(

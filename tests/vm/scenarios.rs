@@ -365,6 +365,14 @@ const SCENARIOS: &[Scenario] = &[
         run: children::children_at_once,
     },
     Scenario {
+        name: "children_fast_leak",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: children::children_fast_leak,
+    },
+    Scenario {
         name: "children_escalate",
         demo: false,
         kernel_args: "",

@@ -216,12 +216,14 @@ def bench_apps_gunicorn(x2=False):
             load = parse_load(out)
             row = dict(load, rps=load["served"] / BENCH_S, oom_kills=vmstat_oom_kill() - vm0,
                        group_oom=f.oom_kills(), new_workers=max(load["pids"] - 2, 0))
-            row["recycles"] = f.recycles()[0] if isinstance(f, Guarded) else row["new_workers"]
+            # oomguard's own count of recycled workers, and of whole-server restarts (a restart
+            # closes the listening socket: the refused column).
+            row["recycles"], row["restarts"] = f.recycles() if isinstance(f, Guarded) else (row["new_workers"], 0)
             f.stop()
             print("RESULT bench_apps_gunicorn round=%d fleet=%s %s" % (
                 rnd + 1, f.name, " ".join("%s=%s" % kv for kv in sorted(row.items()))), flush=True)
             rows[f.name].append(row)
-    _table("gunicorn", rows, ["served", "rps", "failed", "refused", "oom_kills", "new_workers", "recycles"])
+    _table("gunicorn", rows, ["served", "rps", "failed", "refused", "oom_kills", "new_workers", "recycles", "restarts"])
     _ratios("gunicorn", rows, "rps", ["no_leak", "ceiling"])
 
 
