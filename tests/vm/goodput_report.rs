@@ -133,7 +133,8 @@ fn cell(rows: &[&Row], ceiling: &BTreeMap<u32, f64>) -> String {
         .fold((0, 0), |(c, g), r| (c + r.graceful.0, g + r.graceful.1));
     let of_ceiling: Vec<f64> = rows
         .iter()
-        .filter(|r| r.fleet != "ceiling")
+        // systemd-oomd runs in the systemd VM: no ceiling ran beside it.
+        .filter(|r| r.fleet != "ceiling" && r.fleet != "systemd_oomd")
         .filter_map(|r| ceiling.get(&r.run).map(|c| r.goodput / c.max(1e-9)))
         .collect();
     let of_ceiling = if of_ceiling.is_empty() {

@@ -292,7 +292,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "bench_goodput_1",
         demo: true,
         kernel_args: "oomguard.leak=1",
-        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        // Up to 3 runs (oomguard.runs=, from run.sh) of seven fleets side by side for 40 s each.
         budget_s: 600,
         vm_mb: 1024,
         run: goodput::bench_goodput_rate,
@@ -301,7 +301,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "bench_goodput_5",
         demo: true,
         kernel_args: "oomguard.leak=5",
-        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        // Up to 3 runs (oomguard.runs=, from run.sh) of seven fleets side by side for 40 s each.
         budget_s: 600,
         vm_mb: 1024,
         run: goodput::bench_goodput_rate,
@@ -310,7 +310,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "bench_goodput_20",
         demo: true,
         kernel_args: "oomguard.leak=20",
-        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        // Up to 3 runs (oomguard.runs=, from run.sh) of seven fleets side by side for 40 s each.
         budget_s: 600,
         vm_mb: 1024,
         run: goodput::bench_goodput_rate,
@@ -319,7 +319,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "bench_goodput_50",
         demo: true,
         kernel_args: "oomguard.leak=50",
-        // Up to 3 runs (oomguard.runs=, from run.sh) of six fleets side by side for 40 s each.
+        // Up to 3 runs (oomguard.runs=, from run.sh) of seven fleets side by side for 40 s each.
         budget_s: 600,
         vm_mb: 1024,
         run: goodput::bench_goodput_rate,
