@@ -126,7 +126,7 @@ pub fn degraded_features(release: &str) -> Vec<String> {
 }
 
 /// (major, minor) of a kernel release string ("6.1.0-56-cloud-amd64" -> (6, 1)).
-fn kernel_version(release: &str) -> Option<(u32, u32)> {
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
@@ -155,8 +155,8 @@ pub fn favordynmods_note(mountinfo: &str, mount: &Path, release: &str) -> Option
     }
     Some(format!(
         "children: {mount} is mounted without favordynmods, so each child's move into its leaf \
-         waits for an RCU grace period (the VM suite's bench_fork_to_leaf on 6.1: median 23 ms, \
-         13 ms with it). To turn it on until the next boot: \
+         waits for an RCU grace period (the VM suite's bench_fork_to_leaf on 6.1: median about \
+         25 ms, 13 ms with it). To turn it on until the next boot: \
          mount -o remount,{super_options},favordynmods none {mount} (kernels 6.7 and later also \
          take the boot parameter cgroup_favordynmods=true); it makes every fork and exit on the \
          machine a little dearer"

@@ -17,14 +17,6 @@ use crate::harness::*;
 
 const LOG: &str = "/tmp/ledgers/children.log";
 
-fn events() -> Result<Vec<EventRecord>> {
-    Ok(client(&["events", "--last", "1000", "--json"])?
-        .text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<EventRecord>(l).ok())
-        .collect())
-}
-
 /// A prefork policy `pf`: instance envelope 256M/320M (its restart grace 5 s, so a stop of
 /// children that ignore SIGTERM fits the harness's 20 s), children 48M/96M with a memory
 /// trigger at 40M (and a PSI backstop), the children's `restart` as given.
@@ -67,7 +59,7 @@ fn slot_pids(slot: &str) -> Vec<u32> {
 /// Waits for at least `n` `child_recycle` events; returns them all.
 fn wait_recycles(n: usize, timeout: Duration) -> Result<Vec<EventRecord>> {
     wait_until(&format!("{n} child_recycle events"), timeout, || {
-        let r: Vec<EventRecord> = events()
+        let r: Vec<EventRecord> = recent_events()
             .ok()?
             .into_iter()
             .filter(|e| e.action == "child_recycle")
@@ -170,11 +162,7 @@ pub fn children_leaves() -> Result<()> {
     // The VM mounts cgroup2 with nsdelegate alone: from 6.0 the daemon says that favordynmods
     // would speed up each child's move, and how to turn it on; before 6.0 it has nothing to say.
     let release = read_trimmed(Path::new("/proc/sys/kernel/osrelease"))?;
-    let six = release
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .is_some_and(|m| m >= 6);
+    let six = oomguard::hostcheck::kernel_version(&release).is_some_and(|v| v >= (6, 0));
     let said = fs::read_to_string(DAEMON_LOG)
         .unwrap_or_default()
         .contains("mounted without favordynmods");
@@ -354,7 +342,7 @@ pub fn children_fast_leak() -> Result<()> {
     let recycles = wait_recycles(4, Duration::from_secs(60))?;
     let lives: Vec<String> = recycles.iter().map(|e| e.message.clone()).collect();
     evidence("recycles", format!("{lives:#?}"));
-    let all = events()?;
+    let all = recent_events()?;
     ensure!(
         !all.iter().any(|e| e.action == "child_escalation"),
         "a fast leak was taken for a respawn loop: {:?}",
@@ -395,7 +383,7 @@ pub fn children_recycle() -> Result<()> {
     ];
     let (mut daemon, main, oom_before) = start(&args, "{signal: SIGTERM, grace: 10s, at_once: 1}")?;
     let ev = wait_until("a child_recycle event", Duration::from_secs(60), || {
-        events()
+        recent_events()
             .ok()?
             .into_iter()
             .find(|e| e.action == "child_recycle")
@@ -546,7 +534,7 @@ pub fn children_escalate() -> Result<()> {
     ];
     let (mut daemon, main, _) = start(&args, "{grace: 5s}")?;
     let ev = wait_until("a child_escalation event", Duration::from_secs(60), || {
-        events()
+        recent_events()
             .ok()?
             .into_iter()
             .find(|e| e.action == "child_escalation")
@@ -570,7 +558,7 @@ pub fn children_escalate() -> Result<()> {
         },
     )?;
     evidence("restarts_by_reason", format!("{:?}", st.restarts_by_reason));
-    let restart = events()?
+    let restart = recent_events()?
         .into_iter()
         .find(|e| e.action == "restart" && e.reason == Reason::Child)
         .context("no restart event with reason child")?;
@@ -579,7 +567,7 @@ pub fn children_escalate() -> Result<()> {
         "the main process was not stopped gracefully: {:?}",
         restart.ending
     );
-    let recycled: BTreeSet<u32> = events()?
+    let recycled: BTreeSet<u32> = recent_events()?
         .iter()
         .filter(|e| e.action == "child_recycle")
         .filter_map(|e| e.child_pid)

@@ -14,7 +14,6 @@ use oomguard::protocol::InstanceState;
 
 use crate::harness::*;
 
-/// memory.high the policies below set (48M), as the kernel reads it back.
 /// The policies' memory.high (48M).
 const HIGH: u64 = 48 << 20;
 

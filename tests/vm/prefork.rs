@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{do_job, Leak, Ledger, TERM_REQUESTED};
+use super::{do_job, touched_mib, Leak, Ledger, TERM_REQUESTED};
 
 pub struct Prefork {
     pub children: usize,
@@ -151,11 +151,7 @@ fn child(slot: usize, t0: u64, o: &Prefork, log: &mut Ledger) -> i32 {
     let mut at_start: Vec<Vec<u8>> = Vec::new();
     if leaks {
         for _ in 0..o.start_mb {
-            let mut chunk = vec![0u8; 1 << 20];
-            for i in (0..chunk.len()).step_by(4096) {
-                chunk[i] = 1;
-            }
-            at_start.push(std::hint::black_box(chunk));
+            at_start.push(touched_mib());
         }
     }
     if !at_start.is_empty() {

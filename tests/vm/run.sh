@@ -261,7 +261,6 @@ boot_one() { # <name> <kernel version>
       mv "$(log_path "$name" "$kv")" "$first"
       say "the guest froze ($reason); booting $name once more (first log: $first)"
       frozen_digest "$first" | sed 's/^/    | /'
-
       frozen+=("$name [$kv]: $first")
       run_scenario "$name" "$kv"
       reason="${reason:+$reason; }after a frozen first boot (log: $first)"

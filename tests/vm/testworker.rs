@@ -211,8 +211,17 @@ struct Leak {
     chunks: Vec<Vec<u8>>,
     /// `--leak-freed`: one mapping whose pages are dropped after each MiB (see `fault_and_free`).
     freed: Option<Freed>,
-    /// MiB written so far when `freed` (`chunks` stays empty then).
-    written: usize,
+    /// MiB leaked so far (kept in `chunks`, or written and dropped when `freed`).
+    leaked: usize,
+}
+
+/// One MiB with every page written, so it is charged to the cgroup at once.
+pub fn touched_mib() -> Vec<u8> {
+    let mut chunk = vec![0u8; MIB];
+    for i in (0..MIB).step_by(PAGE) {
+        chunk[i] = 1;
+    }
+    black_box(chunk)
 }
 
 /// A 1 MiB anonymous mapping for `--leak-freed`. Not a Vec: glibc raises its mmap threshold
@@ -259,7 +268,7 @@ impl Leak {
             started: Instant::now(),
             chunks: Vec::new(),
             freed: None,
-            written: 0,
+            leaked: 0,
         }
     }
 
@@ -267,19 +276,12 @@ impl Leak {
     /// Stops early once `stop()` says so, so a shutdown is not held up by a long burst.
     fn catch_up(&mut self, stop: impl Fn() -> bool) {
         let due = ((self.started.elapsed().as_secs_f64() * self.mb_per_s) as usize).min(self.cap);
-        if let Some(f) = &self.freed {
-            while self.written < due && !stop() {
-                f.fault_and_free();
-                self.written += 1;
+        while self.leaked < due && !stop() {
+            match &self.freed {
+                Some(f) => f.fault_and_free(),
+                None => self.chunks.push(touched_mib()),
             }
-            return;
-        }
-        while self.chunks.len() < due && !stop() {
-            let mut chunk = vec![0u8; MIB];
-            for i in (0..MIB).step_by(PAGE) {
-                chunk[i] = 1;
-            }
-            self.chunks.push(black_box(chunk));
+            self.leaked += 1;
         }
     }
 }
