@@ -56,6 +56,10 @@ static_busybox() {
 
 # ---- binaries ----
 build_binaries() {
+  if [ ! -x "$repo/target/release/oomguard" ]; then
+    say "first run: compiling oomguard, the test worker and the scenarios (release; about 4 minutes"
+    say "on 2 cores, once), then each scenario boots a throwaway VM (a few seconds each)"
+  fi
   say "cargo build --release"
   (cd "$repo" && cargo build --release --bin oomguard --example testworker --example vm-scenarios)
   local target

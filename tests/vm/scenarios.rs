@@ -1030,8 +1030,11 @@ fn grace_kill() -> Result<()> {
 /// Not a test: the leaky + healthy fleet, shown as a person would watch it.
 fn demo() -> Result<()> {
     make_ledger_dir()?;
-    write_policy(POLICY_DIR, "leaky", &leaky_policy("enforce"))?;
-    write_policy(POLICY_DIR, "healthy", &healthy_policy())?;
+    // The tests pin the PSI path (`boundary: false`); the demo shows what a user gets by
+    // default: the restart at the memory.high boundary, with PSI as the backstop.
+    let default = |policy: String| policy.replace("  boundary: false\n", "");
+    write_policy(POLICY_DIR, "leaky", &default(leaky_policy("enforce")))?;
+    write_policy(POLICY_DIR, "healthy", &default(healthy_policy()))?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
     let mut log_lines_shown = 0;
     let mut restarts: BTreeMap<String, u32> = BTreeMap::new();
