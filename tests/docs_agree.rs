@@ -4,8 +4,8 @@
 //!   section and `deny_unknown_fields` answers with the keys it expected, recursively. A key
 //!   added to `src/policy/raw.rs` (a whole new section included) makes this test fail until it is
 //!   documented; a documented key the parser no longer knows fails it too.
-//! - Every key must have a row in the README's "Policy reference" tables and a line in
-//!   docs/policy.md's key index (see `reference_rows` and `index_keys` for the two forms).
+//! - Every key must have a row in docs/policy.md's reference tables ("Every key"; see
+//!   `reference_rows` for the form), the one copy of the reference.
 //! - Every example policy (policies/*.yaml, packaging/example.yaml.sample, and each YAML block
 //!   of the README and docs/*.md that holds a whole policy) parses.
 //! - Every mention of the policy directory is the daemon's default, `/etc/oomguard/policies.d`.
@@ -110,7 +110,7 @@ fn leading_code(s: &str) -> Option<&str> {
     s.strip_prefix('`')?.split('`').next()
 }
 
-/// The keys the README's reference documents. A table row's first cell names a key relative to
+/// The keys docs/policy.md's reference documents. A table row's first cell names a key relative to
 /// the current section: a heading naming one key path in backticks (`#### \`run\``) or a line
 /// starting with one (`` `triggers.pressure`: ... ``) sets the section; any other heading resets
 /// it to the top level. So `| \`backoff.initial\` |` under `#### \`restart\`` is
@@ -135,17 +135,6 @@ fn reference_rows(reference: &str) -> BTreeSet<String> {
         }
     }
     keys
-}
-
-/// The keys of docs/policy.md's index: one bullet per key, starting with its full dotted path in
-/// backticks (`- \`restart.backoff.initial\`: ...`).
-fn index_keys(index: &str) -> BTreeSet<String> {
-    index
-        .lines()
-        .filter_map(|l| l.strip_prefix("- "))
-        .filter_map(leading_code)
-        .map(str::to_string)
-        .collect()
 }
 
 /// A section is documented by its keys (`restart.backoff` by `restart.backoff.initial`), so the
@@ -187,23 +176,12 @@ fn the_key_probe_sees_nested_sections() {
 }
 
 #[test]
-fn every_key_has_a_row_in_the_readme_reference() {
-    let readme = read("README.md");
-    let reference = section(&readme, "## Policy reference");
-    compare(
-        "README.md's policy reference",
-        &reference_rows(reference),
-        &parser_keys(),
-    );
-}
-
-#[test]
-fn every_key_is_in_the_policy_md_index() {
+fn every_key_has_a_row_in_the_policy_reference() {
     let doc = read("docs/policy.md");
-    let index = section(&doc, "## Every key");
+    let reference = section(&doc, "## Every key");
     compare(
-        "docs/policy.md's key index",
-        &index_keys(index),
+        "docs/policy.md's key reference",
+        &reference_rows(reference),
         &parser_keys(),
     );
 }

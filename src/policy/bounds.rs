@@ -4,8 +4,8 @@
 //! backoff or handed to a timer. `for: 300000000000y` used to pass `oomguard check` and then
 //! overflowed `Instant` arithmetic in the instance task (a panic that ends supervision of that
 //! worker), and `backoff: {initial: 1ns}` made a crashing worker respawn in a busy loop. Every
-//! duration key therefore has a documented range (docs/policy.md and the README's policy
-//! reference list the same numbers), checked at validation so the daemon never meets one outside
+//! duration key therefore has a documented range (docs/policy.md's key reference lists the
+//! numbers), checked at validation so the daemon never meets one outside
 //! it. The PSI `window` and stall keep their own, kernel-given, range in `limits`.
 
 use std::time::Duration;

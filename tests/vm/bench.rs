@@ -1,5 +1,5 @@
 //! The footprint benchmark on a real kernel (run by name: `tests/vm/run.sh bench_scale`; the
-//! goodput sweep is goodput.rs). It prints `METRIC <name> <value>` lines that the README's figures
+//! goodput sweep is goodput.rs). It prints `METRIC <name> <value>` lines that docs/benchmarks.md's figures
 //! come from, and fails only when something is broken (the daemon dies, nothing runs), never on a
 //! timing.
 

@@ -1,5 +1,5 @@
 //! Turns the goodput sweep's console logs (tests/vm/goodput.rs: `ROW`, `SAMPLE`, `MARK` lines)
-//! into the README's table and the memory plot, on the host:
+//! into docs/benchmarks.md's table and the memory plot, on the host:
 //!
 //!   cat tests/vm/.cache/logs/bench_goodput_*.log | cargo run -q --example goodput-report -- table
 //!     [--job sleep|compute]   (the rows of one job kind: GOODPUT_JOB=sleep or not)
