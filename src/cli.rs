@@ -49,6 +49,11 @@ pub enum Cmd {
         /// Where worker observations are kept across restarts (for `recommend`).
         #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Also serve `oomguard metrics` over HTTP for Prometheus (`GET /metrics`), e.g.
+        /// 0.0.0.0:9101 in a pod, 127.0.0.1:9101 on a host. Off by default: anyone who can
+        /// reach the port reads the metrics.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Validate policy files or directories; exits 1 on any error.
     Check {
@@ -116,6 +121,7 @@ pub fn main() -> ExitCode {
             socket_group,
             admin_uids,
             state_dir,
+            metrics_listen,
         } => {
             crate::logging::init();
             let opts = daemon::Options {
@@ -126,6 +132,7 @@ pub fn main() -> ExitCode {
                 socket_group,
                 admin_uids,
                 state_dir,
+                metrics_listen,
             };
             block_on(daemon::run(opts))
         }

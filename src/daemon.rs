@@ -48,6 +48,8 @@ pub struct Options {
     pub admin_uids: Vec<u32>,
     /// Where observations.json lives (worker lifetimes for `oomguard recommend`).
     pub state_dir: PathBuf,
+    /// Serve `oomguard metrics`' text over HTTP here (`GET /metrics`); None: no TCP at all.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (stop the workers gracefully) or SIGUSR2 (leave them
@@ -105,6 +107,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Before anything under the root is adopted, reaped or started: another daemon's workers
     // are not ours to touch.
     let _root_lock = lock::lock_root(root.path())?;
+    // Before any worker starts: a port that cannot be had refuses the start, not half of it.
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("--metrics-listen {addr}: cannot listen there (a port in use, or an address this host does not have): pick another or drop the flag")
+        })?),
+        None => None,
+    };
     let saved = runtime.load_state();
     let fleet = Arc::new(Fleet::new(root, Arc::new(EventLog::new())));
     // Without it the daemon still guards; `recommend` then only sees this daemon's lifetimes.
@@ -141,6 +150,24 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         dry_run: opts.dry_run,
     });
     let access = Access::new(opts.socket_group.as_deref(), opts.admin_uids.clone());
+    let metrics_server = metrics_listener.map(|listener| {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        info!(listen = %addr, "metrics over HTTP: GET http://{addr}/metrics");
+        let api = api.clone();
+        let render = move || {
+            api.status(None)
+                .map(|s| crate::metrics::render(&s))
+                .map_err(|e| e.message)
+        };
+        tokio::spawn(server::serve_metrics(
+            listener,
+            render,
+            server::HttpLimits::default(),
+            std::future::pending(),
+        ))
+    });
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, api, access, async move {
         let _ = server_stopped.await;
@@ -185,6 +212,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     stop_socket();
+    if let Some(m) = metrics_server {
+        // Nothing to flush: a scrape in flight is simply cut.
+        m.abort();
+    }
     let _ = server.await;
     Ok(())
 }
@@ -420,6 +451,7 @@ mod tests {
             socket_group: None,
             admin_uids: vec![],
             state_dir: PathBuf::from("/nonexistent"),
+            metrics_listen: None,
         }
     }
 

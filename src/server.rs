@@ -11,10 +11,11 @@
 //! credentials the second, so a socket left with a wrong mode still refuses strangers.
 //!
 //! Submodules: `access` (roles), `slots` (connection limits), `follow` (event streams),
-//! `redact` (what readers may not see), `socket` (the socket file).
+//! `redact` (what readers may not see), `socket` (the socket file), `http` (`--metrics-listen`).
 
 mod access;
 mod follow;
+mod http;
 mod redact;
 mod slots;
 mod socket;
@@ -35,6 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use self::access::Role;
 pub use self::access::{Access, DEFAULT_GROUP};
+pub use self::http::{serve_metrics, HttpLimits};
 pub use self::slots::{Refusal, SlotLimits};
 use self::slots::{Slot, Slots};
 pub use self::socket::bind;

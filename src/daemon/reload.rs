@@ -263,6 +263,7 @@ mod tests {
             socket_group: None,
             admin_uids: vec![],
             state_dir: std::path::PathBuf::from("/nonexistent"),
+            metrics_listen: None,
         };
         let (closing_tx, closing) = watch::channel(false);
         let reloads = Reloads::spawn(fleet.clone(), opts, Arc::new(Mutex::new(())), closing);

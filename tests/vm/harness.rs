@@ -121,9 +121,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon on `policy_dir` and waits until `status --json` answers.
     pub fn start(policy_dir: &str) -> Result<Daemon> {
+        Daemon::start_with(policy_dir, &[])
+    }
+
+    /// As [`Daemon::start`], with more `oomguard run` flags.
+    pub fn start_with(policy_dir: &str, extra: &[&str]) -> Result<Daemon> {
         let log = File::create(DAEMON_LOG)?;
         let child = Command::new(OOMGUARD)
             .args(run_args(policy_dir))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -563,6 +569,29 @@ pub fn print_daemon_log_tail(lines: usize) {
         }
         println!("---- end of daemon log ----");
     }
+}
+
+/// `GET path` over HTTP/1.1 on `addr`: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .context("no end of the HTTP head")?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    Ok((code, body.to_string()))
 }
 
 #[cfg(test)]

@@ -948,6 +948,9 @@ fn no_memory_controller() -> Result<()> {
 }
 
 /// A worker that ignores SIGTERM gets its grace period, then is killed and replaced.
+/// Where `grace_kill` serves `--metrics-listen`.
+const METRICS_ADDR: &str = "127.0.0.1:9101";
+
 fn grace_kill() -> Result<()> {
     make_ledger_dir()?;
     let cmd = worker_command(&["--ledger", &ledger_path("ignorer"), "--ignore-sigterm"]);
@@ -957,7 +960,13 @@ fn grace_kill() -> Result<()> {
         &format!("run:\n  command: {cmd}\n  instances: 1\n{GUARDS}restart:\n  grace: 2s\n"),
     )?;
     let grace = Duration::from_secs(2);
-    let mut daemon = Daemon::start(POLICY_DIR)?;
+    // The metrics over HTTP too (`--metrics-listen`), checked below against `oomguard metrics`.
+    run_cmd(
+        "/bin/busybox",
+        &["ip", "link", "set", "lo", "up"],
+        Duration::from_secs(5),
+    )?;
+    let mut daemon = Daemon::start_with(POLICY_DIR, &["--metrics-listen", METRICS_ADDR])?;
     let old = daemon.wait_running(&["ignorer/0"], Duration::from_secs(20))?["ignorer/0"];
     sleep(Duration::from_secs(1)); // let it get into its jobs
 
@@ -1023,7 +1032,49 @@ fn grace_kill() -> Result<()> {
     let metrics = client(&["metrics"])?.text();
     let line = r#"oomguard_restarts_total{policy="ignorer",index="0",reason="manual"} 1"#;
     ensure!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
+    let (code, scraped) = http_get(METRICS_ADDR, "/metrics")?;
+    ensure!(code == 200, "GET /metrics answered {code}: {scraped}");
+    ensure!(
+        scraped.contains(line),
+        "GET /metrics lacks {line}:\n{scraped}"
+    );
+    // The same series as the socket's text (the numbers may be a newer sample).
+    let names = |text: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split([' ', '{']).next().map(str::to_string))
+            .collect()
+    };
+    ensure!(
+        names(&scraped) == names(&metrics),
+        "GET /metrics and `oomguard metrics` differ:\n{scraped}\n---\n{metrics}"
+    );
+    evidence("GET /metrics", format!("{code}, {} bytes", scraped.len()));
+    ensure!(http_get(METRICS_ADDR, "/")?.0 == 404, "GET / is not a 404");
     daemon.stop()?;
+
+    // A port someone else holds refuses the start before any worker runs.
+    let _holder = std::net::TcpListener::bind(METRICS_ADDR)?;
+    let mut args = run_args(POLICY_DIR);
+    args.extend(["--metrics-listen", METRICS_ADDR]);
+    let out = run_cmd(OOMGUARD, &args, Duration::from_secs(15))?;
+    evidence("run with the port taken", out.summary());
+    ensure!(
+        !out.status.success(),
+        "`run` started with its metrics port taken"
+    );
+    ensure!(
+        out.text()
+            .contains("--metrics-listen 127.0.0.1:9101: cannot listen there"),
+        "the refusal does not name the flag and the address: {}",
+        out.text()
+    );
+    let left =
+        fs::read_to_string(instance_group("ignorer/0").join("cgroup.procs")).unwrap_or_default();
+    ensure!(
+        left.trim().is_empty(),
+        "a worker started before the refusal: pids {left:?}"
+    );
     Ok(())
 }
 
