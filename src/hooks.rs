@@ -4,7 +4,9 @@
 //! A hook runs as the daemon (root): a drain needs credentials the worker should not hold, and a
 //! stack dump (`py-spy dump --pid`) needs ptrace over the worker, which the worker's own user lacks
 //! under the usual `kernel.yama.ptrace_scope=1`. Only root can write a policy file
-//! (`check_file_permissions`), so a hook is no more than root already allows itself.
+//! (`check_file_permissions`), or the hook's program, its interpreter and the directories above
+//! them (`crate::policy::Program`, checked again at each run), so a hook is no more than root
+//! already allows itself.
 //!
 //! The pure parts (argv substitution, the environment, bounding the output) are separate from
 //! [`run`], which starts the program in its own session (so that its whole process group can be
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
+use crate::policy::Program;
 use crate::protocol::HookRecord;
 use crate::units::Limit;
 
@@ -196,9 +199,10 @@ fn spawn(
     let writer2 = writer
         .try_clone()
         .map_err(|e| format!("cannot duplicate a pipe: {e}"))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&argv[1..])
-        .env_clear()
+    // Checked again now, and executed from the checked descriptor (crate::policy::program).
+    let checked = Program::open(Path::new(program)).map_err(|e| e.to_string())?;
+    let mut cmd = checked.command(&argv[1..]);
+    cmd.env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(Path::new("/"))
         .stdin(Stdio::null())
@@ -228,6 +232,7 @@ fn spawn(
     // The Command holds the pipe's write ends: dropped here, so EOF comes when the hook's
     // processes have closed theirs.
     drop(cmd);
+    drop(checked);
     let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
         .map_err(|e| format!("cannot watch the hook's output: {e}"))?;
     Ok((child, reader))

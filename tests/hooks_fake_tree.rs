@@ -14,6 +14,18 @@ use oomguard::supervisor::{Fleet, SavedState};
 
 use fake_tree::*;
 
+/// A directory only root can write to all the way up, as the directories above a program
+/// oomguard runs as root must be (`oomguard::policy::Program`): where the hooks live.
+fn hooks_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(".hooks-test-")
+        .tempdir_in(oomguard::testing::tight_base())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// An executable script at `dir/name`.
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
@@ -50,9 +62,10 @@ fn env_of(file: &Path) -> String {
 async fn before_runs_ahead_of_the_signal_and_after_sees_the_replacement() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let hooks = hooks_dir();
     // The before hook records whether the worker is still alive (kill -0) when it runs.
     let before = script(
-        d,
+        hooks.path(),
         "before",
         &format!(
             "env > {0}/before.env; kill -0 $OOMGUARD_PID && echo alive > {0}/alive; echo \"dump of $1\"",
@@ -60,7 +73,7 @@ async fn before_runs_ahead_of_the_signal_and_after_sees_the_replacement() {
         ),
     );
     let after = script(
-        d,
+        hooks.path(),
         "after",
         &format!("env > {}/after.env; echo \"new $1\"", d.display()),
     );
@@ -119,7 +132,8 @@ async fn before_runs_ahead_of_the_signal_and_after_sees_the_replacement() {
 async fn a_failing_before_hook_does_not_stop_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let before = script(d, "fails", "echo 'lb unreachable' >&2; exit 7");
+    let hooks = hooks_dir();
+    let before = script(hooks.path(), "fails", "echo 'lb unreachable' >&2; exit 7");
     let fleet = running(d, "failing", &format!("    before: [\"{before}\"]\n")).await;
     let old = main_pid(&fleet, "failing/0").unwrap();
     fleet.restart("failing/0").await.unwrap();
@@ -138,7 +152,8 @@ async fn a_failing_before_hook_does_not_stop_the_restart() {
 async fn a_before_hook_that_hangs_is_killed_at_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let before = script(d, "hangs", "echo draining; exec sleep 1000");
+    let hooks = hooks_dir();
+    let before = script(hooks.path(), "hangs", "echo draining; exec sleep 1000");
     let fleet = running(
         d,
         "hanging",
@@ -165,8 +180,13 @@ async fn a_before_hook_that_hangs_is_killed_at_its_timeout() {
 async fn observe_mode_runs_no_hook() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let hooks = hooks_dir();
     let marker = d.join("ran");
-    let before = script(d, "before", &format!("touch {}", marker.display()));
+    let before = script(
+        hooks.path(),
+        "before",
+        &format!("touch {}", marker.display()),
+    );
     let fleet = fleet(d, &["watched"]);
     std::fs::write(d.join("oomguard/watched/0/memory.current"), "52428800").unwrap();
     let mut p = policy(

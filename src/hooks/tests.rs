@@ -198,9 +198,34 @@ async fn a_hook_that_cannot_start_is_recorded() {
     )
     .await;
     assert!(
-        r.error.as_deref().unwrap().contains("No such file"),
+        r.error.as_deref().unwrap().contains("does not exist"),
         "{r:?}"
     );
     assert_eq!((r.exit, r.signal), (None, None));
     assert!(describe(&r).contains("not started"));
+}
+
+#[tokio::test]
+async fn a_hook_that_fails_the_ownership_rules_is_not_run() {
+    // Checked at each run, not only at load: here under /tmp, which anyone can write to.
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let hook = dir.path().join("hook");
+    std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = run(
+        When::Before,
+        &strings(&[hook.to_str().unwrap()]),
+        &ctx(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let error = r.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("(run as root): directory /")
+            && error.contains("writable by group or others"),
+        "{r:?}"
+    );
+    assert!(!ran.exists(), "the hook ran");
 }
