@@ -177,6 +177,52 @@ async fn a_before_hook_that_hangs_is_killed_at_its_timeout() {
 }
 
 #[tokio::test]
+async fn an_after_hook_still_running_is_killed_at_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hooks = hooks_dir();
+    let pidfile = d.join("after.pid");
+    let after = script(
+        hooks.path(),
+        "after",
+        &format!(
+            "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
+            pidfile.display()
+        ),
+    );
+    let fleet = running(
+        d,
+        "tracked",
+        &format!("    after: [\"{after}\"]\n    timeout: 5m\n"),
+    )
+    .await;
+    fleet.restart("tracked/0").await.unwrap();
+    let started = std::time::Instant::now();
+    while !pidfile.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the after hook did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hook: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(hook));
+    fleet.stop_all().await;
+    // Not left to run out its 5 minutes after the daemon stopped.
+    let killed = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        // Gone, or a zombie waiting for the runtime's reaper.
+        let stat = std::fs::read_to_string(format!("/proc/{hook}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    });
+    assert!(killed, "the after hook {hook} outlived the stop");
+}
+
+#[tokio::test]
 async fn observe_mode_runs_no_hook() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

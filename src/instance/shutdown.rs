@@ -128,6 +128,7 @@ impl Instance {
         let (ending, report) = self.await_exit(&mut w, signalled).await;
         info!(instance = %self.id, pid = w.main.pid(), "stopped: {}{}", describe_ending(&ending, self.policy.restart.signal),
             report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
+        self.end_after_hook();
         self.remove_groups();
         self.set_state(InstanceState::Stopped, None);
     }

@@ -3,7 +3,7 @@
 //! as it stood (no `exit` line yet: the signal had not gone out), and an `after` hook that sees
 //! the replacement's pid; then a `before` hook that hangs is killed at its timeout (with the
 //! process it left) and the restart still happens. The events carry each hook's exit, output and
-//! time. Then the worker's user takes the hooks over: `check`, a reload and the run refuse them. The hooks are busybox sh scripts: a test's convenience, oomguard itself runs no shell.
+//! time; what the after hook leaves running ends with it. Then the worker's user takes the hooks over: `check`, a reload and the run refuse them. The hooks are busybox sh scripts: a test's convenience, oomguard itself runs no shell.
 
 use std::fs;
 use std::path::Path;
@@ -65,7 +65,11 @@ pub fn hooks() -> Result<()> {
     )?;
     let after = write_hook(
         "after",
-        &format!("env > {OUT}/after.$OOMGUARD_NEW_PID.env\necho \"up $1\""),
+        &format!(
+            "env > {OUT}/after.$OOMGUARD_NEW_PID.env\n\
+             sleep 1000 & echo $! > {OUT}/left.$OOMGUARD_NEW_PID\n\
+             echo \"up $1\""
+        ),
     )?;
     let cmd = worker_command(&["--ledger", &ledger, "--leak-mb-per-s", "8"]);
     write_policy(
@@ -149,6 +153,17 @@ pub fn hooks() -> Result<()> {
     ensure!(
         ah.when == "after" && ah.exit == Some(0) && ah.output == format!("up {second}"),
         "after hook record {ah:?} (replacement {second})"
+    );
+    // What the after hook left running in its process group ended with it.
+    let left: u32 = read_trimmed(Path::new(&format!("{OUT}/left.{second}")))?.parse()?;
+    let ended = wait_until(
+        "the after hook's background sleep to end",
+        Duration::from_secs(5),
+        || (!pid_alive(left)).then_some(()),
+    );
+    ensure!(
+        ended.is_ok(),
+        "the after hook's background process {left} outlived the hook"
     );
     let env = fs::read_to_string(format!("{OUT}/after.{second}.env"))
         .context("the after hook did not run for the replacement")?;
