@@ -154,6 +154,8 @@ pub struct Instance {
     awaiting: Option<ready::Awaiting>,
     /// The `restart.hooks.after` owed to the replacement of the last restarted worker.
     pending_after: Option<hooks::PendingAfter>,
+    /// The `after` hook running, if any: killed when the instance stops or goes away.
+    after_task: Option<hooks::AfterTask>,
     /// Lifetime records for `oomguard recommend`, fed at the wake-ups this task already has.
     observed: Arc<crate::observations::Recorder>,
     /// A plain restart's event, held until its replacement is exec'd (exit to exec time).
@@ -231,6 +233,7 @@ impl Instance {
             events: spec.events,
             awaiting: None,
             pending_after: None,
+            after_task: None,
             observed: spec.observed,
             pending_restart: None,
         };
@@ -420,6 +423,7 @@ impl Instance {
     /// The end of a stop: the groups removed, the state Stopped, every stop request answered.
     fn stopped(&mut self) {
         self.replacement_failed("the instance was stopped");
+        self.end_after_hook();
         self.remove_groups();
         self.set_state(InstanceState::Stopped, None);
         for reply in self.stops.drain(..) {

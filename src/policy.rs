@@ -9,6 +9,8 @@
 //! - `load`: files and directories: [`load_file`], [`load_dir`], [`load_paths`].
 //! - `perms`: [`check_file_permissions`]: who may write a policy file and the directories that
 //!   lead to it; the read from the checked descriptor.
+//! - `program`: [`Program`]: the same rules for the programs a policy runs as root (hooks, a
+//!   `run.command` without a user), checked at load and executed from the checked descriptor.
 //!
 //! docs/policy.md is the user-facing reference for the file format and its messages.
 
@@ -24,6 +26,8 @@ mod hooks;
 mod limits;
 mod load;
 mod perms;
+mod program;
+pub use program::{runs_as_root, Program, ProgramError};
 mod raw;
 mod restart;
 pub use restart::{overlap_envelope, overlap_peak};

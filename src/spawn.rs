@@ -17,7 +17,7 @@ use std::process::Stdio;
 use nix::unistd::{Gid, Group as UnixGroup, Uid, User};
 
 use crate::cgroupfs::{Group, CGROUP_PROCS};
-use crate::policy::Run;
+use crate::policy::{Program, Run};
 
 pub mod stream;
 
@@ -42,6 +42,8 @@ pub enum SpawnError {
         context: String,
         source: std::io::Error,
     },
+    #[error("refused to start it: {0}")]
+    Unsafe(String),
     #[error("run.workdir {0:?} contains a NUL byte")]
     Workdir(PathBuf),
 }
@@ -150,10 +152,25 @@ pub fn spawn(
         })?
         .into();
 
-    let mut cmd = tokio::process::Command::new(&run.command[0]);
-    cmd.args(&run.command[1..])
-        .stdin(Stdio::null())
-        .kill_on_drop(false);
+    // A worker that keeps root's uid runs a program root's policy files' rules allow, checked
+    // again now and executed from the checked descriptor (crate::policy::program).
+    let program = if identity.is_none_or(|id| id.uid == 0) {
+        Some(
+            Program::open(std::path::Path::new(&run.command[0]))
+                .map_err(|e| SpawnError::Unsafe(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let mut cmd = match &program {
+        Some(p) => p.command(&run.command[1..]),
+        None => {
+            let mut cmd = tokio::process::Command::new(&run.command[0]);
+            cmd.args(&run.command[1..]);
+            cmd
+        }
+    };
+    cmd.stdin(Stdio::null()).kill_on_drop(false);
     // A clean environment: the daemon's own (NOTIFY_SOCKET, RUST_LOG, ...) is not the worker's.
     cmd.env_clear().env(
         "PATH",
@@ -238,6 +255,7 @@ pub fn spawn(
         source,
     })?;
     drop(procs);
+    drop(program);
     Ok(child)
 }
 

@@ -14,6 +14,18 @@ use oomguard::supervisor::{Fleet, SavedState};
 
 use fake_tree::*;
 
+/// A directory only root can write to all the way up, as the directories above a program
+/// oomguard runs as root must be (`oomguard::policy::Program`): where the hooks live.
+fn hooks_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(".hooks-test-")
+        .tempdir_in(oomguard::testing::tight_base())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// An executable script at `dir/name`.
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
@@ -50,9 +62,10 @@ fn env_of(file: &Path) -> String {
 async fn before_runs_ahead_of_the_signal_and_after_sees_the_replacement() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let hooks = hooks_dir();
     // The before hook records whether the worker is still alive (kill -0) when it runs.
     let before = script(
-        d,
+        hooks.path(),
         "before",
         &format!(
             "env > {0}/before.env; kill -0 $OOMGUARD_PID && echo alive > {0}/alive; echo \"dump of $1\"",
@@ -60,7 +73,7 @@ async fn before_runs_ahead_of_the_signal_and_after_sees_the_replacement() {
         ),
     );
     let after = script(
-        d,
+        hooks.path(),
         "after",
         &format!("env > {}/after.env; echo \"new $1\"", d.display()),
     );
@@ -119,7 +132,8 @@ async fn before_runs_ahead_of_the_signal_and_after_sees_the_replacement() {
 async fn a_failing_before_hook_does_not_stop_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let before = script(d, "fails", "echo 'lb unreachable' >&2; exit 7");
+    let hooks = hooks_dir();
+    let before = script(hooks.path(), "fails", "echo 'lb unreachable' >&2; exit 7");
     let fleet = running(d, "failing", &format!("    before: [\"{before}\"]\n")).await;
     let old = main_pid(&fleet, "failing/0").unwrap();
     fleet.restart("failing/0").await.unwrap();
@@ -138,7 +152,8 @@ async fn a_failing_before_hook_does_not_stop_the_restart() {
 async fn a_before_hook_that_hangs_is_killed_at_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let before = script(d, "hangs", "echo draining; exec sleep 1000");
+    let hooks = hooks_dir();
+    let before = script(hooks.path(), "hangs", "echo draining; exec sleep 1000");
     let fleet = running(
         d,
         "hanging",
@@ -165,8 +180,9 @@ async fn a_before_hook_that_hangs_is_killed_at_its_timeout() {
 async fn a_stop_during_the_before_hook_stops_the_worker_without_waiting_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let hooks = hooks_dir();
     let before = script(
-        d,
+        hooks.path(),
         "slow",
         &format!("echo $$ > {}/hook.pid; exec sleep 1000", d.display()),
     );
@@ -212,11 +228,62 @@ async fn wait_until_some<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
 }
 
 #[tokio::test]
+async fn an_after_hook_still_running_is_killed_at_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hooks = hooks_dir();
+    let pidfile = d.join("after.pid");
+    let after = script(
+        hooks.path(),
+        "after",
+        &format!(
+            "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
+            pidfile.display()
+        ),
+    );
+    let fleet = running(
+        d,
+        "tracked",
+        &format!("    after: [\"{after}\"]\n    timeout: 5m\n"),
+    )
+    .await;
+    fleet.restart("tracked/0").await.unwrap();
+    let started = std::time::Instant::now();
+    while !pidfile.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the after hook did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hook: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(hook));
+    fleet.stop_all().await;
+    // Not left to run out its 5 minutes after the daemon stopped.
+    let killed = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        // Gone, or a zombie waiting for the runtime's reaper.
+        let stat = std::fs::read_to_string(format!("/proc/{hook}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    });
+    assert!(killed, "the after hook {hook} outlived the stop");
+}
+
+#[tokio::test]
 async fn observe_mode_runs_no_hook() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let hooks = hooks_dir();
     let marker = d.join("ran");
-    let before = script(d, "before", &format!("touch {}", marker.display()));
+    let before = script(
+        hooks.path(),
+        "before",
+        &format!("touch {}", marker.display()),
+    );
     let fleet = fleet(d, &["watched"]);
     std::fs::write(d.join("oomguard/watched/0/memory.current"), "52428800").unwrap();
     let mut p = policy(

@@ -12,7 +12,28 @@ fn ctx() -> Context {
         high: Limit::Bytes(2_000_000),
         max: Limit::Max,
         cgroup: "/sys/fs/cgroup/oomguard/web/0".into(),
+        secrets: vec![],
     }
+}
+
+/// Whether `pid` is gone: no such process, or a zombie (reaped by init once its parent is gone).
+fn gone(pid: i32) -> bool {
+    (0..50).any(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        false
+    })
+}
+
+fn read_pid(path: &std::path::Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -156,22 +177,11 @@ async fn a_hook_that_hangs_is_killed_with_its_process_group() {
     assert!(r.timed_out, "{r:?}");
     assert_eq!(r.signal, Some(libc::SIGKILL));
     assert_eq!(r.output, "started");
-    let bg: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // The background sleep was in the hook's process group: killed too (a zombie at most
-    // until init reaps it, so look at its state).
-    let gone = (0..50).any(|_| {
-        let stat = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z ") {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        false
-    });
-    assert!(gone, "the hook's background process survived its timeout");
+    // The background sleep was in the hook's process group: killed too.
+    assert!(
+        gone(read_pid(&pidfile)),
+        "the hook's background process survived its timeout"
+    );
 }
 
 #[tokio::test]
@@ -198,9 +208,134 @@ async fn a_hook_that_cannot_start_is_recorded() {
     )
     .await;
     assert!(
-        r.error.as_deref().unwrap().contains("No such file"),
+        r.error.as_deref().unwrap().contains("does not exist"),
         "{r:?}"
     );
     assert_eq!((r.exit, r.signal), (None, None));
     assert!(describe(&r).contains("not started"));
+}
+
+#[tokio::test]
+async fn a_hook_that_fails_the_ownership_rules_is_not_run() {
+    // Checked at each run, not only at load: here under /tmp, which anyone can write to.
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let hook = dir.path().join("hook");
+    std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = run(
+        When::Before,
+        &strings(&[hook.to_str().unwrap()]),
+        &ctx(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let error = r.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("(run as root): directory /")
+            && error.contains("writable by group or others"),
+        "{r:?}"
+    );
+    assert!(!ran.exists(), "the hook ran");
+}
+
+#[tokio::test]
+async fn what_a_hook_leaves_running_is_killed_when_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg");
+    let script = format!("sleep 1000 & echo $! > {}; echo done", pidfile.display());
+    let r = run(
+        When::After,
+        &strings(&["/bin/sh", "-c", &script]),
+        &ctx(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!((r.exit, r.timed_out), (Some(0), false), "{r:?}");
+    assert_eq!(r.output, "done");
+    assert!(
+        gone(read_pid(&pidfile)),
+        "the hook's background process outlived the hook"
+    );
+}
+
+#[tokio::test]
+async fn a_hook_whose_run_is_dropped_is_killed_with_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg");
+    let script = format!(
+        "sleep 1000 & echo \"$$ $!\" > {}.tmp; mv {0}.tmp {0}; wait",
+        pidfile.display()
+    );
+    let task = tokio::spawn(async move {
+        run(
+            When::After,
+            &strings(&["/bin/sh", "-c", &script]),
+            &ctx(),
+            Duration::from_secs(60),
+        )
+        .await
+    });
+    while !pidfile.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let pids = std::fs::read_to_string(&pidfile).unwrap();
+    for pid in pids.split_whitespace() {
+        assert!(gone(pid.parse().unwrap()), "pid {pid} of {pids} survived");
+    }
+}
+
+#[test]
+fn secrets_are_redacted_from_the_output() {
+    let secrets = vec!["hunter2-long".to_string(), "s3cr3t".to_string()];
+    assert_eq!(
+        redact("db=postgres://app:s3cr3t@db ok\nsaw hunter2-long", &secrets),
+        "db=postgres://app:[redacted]@db ok\nsaw [redacted]"
+    );
+    assert_eq!(
+        redact(
+            "API_KEY=abc123 user=app Token: \"xyz\" db_password: p4ss, mode=x",
+            &[]
+        ),
+        "API_KEY=[redacted] user=app Token: \"xyz\" db_password: [redacted], mode=x"
+    );
+    assert_eq!(
+        redact("keys: 3\nno secret here", &[]),
+        "keys: [redacted]\nno secret here"
+    );
+    assert_eq!(redact("plain text: fine", &[]), "plain text: fine");
+}
+
+#[test]
+fn secret_values_come_from_secret_names_only() {
+    let env = [
+        ("DATABASE_PASSWORD", "pw-value"),
+        ("api_token", "tok-value-long"),
+        ("PORT", "8000"),
+        ("SIGNING_KEY", "k"),
+    ];
+    assert_eq!(
+        secret_values(env)
+            .into_iter()
+            .filter(|v| v.ends_with("value") || v.ends_with("long") || v == "k" || v == "8000")
+            .collect::<Vec<_>>(),
+        ["tok-value-long", "pw-value"]
+    );
+}
+
+#[tokio::test]
+async fn a_hook_printing_the_worker_s_secret_does_not_reach_the_event() {
+    let mut c = ctx();
+    c.secrets = vec!["s3cr3t-value".into()];
+    let r = run(
+        When::Before,
+        &strings(&["/bin/sh", "-c", "echo conn s3cr3t-value; echo LB_TOKEN=abc"]),
+        &c,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r.output, "conn [redacted]\nLB_TOKEN=[redacted]");
 }

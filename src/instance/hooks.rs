@@ -1,6 +1,7 @@
 //! `restart.hooks` around an instance's restart: `before` awaited ahead of the signal (bounded by
 //! its timeout), `after` started once the replacement runs, on a task of its own so the new
-//! worker's watch does not wait for it.
+//! worker's watch does not wait for it. That task is the instance's ([`AfterTask`]): bounded by
+//! the same timeout, one at a time, and killed with its process group when the instance stops.
 
 use tracing::{info, warn};
 
@@ -9,6 +10,27 @@ use super::{Instance, Worker};
 use crate::cgroupfs::MEMORY_CURRENT;
 use crate::hooks::{self, Context, When};
 use crate::protocol::{HookRecord, Reason};
+
+/// The running `after` hook: aborted when dropped (the instance stopped or went away), which
+/// kills the hook with its process group (`crate::hooks`).
+pub(super) struct AfterTask(Option<tokio::task::JoinHandle<()>>);
+
+impl AfterTask {
+    /// Waits for it (at most the hook's timeout: `hooks::run` is bounded).
+    async fn finish(mut self) {
+        if let Some(h) = self.0.as_mut() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for AfterTask {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
 
 /// An `after` hook owed to the next replacement that starts.
 pub(super) struct PendingAfter {
@@ -33,6 +55,13 @@ impl Instance {
             high: self.policy.memory.high,
             max: self.policy.memory.max,
             cgroup: self.group.path().display().to_string(),
+            secrets: hooks::secret_values(
+                self.policy
+                    .run
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
         })
     }
 
@@ -85,7 +114,12 @@ impl Instance {
         ctx.new_pid = Some(new_pid);
         let events = self.events.clone();
         let id = self.id.clone();
-        tokio::spawn(async move {
+        // The previous restart's after hook, if still running, finishes first: one at a time.
+        let previous = self.after_task.take();
+        let task = tokio::spawn(async move {
+            if let Some(p) = previous {
+                p.finish().await;
+            }
             let r = hooks::run(When::After, &argv, &ctx, hooks.timeout).await;
             log(&id, &r);
             let what = format!(
@@ -97,6 +131,16 @@ impl Instance {
             ev.hooks = vec![r];
             events.push(ev);
         });
+        self.after_task = Some(AfterTask(Some(task)));
+    }
+
+    /// At a stop: an `after` hook still running is killed (the worker it was for is gone).
+    pub(super) fn end_after_hook(&mut self) {
+        if let Some(t) = self.after_task.take() {
+            if t.0.as_ref().is_some_and(|h| !h.is_finished()) {
+                info!(instance = %self.id, "after hook still running at the stop: killed");
+            }
+        }
     }
 }
 

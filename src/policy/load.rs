@@ -12,10 +12,17 @@ use super::perms::{read_policy, shown};
 use super::validate::parse;
 use crate::policy::{Policy, PolicyError};
 
-/// Permission check and read (one open file, see `perms`), then parse.
+/// Permission check and read (one open file, see `perms`), then parse, then the same rules for
+/// the programs it runs as root (`program`).
 pub fn load_file(path: &Path) -> Result<Policy, Vec<PolicyError>> {
     let text = read_policy(path).map_err(|e| vec![e])?;
-    parse(path, &text)
+    let policy = parse(path, &text)?;
+    let errors = super::program::check(&policy);
+    if errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Every `*.yaml` / `*.yml` file in `dir`, in file-name order. Hidden files and other names

@@ -1,4 +1,5 @@
-//! Who may write a policy file, and reading it without a window between the check and the read.
+//! Who may write a policy file (or a program oomguard runs as root), and reading it without a
+//! window between the check and the read.
 //!
 //! A policy says what oomguard (root) executes, so a file a non-root user can change, or can swap
 //! for another, is a privilege escalation. Two rules:
@@ -61,25 +62,7 @@ pub(super) fn read_policy(path: &Path) -> Result<String, PolicyError> {
 
 fn open_checked(path: &Path) -> Result<File, PolicyError> {
     let resolved = resolve(path)?;
-    // O_NOFOLLOW: if the last component became a symlink since `resolve` looked, the open fails
-    // instead of following it. O_NONBLOCK: a FIFO planted under the name must not hang the daemon
-    // (it is refused below as not a regular file).
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&resolved)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => PolicyError::new(
-                path,
-                PERMISSIONS,
-                format!(
-                    "{} was replaced by a symlink while it was being checked: check who else \
-                     writes to its directory, then try again",
-                    resolved.display()
-                ),
-            ),
-            _ => read_error(path, &e),
-        })?;
+    let file = open_resolved(path, &resolved)?;
     let meta = file.metadata().map_err(|e| read_error(path, &e))?;
     if !meta.is_file() {
         return Err(PolicyError::new(
@@ -91,6 +74,54 @@ fn open_checked(path: &Path) -> Result<File, PolicyError> {
     let fix = format!("chown root:root {0} && chmod 644 {0}", shown(&resolved));
     check_owner_mode(path, "the file", &meta, &fix)?;
     Ok(file)
+}
+
+/// A program oomguard runs as root (`crate::policy::program`), opened and checked like a policy
+/// file, and every directory above it too, whether or not a symlink is on the way: a program
+/// usually lives in an application's tree (`/srv/app/bin`) whose upper directories its user may
+/// own, and whoever can rename one of them can put another file under the name. `what` names it
+/// in messages ("the file", "its interpreter /usr/bin/python3").
+pub(super) fn open_program(path: &Path, what: &str) -> Result<File, PolicyError> {
+    let resolved = resolve(path)?;
+    for dir in parent(&resolved).ancestors() {
+        let fix = format!("chown root: {0}; chmod go-w {0}", shown(dir));
+        check_dir_with(path, dir, &format!("directory {}", dir.display()), &fix)?;
+    }
+    let file = open_resolved(path, &resolved)?;
+    let meta = file.metadata().map_err(|e| read_error(path, &e))?;
+    if !meta.is_file() {
+        return Err(PolicyError::new(
+            path,
+            PERMISSIONS,
+            format!("{what} is not a regular file: name the program itself"),
+        ));
+    }
+    let fix = format!("chown root: {0}; chmod go-w {0}", shown(&resolved));
+    check_owner_mode(path, what, &meta, &fix)?;
+    Ok(file)
+}
+
+/// Opens the checked, symlink-free `resolved` for reading.
+fn open_resolved(path: &Path, resolved: &Path) -> Result<File, PolicyError> {
+    // O_NOFOLLOW: if the last component became a symlink since `resolve` looked, the open fails
+    // instead of following it. O_NONBLOCK: a FIFO planted under the name must not hang the daemon
+    // (the callers refuse it as not a regular file).
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(resolved)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => PolicyError::new(
+                path,
+                PERMISSIONS,
+                format!(
+                    "{} was replaced by a symlink while it was being checked: check who else \
+                     writes to its directory, then try again",
+                    resolved.display()
+                ),
+            ),
+            _ => read_error(path, &e),
+        })
 }
 
 /// One step of a path being resolved.

@@ -82,23 +82,12 @@ pub fn safe_dir() -> tempfile::TempDir {
     dir
 }
 
-/// A 0755 tempdir whose ancestors (unlike /tmp's) are not group/world writable: where symlink
-/// chains that must be accepted live. Inside the checkout when its ancestors qualify; a checkout
-/// under /tmp (a CI clone, say) falls back to /run or /root.
+/// A 0755 tempdir whose ancestors (unlike /tmp's) are not group/world writable
+/// (`crate::testing::tight_base`): where symlink chains and programs that must be accepted live.
 pub fn checkout_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::MetadataExt;
-    let tight = |p: &std::path::Path| {
-        p.ancestors()
-            .all(|a| fs::metadata(a).is_ok_and(|m| m.mode() & 0o022 == 0))
-    };
-    let base = [env!("CARGO_MANIFEST_DIR"), "/run", "/root"]
-        .into_iter()
-        .map(std::path::Path::new)
-        .find(|p| tight(p))
-        .expect("no directory without group/world-writable ancestors for the symlink tests");
     let dir = tempfile::Builder::new()
         .prefix(".perms-test-")
-        .tempdir_in(base)
+        .tempdir_in(crate::testing::tight_base())
         .unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     dir

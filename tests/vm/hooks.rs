@@ -3,7 +3,7 @@
 //! as it stood (no `exit` line yet: the signal had not gone out), and an `after` hook that sees
 //! the replacement's pid; then a `before` hook that hangs is killed at its timeout (with the
 //! process it left) and the restart still happens. The events carry each hook's exit, output and
-//! time. The hooks are busybox sh scripts: a test's convenience, oomguard itself runs no shell.
+//! time; what the after hook leaves running ends with it. Then the worker's user takes the hooks over: `check`, a reload and the run refuse them. The hooks are busybox sh scripts: a test's convenience, oomguard itself runs no shell.
 
 use std::fs;
 use std::path::Path;
@@ -14,10 +14,13 @@ use oomguard::protocol::{EventRecord, InstanceState, Reason};
 
 use crate::harness::*;
 
-const HOOKS: &str = "/tmp/hooks";
-const OUT: &str = "/tmp/hooks/out";
+/// Root's and 0755 up to `/` (/run is mounted 0755): a hook under /tmp (1777) is refused.
+const HOOKS: &str = "/run/hooks";
+const OUT: &str = "/tmp/hooks-out";
 /// While this file exists the before hook hangs.
-const HANG: &str = "/tmp/hooks/hang";
+const HANG: &str = "/tmp/hooks-out/hang";
+/// The test VM's `worker` user (/etc/passwd in the initramfs).
+const WORKER_UID: u32 = 1000;
 
 fn write_hook(name: &str, body: &str) -> Result<String> {
     let path = format!("{HOOKS}/{name}");
@@ -47,6 +50,8 @@ fn wait_event(action: &str, after: u64, limit: Duration) -> Result<EventRecord> 
 pub fn hooks() -> Result<()> {
     make_ledger_dir()?;
     fs::create_dir_all(OUT)?;
+    fs::create_dir_all(HOOKS)?;
+    set_mode(Path::new(HOOKS), 0o755)?;
     let ledger = ledger_path("hooked");
     let before = write_hook(
         "before",
@@ -60,7 +65,11 @@ pub fn hooks() -> Result<()> {
     )?;
     let after = write_hook(
         "after",
-        &format!("env > {OUT}/after.$OOMGUARD_NEW_PID.env\necho \"up $1\""),
+        &format!(
+            "env > {OUT}/after.$OOMGUARD_NEW_PID.env\n\
+             sleep 1000 & echo $! > {OUT}/left.$OOMGUARD_NEW_PID\n\
+             echo \"up $1\""
+        ),
     )?;
     let cmd = worker_command(&["--ledger", &ledger, "--leak-mb-per-s", "8"]);
     write_policy(
@@ -145,6 +154,17 @@ pub fn hooks() -> Result<()> {
         ah.when == "after" && ah.exit == Some(0) && ah.output == format!("up {second}"),
         "after hook record {ah:?} (replacement {second})"
     );
+    // What the after hook left running in its process group ended with it.
+    let left: u32 = read_trimmed(Path::new(&format!("{OUT}/left.{second}")))?.parse()?;
+    let ended = wait_until(
+        "the after hook's background sleep to end",
+        Duration::from_secs(5),
+        || (!pid_alive(left)).then_some(()),
+    );
+    ensure!(
+        ended.is_ok(),
+        "the after hook's background process {left} outlived the hook"
+    );
     let env = fs::read_to_string(format!("{OUT}/after.{second}.env"))
         .context("the after hook did not run for the replacement")?;
     ensure!(
@@ -183,6 +203,50 @@ pub fn hooks() -> Result<()> {
         (i.state == InstanceState::Running).then_some(p)
     })?;
     evidence("pids", format!("{first} -> {second} -> {third}"));
+    fs::remove_file(HANG)?;
+
+    // 3. The worker's user takes the hooks over (issue 17 item 1: it then ran as root at the
+    // next restart): refused by `check`, by a reload (the running policy is kept) and at the
+    // run itself.
+    std::os::unix::fs::chown(&before, Some(WORKER_UID), None)?;
+    set_mode(Path::new(&after), 0o775)?;
+    let out = oomguard(&["check", POLICY_DIR])?;
+    evidence("check", out.summary());
+    let text = out.text();
+    ensure!(
+        !out.status.success(),
+        "check accepted hooks the worker can write: {text}"
+    );
+    for want in [
+        format!("restart.hooks.before[0]: `{before}` (run as root): the file is owned by uid {WORKER_UID}"),
+        format!("chown root: {before}; chmod go-w {before}"),
+        "restart.hooks.after[0]".to_string(),
+        "writable by group or others (mode 0775)".to_string(),
+    ] {
+        ensure!(text.contains(&want), "check does not say {want:?}: {text}");
+    }
+    let out = client(&["reload"])?;
+    evidence("reload", out.summary());
+    ensure!(
+        out.status.code() == Some(1) && out.text().contains(&format!("owned by uid {WORKER_UID}")),
+        "a reload with the worker's hook was not refused: {}",
+        out.text()
+    );
+    let seq = ev.seq;
+    client(&["restart", "hooked/0"])?;
+    let ev = wait_event("restart", seq, Duration::from_secs(30))?;
+    let h = ev.hooks.first().context("no hook record")?;
+    evidence("taken-over hook record", format!("{h:?}"));
+    ensure!(
+        h.error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("owned by uid {WORKER_UID}"))),
+        "the worker's hook was not refused at its run: {h:?}"
+    );
+    ensure!(
+        !Path::new(&format!("{OUT}/before.{third}.env")).exists(),
+        "the worker's hook ran as root"
+    );
     daemon.stop()?;
     Ok(())
 }
