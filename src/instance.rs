@@ -33,6 +33,7 @@ mod ready;
 mod report;
 mod serve;
 mod shutdown;
+mod unarmed;
 mod wait;
 
 pub use boundary::BoundaryView;
@@ -92,6 +93,10 @@ pub struct View {
     /// The memory.high boundary's sentinel while it is the kernel's memory.high.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundary: Option<BoundaryView>,
+    /// What could not be armed on the running worker, and why (`unarmed`): about this worker
+    /// only, so never saved.
+    #[serde(skip)]
+    pub unarmed: BTreeMap<String, String>,
 }
 
 /// A running worker.
@@ -115,6 +120,11 @@ struct Worker {
     /// None: no sentinel.
     boundary_seen: Option<u64>,
 }
+
+/// The watches an instance says are `unarmed` (status, events) when they could not be armed.
+const UNARMED_PRESSURE: &str = "pressure trigger";
+const UNARMED_EVENTS: &str = "memory.events watch";
+const UNARMED_BOUNDARY: &str = "memory.high boundary";
 
 /// Why the watch over a running worker ended.
 enum Outcome {
@@ -202,6 +212,7 @@ impl Instance {
             child_recycles: 0,
             draining_pid: None,
             boundary: None,
+            unarmed: BTreeMap::new(),
         });
         let mut view = view;
         // The children a previous daemon saw are found again from the leaves at adoption, and
@@ -562,9 +573,19 @@ impl Instance {
         events_at_start: BTreeMap<String, u64>,
         children: Option<ChildrenPolicy>,
     ) -> Worker {
-        let memory_events = FileWatch::open(&self.group.file(MEMORY_EVENTS))
-            .map_err(|e| warn!(instance = %self.id, "not watching memory.events: {e}"))
-            .ok();
+        self.view.unarmed.clear();
+        let memory_events = crate::fdbudget::check_own()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                FileWatch::open(&self.group.file(MEMORY_EVENTS)).map_err(|e| e.to_string())
+            });
+        let memory_events = match memory_events {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                self.unarmed(UNARMED_EVENTS, Reason::Boundary, e);
+                None
+            }
+        };
         self.tracker.started();
         let children = children.map(|c| {
             ChildSet::new(
@@ -604,16 +625,32 @@ impl Instance {
     /// group, so on the instance's group a child throttled at its own memory.high (which its
     /// own trigger recycles) would restart the whole server. Pressure from the envelope reaches
     /// the children's leaves too, and recycles them.
-    fn arm_pressure(&self, with_children: bool) -> Option<PsiTrigger> {
-        let t = self.policy.triggers.pressure.as_ref()?;
+    fn arm_pressure(&mut self, with_children: bool) -> Option<PsiTrigger> {
+        let Some(t) = self.policy.triggers.pressure else {
+            self.armed(UNARMED_PRESSURE);
+            return None;
+        };
         let home = if with_children {
             self.group.child(crate::children::MAIN_LEAF)
         } else {
             self.group.clone()
         };
-        PsiTrigger::arm(&home.file(crate::cgroupfs::MEMORY_PRESSURE), t)
-            .map_err(|e| error!(instance = %self.id, "pressure trigger not armed: {e}"))
-            .ok()
+        let armed = crate::fdbudget::check_own()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                PsiTrigger::arm(&home.file(crate::cgroupfs::MEMORY_PRESSURE), &t)
+                    .map_err(|e| e.to_string())
+            });
+        match armed {
+            Ok(trigger) => {
+                self.armed(UNARMED_PRESSURE);
+                Some(trigger)
+            }
+            Err(e) => {
+                self.unarmed(UNARMED_PRESSURE, Reason::Pressure, e);
+                None
+            }
+        }
     }
 
     /// Waits for the first thing that ends this worker's run: an offence (enforce mode), an

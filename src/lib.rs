@@ -20,6 +20,7 @@ pub mod client;
 pub mod daemon;
 pub mod engine;
 pub mod events;
+pub mod fdbudget;
 pub mod holder;
 pub mod hooks;
 pub mod hostcheck;

@@ -197,6 +197,21 @@ pub fn render(report: &StatusReport) -> String {
 
     family(
         &mut out,
+        "instance_unarmed",
+        "gauge",
+        "Watches not armed on the running worker (PSI trigger, memory.events, memory.high boundary): it runs without them; see `oomguard status`.",
+    );
+    for (policy, index, i) in &instances {
+        sample(
+            &mut out,
+            "instance_unarmed",
+            &[("policy", policy), ("index", index)],
+            i.unarmed.len() as f64,
+        );
+    }
+
+    family(
+        &mut out,
         "instance_state",
         "gauge",
         "1 for the instance's current state, 0 for the others.",
@@ -299,6 +314,7 @@ mod tests {
             children: Vec::new(),
             child_recycles: 0,
             draining_pid: None,
+            unarmed: Vec::new(),
         }
     }
 
@@ -390,6 +406,10 @@ oomguard_restarts_total{policy="web",index="0",reason="boundary"} 0
 # TYPE oomguard_oom_kills_total counter
 oomguard_oom_kills_total{policy="celery",index="0"} 1
 oomguard_oom_kills_total{policy="web",index="0"} 1
+# HELP oomguard_instance_unarmed Watches not armed on the running worker (PSI trigger, memory.events, memory.high boundary): it runs without them; see `oomguard status`.
+# TYPE oomguard_instance_unarmed gauge
+oomguard_instance_unarmed{policy="celery",index="0"} 0
+oomguard_instance_unarmed{policy="web",index="0"} 0
 # HELP oomguard_instance_state 1 for the instance's current state, 0 for the others.
 # TYPE oomguard_instance_state gauge
 oomguard_instance_state{policy="celery",index="0",state="starting"} 0
@@ -442,8 +462,8 @@ oomguard_instance_state{policy="web",index="0",state="stopped"} 0
             }
         }
         // daemon 2; gauges: celery all 9, web 5 (no current/high/boundary/max); restarts 2x7;
-        // ooms 2; states 2x6.
-        assert_eq!(samples, 2 + 9 + 5 + 14 + 2 + 12);
+        // ooms 2; unarmed 2; states 2x6.
+        assert_eq!(samples, 2 + 9 + 5 + 14 + 2 + 2 + 12);
     }
 
     fn valid_name(s: &str) -> bool {

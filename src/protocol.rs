@@ -101,6 +101,10 @@ pub struct InstanceStatus {
     /// after the replacement's pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_pid: Option<u32>,
+    /// What could not be armed on the running worker ("pressure trigger: only 12 file
+    /// descriptors left ..."): it runs without it until its next restart or a reload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unarmed: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -637,5 +637,10 @@ fn instance_status(
         children,
         child_recycles: view.child_recycles,
         draining_pid: view.draining_pid,
+        unarmed: view
+            .unarmed
+            .iter()
+            .map(|(what, why)| format!("{what}: {why}"))
+            .collect(),
     }
 }

@@ -41,6 +41,9 @@ pub fn render_status(report: &StatusReport, now_unix: u64) -> String {
                     i.id, i.child_recycles
                 ));
             }
+            for u in &i.unarmed {
+                notes.push(format!("{}: ! not armed: {u}", i.id));
+            }
             if i.state == InstanceState::Failed {
                 notes.push(format!(
                     "{}: FAILED, left stopped after too many restarts; `oomguard restart {}` starts it again",
@@ -291,6 +294,7 @@ mod tests {
             children: Vec::new(),
             child_recycles: 0,
             draining_pid: None,
+            unarmed: Vec::new(),
         }
     }
 

@@ -99,7 +99,13 @@ async fn a_worker_that_exits_is_respawned_and_a_crash_loop_ends_failed() {
         "three respawns, then the fourth exit fails it"
     );
     assert_eq!(st.last_restart_reason, Some(Reason::Exited));
-    let events = fleet.events().last(20);
+    // The fake tree cannot carry a PSI trigger or a memory.events watch: `unarmed` events.
+    let events: Vec<_> = fleet
+        .events()
+        .last(40)
+        .into_iter()
+        .filter(|e| e.action != "unarmed")
+        .collect();
     assert_eq!(events.iter().filter(|e| e.action == "exit").count(), 4);
     let failed = events
         .iter()
@@ -557,7 +563,11 @@ async fn the_memory_trigger_restarts_only_above_its_threshold() {
         "restarted below the threshold"
     );
     assert!(
-        fleet.events().last(10).is_empty(),
+        fleet
+            .events()
+            .last(10)
+            .iter()
+            .all(|e| e.action == "unarmed"),
         "{:?}",
         fleet.events().last(10)
     );
@@ -587,5 +597,42 @@ async fn the_memory_trigger_restarts_only_above_its_threshold() {
     );
     assert!(!alive(first), "the old worker was stopped");
     std::fs::write(&current, "0").unwrap();
+    fleet.stop_all().await;
+}
+
+/// Fail closed (issue 17 item 3): a watch that cannot be armed (the fake tree's memory.pressure
+/// and memory.events take no trigger and no poll) is said in status and in an `unarmed` event,
+/// never left silent; the worker still runs.
+#[tokio::test]
+async fn what_cannot_be_armed_is_said_in_status_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["web"]);
+    let mut p = policy("web", r#"["/bin/sleep", "1000"]"#, "");
+    p.triggers.pressure = Some(oomguard::policy::PressureTrigger {
+        kind: oomguard::policy::StallKind::Some,
+        stall: Duration::from_millis(100),
+        window: Duration::from_secs(1),
+        sustain: Duration::from_secs(1),
+    });
+    fleet.start_policy(p, &SavedState::new()).unwrap();
+    let st = wait_for(&fleet, "web/0", "unarmed", |s| {
+        s.state == InstanceState::Running && s.unarmed.len() == 2
+    })
+    .await;
+    assert!(
+        st.unarmed[0].starts_with("memory.events watch: ")
+            && st.unarmed[1].starts_with("pressure trigger: "),
+        "{:?}",
+        st.unarmed
+    );
+    let said: Vec<_> = fleet
+        .events()
+        .last(10)
+        .into_iter()
+        .filter(|e| e.instance == "web/0" && e.action == "unarmed")
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said.iter().all(|m| m.contains("not armed: ")), "{said:?}");
     fleet.stop_all().await;
 }

@@ -120,6 +120,7 @@ fn instance(id: &str) -> InstanceStatus {
         children: Vec::new(),
         child_recycles: 0,
         draining_pid: None,
+        unarmed: Vec::new(),
     }
 }
 

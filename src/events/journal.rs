@@ -18,7 +18,7 @@ pub const PLAIN_TARGET: &str = "oomguard::event";
 pub const JOURNAL_TARGET: &str = "oomguard::event::journal";
 
 /// `MESSAGE_ID` per event kind (the event's `action`), as `journalctl MESSAGE_ID=...` takes it.
-pub const MESSAGE_IDS: [(&str, &str); 10] = [
+pub const MESSAGE_IDS: [(&str, &str); 11] = [
     ("restart", "931ff1f3ccd24e48ab311b16fb7477f2"),
     ("would_restart", "79f388907e1d4e0384c39df781f8eb24"),
     ("exit", "47bb7d090763419d8c660ede1820900e"),
@@ -29,6 +29,7 @@ pub const MESSAGE_IDS: [(&str, &str); 10] = [
     ("would_recycle", "7424ded9aa2e440c980a1872d8a4bba0"),
     ("child_escalation", "1cde28a828774c9eaa763be630808678"),
     ("after_hook", "b128c37014d64514a021a12665ea9c02"),
+    ("unarmed", "5b28377e5c6a410eb699baaa0a24c041"),
 ];
 
 /// Any other kind: still findable, and a sign that this table needs a row.

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::report::describe_boundary;
 use super::{Instance, Outcome, Worker};
@@ -40,15 +40,24 @@ impl Instance {
     pub(super) fn arm_boundary(&mut self) -> Option<u64> {
         self.boundary.disarm();
         self.set_boundary_view(None);
-        let high = self.boundary_high()?;
+        let Some(high) = self.boundary_high() else {
+            self.armed(super::UNARMED_BOUNDARY);
+            return None;
+        };
         match arm(&self.group, &mut self.boundary, high) {
             Ok((seen, sentinel)) => {
+                self.armed(super::UNARMED_BOUNDARY);
                 debug!(instance = %self.id, "memory.high boundary armed: sentinel {} under memory.high {}", human_bytes(sentinel), human_bytes(high));
                 self.set_boundary_view(Some(BoundaryView { sentinel, high }));
                 Some(seen)
             }
             Err(e) => {
-                error!(instance = %self.id, "memory.high boundary not armed (memory.high stays {}): {e}", human_bytes(high));
+                let e = format!("{e} (memory.high stays {})", human_bytes(high));
+                self.unarmed(
+                    super::UNARMED_BOUNDARY,
+                    crate::protocol::Reason::Boundary,
+                    e,
+                );
                 self.boundary.disarm();
                 self.lift_to_configured();
                 None

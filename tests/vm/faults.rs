@@ -161,7 +161,81 @@ pub fn fault_fd_exhaustion() -> Result<()> {
         "the first leaky worker {} is alive but no longer supervised",
         first["leaky/0"]
     );
+    fd_reserve(&mut daemon, first["healthy/1"], old)?;
     daemon.stop()?;
+    Ok(())
+}
+
+/// Fewer descriptors free than the daemon keeps in reserve (issue 17 item 3): a restarted
+/// worker runs with its watches unarmed, and says so in status and in an `unarmed` event
+/// (never silently), while the socket still answers; with the limit back, the next restart
+/// arms them again.
+fn fd_reserve(daemon: &mut Daemon, pid1: u32, limit: u64) -> Result<()> {
+    let pid = daemon.pid();
+    let fds = open_fds(pid)?;
+    let reserve = oomguard::fdbudget::RESERVE;
+    set_nofile(pid, fds + reserve / 2)?;
+    evidence(
+        "fd reserve: limit",
+        format!("{fds} open, soft limit {}", fds + reserve / 2),
+    );
+    let out = client(&["restart", "healthy/1"])?;
+    ensure!(
+        out.status.success(),
+        "restart healthy/1 under the reserve: {}",
+        out.summary()
+    );
+    let new = wait_manual_replacement(daemon, "healthy/1", pid1)?;
+    let unarmed = daemon.wait_status(
+        "healthy/1 to say what is unarmed",
+        Duration::from_secs(10),
+        |r| {
+            let i = instance(r, "healthy/1")?;
+            (!i.unarmed.is_empty()).then(|| i.unarmed.clone())
+        },
+    )?;
+    evidence("fd reserve: healthy/1 unarmed", unarmed.join(" | "));
+    ensure!(
+        unarmed
+            .iter()
+            .any(|u| u.starts_with("pressure trigger: ") && u.contains("file descriptors left")),
+        "healthy/1's pressure trigger is not reported unarmed for the fd reserve: {unarmed:?}"
+    );
+    let events = recent_events()?;
+    let said = events
+        .iter()
+        .filter(|e| e.instance == "healthy/1" && e.action == "unarmed")
+        .count();
+    evidence("fd reserve: unarmed events for healthy/1", said);
+    ensure!(said >= 1, "no `unarmed` event for healthy/1");
+    let table = client(&["status"])?;
+    ensure!(
+        table
+            .text()
+            .contains("healthy/1: ! not armed: pressure trigger"),
+        "the status table does not say healthy/1 is unarmed:\n{}",
+        table.text()
+    );
+    let metrics = client(&["metrics"])?.text();
+    ensure!(
+        metrics.lines().any(|l| l
+            .starts_with("oomguard_instance_unarmed{policy=\"healthy\",index=\"1\"}")
+            && !l.ends_with(" 0")),
+        "oomguard_instance_unarmed is 0 or missing for healthy/1"
+    );
+
+    set_nofile(pid, limit)?;
+    let out = client(&["restart", "healthy/1"])?;
+    ensure!(
+        out.status.success(),
+        "restart healthy/1 after the limit is back: {}",
+        out.summary()
+    );
+    wait_manual_replacement(daemon, "healthy/1", new)?;
+    daemon.wait_status("healthy/1 armed again", Duration::from_secs(10), |r| {
+        instance(r, "healthy/1")?.unarmed.is_empty().then_some(())
+    })?;
+    evidence("fd reserve: healthy/1 after the limit is back", "armed");
     Ok(())
 }
 
