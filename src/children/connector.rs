@@ -67,43 +67,67 @@ pub enum Note {
 
 /// A registration for one main process's forks; dropping it unregisters.
 pub struct Subscription {
+    hub: &'static Hub,
     parent: u32,
+    /// Which registration for `parent` is this one's: the pid may since be another instance's
+    /// main, whose registration this one's drop must leave alone.
+    token: u64,
     pub rx: mpsc::UnboundedReceiver<Note>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(Some(hub)) = HUB.get() {
-            hub.unsubscribe(self.parent);
-        }
+        self.hub.unsubscribe(self.parent, self.token);
     }
 }
 
+/// Each parent's registration: its token and its channel.
+type Subs = HashMap<u32, (u64, mpsc::UnboundedSender<Note>)>;
+
 struct Hub {
-    subs: Mutex<HashMap<u32, mpsc::UnboundedSender<Note>>>,
+    subs: Mutex<Subs>,
+    next_token: std::sync::atomic::AtomicU64,
     /// The socket (a duplicate of the reader's), for the filter; None in tests.
     sock: Option<OwnedFd>,
 }
 
 impl Hub {
-    fn subscribe(&self, parent: u32) -> Subscription {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
-        subs.insert(parent, tx);
-        self.refilter(&subs);
-        Subscription { parent, rx }
+    fn new(sock: Option<OwnedFd>) -> Hub {
+        Hub {
+            subs: Mutex::new(HashMap::new()),
+            next_token: std::sync::atomic::AtomicU64::new(0),
+            sock,
+        }
     }
 
-    fn unsubscribe(&self, parent: u32) {
+    fn subscribe(&'static self, parent: u32) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let token = self
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
-        subs.remove(&parent);
+        subs.insert(parent, (token, tx));
         self.refilter(&subs);
+        Subscription {
+            hub: self,
+            parent,
+            token,
+            rx,
+        }
+    }
+
+    fn unsubscribe(&self, parent: u32, token: u64) {
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.get(&parent).is_some_and(|(t, _)| *t == token) {
+            subs.remove(&parent);
+            self.refilter(&subs);
+        }
     }
 
     /// The socket filter for the parents now watched. Called with the map locked, so the filter
     /// and the map change together. A subscriber rescans right after subscribing: a fork made
     /// before its parent was in the filter is found there.
-    fn refilter(&self, subs: &HashMap<u32, mpsc::UnboundedSender<Note>>) {
+    fn refilter(&self, subs: &Subs) {
         let Some(sock) = &self.sock else { return };
         let mut parents: Vec<u32> = subs.keys().copied().collect();
         parents.sort_unstable();
@@ -121,14 +145,14 @@ impl Hub {
         let at = Instant::now();
         let subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
         for f in parse(datagram) {
-            if let Some(tx) = subs.get(&f.parent_tgid) {
+            if let Some((_, tx)) = subs.get(&f.parent_tgid) {
                 let _ = tx.send(Note::Forked { child: f.child, at });
             }
         }
     }
 
     fn broadcast(&self, note: Note) {
-        for tx in self.subs.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for (_, tx) in self.subs.lock().unwrap_or_else(|e| e.into_inner()).values() {
             let _ = tx.send(note);
         }
     }
@@ -157,10 +181,7 @@ fn start() -> Option<Hub> {
         Ok((fd, sock)) => {
             info!("listening for fork events on the kernel's proc connector");
             tokio::spawn(read_loop(fd));
-            Some(Hub {
-                subs: Mutex::new(HashMap::new()),
-                sock: Some(sock),
-            })
+            Some(Hub::new(Some(sock)))
         }
         Err(e) => {
             warn!("the kernel's proc connector is not available ({e}): children are placed by rescanning cgroup.procs, which is slower");

@@ -171,3 +171,20 @@ fn warnings_about_lost_events_are_rate_limited() {
     l.lost(t0 + WARN_EVERY);
     assert_eq!(l.warning(t0 + WARN_EVERY), Some((30, 6)), "the count since");
 }
+
+#[test]
+fn a_late_drop_leaves_the_new_owner_of_the_pid_subscribed() {
+    // Instance A's main 4242 ended; its pid went to instance B's new main before A's
+    // subscription was dropped.
+    let hub: &'static Hub = Box::leak(Box::new(Hub::new(None)));
+    let a = hub.subscribe(4242);
+    let mut b = hub.subscribe(4242);
+    drop(a);
+    hub.dispatch(&event(PROC_EVENT_FORK, 4242, 4242, 4243, 4243));
+    assert!(
+        matches!(b.rx.try_recv(), Ok(Note::Forked { child: 4243, .. })),
+        "B no longer hears its main's forks"
+    );
+    drop(b);
+    assert!(hub.subs.lock().unwrap().is_empty());
+}
