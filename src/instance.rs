@@ -31,6 +31,7 @@ mod hooks;
 mod overlap;
 mod ready;
 mod report;
+mod serve;
 mod shutdown;
 mod wait;
 
@@ -38,7 +39,8 @@ pub use boundary::BoundaryView;
 pub use overlap::{has_layout as overlap_layout, GENERATIONS};
 use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
 pub use report::{describe, fmt_dur};
-use shutdown::Cause;
+use serve::{Inbox, Served};
+use shutdown::{Cause, Handover};
 pub(crate) use wait::sleep_until_opt;
 use wait::{wait_file, wait_psi};
 
@@ -59,7 +61,8 @@ pub enum Command {
     Stop(oneshot::Sender<String>),
     /// A reloaded policy and who its workers run as: new limits and triggers apply to the
     /// running worker; the run section (identity, command, env, workdir) applies at the next
-    /// start. The reply comes once the limits are written.
+    /// start. The reply comes once the limits are written; during a restart, once the instance
+    /// took it in (its replacement starts with it: `serve`).
     Update(Arc<Policy>, Option<Identity>, oneshot::Sender<()>),
 }
 
@@ -137,7 +140,12 @@ pub struct Instance {
     boundary: crate::engine::boundary::Boundary,
     view: View,
     view_tx: watch::Sender<View>,
-    commands: mpsc::Receiver<Command>,
+    inbox: Inbox,
+    /// Stop requests taken in during a restart's wait, answered once the stop is done.
+    stops: Vec<oneshot::Sender<String>>,
+    /// A reload came during a restart: the replacement that takes over gets its limits and
+    /// triggers then (it was started before it).
+    retune: bool,
     /// One restart at a time per policy.
     restart_lock: Arc<Semaphore>,
     start_gate: Arc<Semaphore>,
@@ -215,7 +223,9 @@ impl Instance {
             boundary: Default::default(),
             view,
             view_tx,
-            commands,
+            inbox: Inbox::new(commands),
+            stops: Vec::new(),
+            retune: false,
             restart_lock: spec.restart_lock,
             start_gate: spec.start_gate,
             events: spec.events,
@@ -261,6 +271,17 @@ impl Instance {
                 Some(w) => Ok(w),
                 None => self.next_worker(adopt.take()).await,
             };
+            if !self.stops.is_empty() {
+                // Stopped while clearing leftovers or draining an older generation.
+                if let Some((reply, _)) = owed.take() {
+                    let _ = reply.send(Err(format!("{}: stopped before it started", self.id)));
+                }
+                if let Ok(w) = started {
+                    self.stop(w).await;
+                }
+                self.stopped();
+                return;
+            }
             if let Some((reply, ready)) = owed.take() {
                 self.reply_when_ready(reply, ready, format!("{} restarted", self.id));
             }
@@ -282,34 +303,55 @@ impl Instance {
                 }
             };
             let mut worker = worker;
-            match self.watch(&mut worker).await {
+            let handover = match self.watch(&mut worker).await {
                 Outcome::Offence(offence, woke) => {
-                    let _permit = self.restart_lock.clone().acquire_owned().await;
+                    let Some(_permit) = self.restart_permit().await else {
+                        self.stop(worker).await;
+                        self.stopped();
+                        return;
+                    };
                     let began = Instant::now();
-                    next = self
+                    let h = self
                         .restart(worker, offence.reason, Some(woke), Cause::Offence(offence))
                         .await;
                     // The boundary's margin covers the growth during a restart.
                     self.boundary.restart_took(began.elapsed());
+                    h
                 }
                 Outcome::Escalated(why, woke) => {
-                    let _permit = self.restart_lock.clone().acquire_owned().await;
-                    next = self
-                        .restart(worker, Reason::Child, Some(woke), Cause::Escalation(why))
-                        .await;
+                    let Some(_permit) = self.restart_permit().await else {
+                        self.stop(worker).await;
+                        self.stopped();
+                        return;
+                    };
+                    self.restart(worker, Reason::Child, Some(woke), Cause::Escalation(why))
+                        .await
                 }
                 Outcome::Manual(reply, ready) => {
-                    let _permit = self.restart_lock.clone().acquire_owned().await;
+                    let Some(_permit) = self.restart_permit().await else {
+                        let _ = reply.send(Err(format!("{}: stopped before its restart", self.id)));
+                        self.stop(worker).await;
+                        self.stopped();
+                        return;
+                    };
                     // No offence: an operator's request.
-                    next = self
+                    let h = self
                         .restart(worker, Reason::Manual, None, Cause::Operator)
                         .await;
-                    owed = Some((reply, ready));
+                    if let Handover::Stopped = h {
+                        let _ = reply.send(Err(format!(
+                            "{}: stopped before its restart finished",
+                            self.id
+                        )));
+                    } else {
+                        owed = Some((reply, ready));
+                    }
+                    h
                 }
                 Outcome::Stop(reply) => {
-                    self.replacement_failed("the instance was stopped");
+                    self.stops.push(reply);
                     self.stop(worker).await;
-                    let _ = reply.send(format!("{} stopped", self.id));
+                    self.stopped();
                     return;
                 }
                 Outcome::Exited(status) => {
@@ -351,8 +393,42 @@ impl Instance {
                     if !self.after_unplanned_exit(ran_for, reason, what).await {
                         return;
                     }
+                    Handover::Respawn
+                }
+            };
+            match handover {
+                Handover::Replacement(mut w) => {
+                    if self.retune {
+                        self.retune(&mut w);
+                    }
+                    next = Some(*w);
+                }
+                Handover::Respawn => {}
+                Handover::Stopped => {
+                    self.stopped();
+                    return;
                 }
             }
+        }
+    }
+
+    /// The policy's restart lock (one restart at a time), waited for while serving commands:
+    /// another instance may hold it through its `restart.ready`. None: stopped meanwhile.
+    async fn restart_permit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let lock = self.restart_lock.clone();
+        match self.serve(lock.acquire_owned()).await {
+            Served::Done(permit) => permit.ok(),
+            Served::Stopped => None,
+        }
+    }
+
+    /// The end of a stop: the groups removed, the state Stopped, every stop request answered.
+    fn stopped(&mut self) {
+        self.replacement_failed("the instance was stopped");
+        self.remove_groups();
+        self.set_state(InstanceState::Stopped, None);
+        for reply in self.stops.drain(..) {
+            let _ = reply.send(format!("{} stopped", self.id));
         }
     }
 
@@ -380,6 +456,9 @@ impl Instance {
         // The whole instance group, generation leaves included, is cleared before a start.
         self.group = self.home.clone();
         self.clear_leftovers(&why).await?;
+        if !self.stops.is_empty() {
+            return Err("stopped while clearing the group".into());
+        }
         let gate = self.start_gate.clone();
         let _permit = gate.acquire().await;
         self.start()
@@ -388,6 +467,7 @@ impl Instance {
     /// Creates the group, sets and verifies the limits, spawns the worker inside it and arms the
     /// triggers.
     fn start(&mut self) -> Result<Worker, String> {
+        self.take_in_sent();
         self.set_state(InstanceState::Starting, None);
         self.ensure_policy_group()?;
         self.home.create().map_err(|e| e.to_string())?;
@@ -411,6 +491,8 @@ impl Instance {
 
     /// Starts the worker in `self.group`: created, limits set and verified, then spawned.
     fn start_here(&mut self) -> Result<Worker, String> {
+        // Whatever a reload brought until now, this worker starts with it.
+        self.retune = false;
         self.group.create().map_err(|e| e.to_string())?;
         self.apply_limits()?;
         // With `children:` the group holds leaves: the worker starts in `main`.
@@ -598,7 +680,7 @@ impl Instance {
                         return Outcome::Escalated(why, Instant::now());
                     }
                 },
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.inbox.recv() => match cmd {
                     Some(Command::Restart(reply, ready)) => return Outcome::Manual(reply, ready),
                     Some(Command::Stop(reply)) => return Outcome::Stop(reply),
                     Some(Command::Update(policy, identity, done)) => {
@@ -681,6 +763,17 @@ impl Instance {
     fn update(&mut self, policy: Arc<Policy>, w: &mut Worker) {
         let rearm = policy.triggers.pressure != self.policy.triggers.pressure;
         self.policy = policy;
+        self.apply_to(w, rearm);
+    }
+
+    /// A replacement started before a reload that came during its restart: the reloaded
+    /// limits and triggers, now that it takes over.
+    fn retune(&mut self, w: &mut Worker) {
+        self.retune = false;
+        self.apply_to(w, true);
+    }
+
+    fn apply_to(&mut self, w: &mut Worker, rearm: bool) {
         let mem = self.policy.memory;
         match self.apply_limits() {
             Ok(()) => {

@@ -278,18 +278,22 @@ impl Fleet {
             (to_update, to_stop)
         };
         info!(policy = %policy.name, instances = policy.run.instances, "reload: policy changed");
-        // Reply once every running instance has the new limits, so a reload that returned has
-        // taken effect.
+        // Sent to every instance before waiting for any: an instance about to start a worker
+        // takes in what was sent first (`Instance::take_in_sent`), so none starts one with the
+        // old run section while the reload waits for another instance. Reply once every
+        // running instance has the new limits, so a reload that returned has taken effect.
+        let mut applied = Vec::new();
         for h in to_update {
-            let (done, applied) = oneshot::channel();
+            let (done, rx) = oneshot::channel();
             if h.commands
                 .send(Command::Update(policy.clone(), identity.clone(), done))
                 .await
                 .is_ok()
             {
-                let _ = applied.await;
+                applied.push(rx);
             }
         }
+        join_all(applied).await;
         join_all(to_stop.iter().map(stop_instance)).await;
     }
 

@@ -211,6 +211,24 @@ fn uid_of(pid: u32) -> u32 {
         .unwrap()
 }
 
+fn nobody_uid() -> u32 {
+    nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a user nobody")
+        .uid
+        .as_raw()
+}
+
+/// Starts `p` (one instance) and returns its first worker's pid, checked to run as root.
+async fn running_as_root(fleet: &oomguard::supervisor::Fleet, p: oomguard::policy::Policy) -> u32 {
+    let id = format!("{}/0", p.name);
+    fleet.start_policy(p, &SavedState::new()).unwrap();
+    wait_for(fleet, &id, "running", |s| s.state == InstanceState::Running).await;
+    let first = main_pid(fleet, &id).unwrap();
+    assert_eq!(uid_of(first), 0);
+    first
+}
+
 #[tokio::test]
 async fn a_reload_changes_who_the_next_worker_runs_as() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -220,15 +238,7 @@ async fn a_reload_changes_who_the_next_worker_runs_as() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["ident"]);
     let base = policy("ident", r#"["/bin/sleep", "1000"]"#, "");
-    fleet
-        .start_policy(base.clone(), &SavedState::new())
-        .unwrap();
-    wait_for(&fleet, "ident/0", "running", |s| {
-        s.state == InstanceState::Running
-    })
-    .await;
-    let first = main_pid(&fleet, "ident/0").unwrap();
-    assert_eq!(uid_of(first), 0);
+    let first = running_as_root(&fleet, base.clone()).await;
 
     // A user that cannot be resolved: the whole reload is refused and nothing changes.
     let mut bad = base.clone();
@@ -258,15 +268,48 @@ async fn a_reload_changes_who_the_next_worker_runs_as() {
     })
     .await;
     let second = main_pid(&fleet, "ident/0").unwrap();
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw();
     assert_eq!(
         uid_of(second),
-        nobody,
+        nobody_uid(),
         "the next start runs as the reloaded user"
+    );
+    fleet.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_reload_during_a_restart_respawns_with_the_new_user() {
+    if !nix::unistd::Uid::effective().is_root() {
+        oomguard::testing::skip_without_root("needs root to start a worker as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["midway"]);
+    // Drains for 2 s after its SIGTERM: the reload arrives during the restart's grace.
+    let slow = r#"["/bin/sh", "-c", "trap 'sleep 2; exit 0' TERM; while :; do sleep 0.05; done"]"#;
+    let base = policy("midway", slow, "restart:\n  grace: 20s\n");
+    let first = running_as_root(&fleet, base.clone()).await;
+    let restart = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.restart("midway/0").await })
+    };
+    wait_for(&fleet, "midway/0", "restarting", |s| {
+        s.state == InstanceState::Restarting
+    })
+    .await;
+    let mut as_nobody = base.clone();
+    as_nobody.run.user = Some("nobody".into());
+    let summary = fleet.reload(vec![as_nobody]).await.unwrap();
+    assert_eq!(summary.changed, vec!["midway".to_string()]);
+    restart.await.unwrap().unwrap();
+    let second = wait_for(&fleet, "midway/0", "respawned", |s| {
+        s.state == InstanceState::Running && s.pids.first().is_some_and(|p| *p != first)
+    })
+    .await
+    .pids[0];
+    assert_eq!(
+        uid_of(second),
+        nobody_uid(),
+        "the respawn after the reload answered runs as the reloaded user"
     );
     fleet.stop_all().await;
 }
@@ -534,12 +577,8 @@ async fn the_memory_trigger_restarts_only_above_its_threshold() {
     std::fs::write(&current, "52428800").unwrap();
     let st = wait_for(&fleet, "mem/0", "restarted on memory", |s| s.restarts == 1).await;
     assert_eq!(st.last_restart_reason, Some(Reason::Memory));
-    let ev = fleet
-        .events()
-        .last(10)
-        .into_iter()
-        .find(|e| e.action == "restart")
-        .expect("a restart event");
+    // The count goes up at the signal; a plain restart's event waits for the replacement.
+    let ev = event(&fleet, "restart").await;
     assert_eq!(ev.reason, Reason::Memory);
     assert!(
         ev.message.contains("50M") || ev.message.contains("50.0M"),

@@ -162,6 +162,56 @@ async fn a_before_hook_that_hangs_is_killed_at_its_timeout() {
 }
 
 #[tokio::test]
+async fn a_stop_during_the_before_hook_stops_the_worker_without_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let before = script(
+        d,
+        "slow",
+        &format!("echo $$ > {}/hook.pid; exec sleep 1000", d.display()),
+    );
+    let fleet = running(
+        d,
+        "slowhook",
+        &format!("    before: [\"{before}\"]\n    timeout: 5m\n"),
+    )
+    .await;
+    let old = main_pid(&fleet, "slowhook/0").unwrap();
+    let restart = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.restart("slowhook/0").await })
+    };
+    let pid_file = d.join("hook.pid");
+    let hook = wait_until_some("the hook to run", || {
+        std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    })
+    .await;
+    // A watchdog, not a timing check: the hook would hold the stop for its 5 minutes.
+    tokio::time::timeout(Duration::from_secs(30), fleet.stop_all())
+        .await
+        .expect("a stop during the before hook does not wait for it");
+    assert!(!alive(old), "the worker was stopped");
+    wait_until_some("the hook to be killed", || (!alive(hook)).then_some(())).await;
+    assert!(restart.await.unwrap().is_err());
+}
+
+/// Polls `f` every 20 ms, for at most 30 s (a watchdog for a loaded machine).
+async fn wait_until_some<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn observe_mode_runs_no_hook() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

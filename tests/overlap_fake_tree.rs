@@ -32,19 +32,25 @@ fn lines(log: &Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_replacement_starts_before_the_old_worker_is_signalled() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let log = d.join("log");
-    let fleet = fleet(d, &["q"]);
-    // What the kernel creates: subtree_control in the instance's group, cgroup.procs in a leaf.
+/// q/0 with its two generation leaves, as the kernel creates them: subtree_control in the
+/// instance's group, cgroup.procs in each leaf.
+fn generations(d: &Path) -> Group {
     let home = Group::new(d.join("oomguard/q/0"));
     home.write(SUBTREE_CONTROL, "").unwrap();
     for leaf in ["gen-a", "gen-b"] {
         home.child(leaf).create().unwrap();
         home.child(leaf).write(CGROUP_PROCS, "").unwrap();
     }
+    home
+}
+
+#[tokio::test]
+async fn the_replacement_starts_before_the_old_worker_is_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("log");
+    let fleet = fleet(d, &["q"]);
+    let home = generations(d);
     let p = policy(
         "q",
         &worker(&log),
@@ -133,6 +139,59 @@ async fn a_plain_restart_event_says_exit_to_exec() {
     assert!(ev.exit_to_exec_ms.is_some() && ev.dead_time_ms == ev.exit_to_exec_ms);
     assert!(!Group::new(d.join("oomguard/p/0/gen-a")).exists());
     fleet.stop_all().await;
+}
+
+#[tokio::test]
+async fn stop_and_reload_are_served_while_the_replacement_waits_for_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("log");
+    let fleet = fleet(d, &["q"]);
+    generations(d);
+    let with = |high: &str| {
+        let mut p = policy(
+            "q",
+            &worker(&log),
+            "restart:\n  grace: 5s\n  overlap: true\n  ready: 10m\n",
+        );
+        p.memory.high = high.parse().unwrap();
+        p
+    };
+    fleet.start_policy(with("48M"), &SavedState::new()).unwrap();
+    wait_for(&fleet, "q/0", "running", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
+    let old = main_pid(&fleet, "q/0").unwrap();
+    let _old = Killer(old);
+    let restart = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.restart("q/0").await })
+    };
+    // The replacement runs and the old worker waits for restart.ready (10 minutes).
+    let during = wait_for(&fleet, "q/0", "overlapping", |s| s.draining_pid.is_some()).await;
+    let new = during.pids[0];
+    let _new = Killer(new);
+
+    // Watchdogs, not timing checks: without serving commands both would wait the 10 minutes.
+    let summary = tokio::time::timeout(Duration::from_secs(30), fleet.reload(vec![with("40M")]))
+        .await
+        .expect("a reload during the ready wait does not wait for it")
+        .unwrap();
+    assert_eq!(summary.changed, vec!["q".to_string()]);
+    assert!(alive(old) && alive(new), "the reload stopped nobody");
+    tokio::time::timeout(Duration::from_secs(30), fleet.stop_all())
+        .await
+        .expect("a stop during the ready wait does not wait for it");
+    assert!(!alive(old), "the old generation was stopped");
+    assert!(!alive(new), "the replacement was stopped");
+    // Both got their graceful signal (the worker logs it), not only the kill after the grace.
+    let log = lines(&log);
+    for pid in [old, new] {
+        assert!(log.contains(&format!("term {pid}")), "{pid}: {log:?}");
+    }
+    let answer = restart.await.unwrap();
+    assert!(answer.is_err(), "the restart was not finished: {answer:?}");
 }
 
 /// SIGKILLs a test's worker when the test ends, passed or not: the fake tree cannot.

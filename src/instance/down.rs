@@ -31,7 +31,7 @@ impl Instance {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => return true,
-                        cmd = self.commands.recv() => match cmd {
+                        cmd = self.inbox.recv() => match cmd {
                             // A reload during the backoff does not cut it short.
                             Some(Command::Update(policy, identity, done)) => {
                                 self.policy = policy;
@@ -61,7 +61,7 @@ impl Instance {
     /// whether to start a worker.
     pub(super) async fn wait_while_failed(&mut self) -> bool {
         loop {
-            match self.commands.recv().await {
+            match self.inbox.recv().await {
                 Some(Command::Update(policy, identity, done)) => {
                     self.policy = policy;
                     self.identity = identity;
@@ -84,10 +84,8 @@ impl Instance {
                 true
             }
             Some(Command::Stop(reply)) => {
-                self.replacement_failed("the instance was stopped");
-                self.remove_groups();
-                self.set_state(InstanceState::Stopped, None);
-                let _ = reply.send(format!("{} stopped", self.id));
+                self.stops.push(reply);
+                self.stopped();
                 false
             }
             Some(Command::Update(policy, identity, done)) => {

@@ -4,6 +4,7 @@
 
 use tracing::{info, warn};
 
+use super::serve::Served;
 use super::{Instance, Worker};
 use crate::cgroupfs::MEMORY_CURRENT;
 use crate::hooks::{self, Context, When};
@@ -36,13 +37,16 @@ impl Instance {
     }
 
     /// Runs the `before` hook, if any, and remembers the `after` hook for the replacement.
-    /// Whatever the hook does (fails, hangs until killed), the restart goes on.
+    /// Whatever the hook does (fails, hangs until killed), the restart goes on; a stop
+    /// meanwhile kills it (up to `hooks.timeout` is too long to hold a stop).
     pub(super) async fn before_hook(
         &mut self,
         ctx: Option<Context>,
         reason: Reason,
-    ) -> Option<HookRecord> {
-        let ctx = ctx?;
+    ) -> Served<Option<HookRecord>> {
+        let Some(ctx) = ctx else {
+            return Served::Done(None);
+        };
         let hooks = self.policy.restart.hooks.clone();
         if hooks.after.is_some() {
             self.pending_after = Some(PendingAfter {
@@ -50,10 +54,21 @@ impl Instance {
                 ctx: ctx.clone(),
             });
         }
-        let argv = hooks.before?;
-        let r = hooks::run(When::Before, &argv, &ctx, hooks.timeout).await;
+        let Some(argv) = hooks.before else {
+            return Served::Done(None);
+        };
+        let r = match self
+            .serve(hooks::run(When::Before, &argv, &ctx, hooks.timeout))
+            .await
+        {
+            Served::Done(r) => r,
+            Served::Stopped => {
+                warn!(instance = %self.id, "stopped during the before hook: the hook was killed");
+                return Served::Stopped;
+            }
+        };
         log(&self.id, &r);
-        Some(r)
+        Served::Done(Some(r))
     }
 
     /// Starts the `after` hook owed by the last restart, now that `new_pid` runs. Its outcome

@@ -10,6 +10,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::report::ms;
+use super::serve::Served;
 use super::{Instance, Worker};
 use crate::cgroupfs::Group;
 use crate::protocol::{InstanceState, Reason};
@@ -81,10 +82,9 @@ impl Instance {
         self.policy.restart.overlap.is_some() && self.group != self.home
     }
 
-    /// Starts the replacement in the other generation leaf while `old` keeps running, and
-    /// waits for `restart.ready` if the policy wrote one. The instance's group is the old
-    /// worker's again on return (its drain uses it). Err: nothing was started (the caller falls
-    /// back to a plain restart).
+    /// Starts the replacement in the other generation leaf while `old` keeps running. The
+    /// instance's group is the old worker's again on return (its drain uses it). Err: nothing
+    /// was started (the caller falls back to a plain restart).
     pub(super) async fn start_beside(
         &mut self,
         old: &Worker,
@@ -98,6 +98,7 @@ impl Instance {
                 next.path().display()
             ));
         }
+        self.take_in_sent();
         let old_group = std::mem::replace(&mut self.group, next);
         let started = self.start_here();
         let next = std::mem::replace(&mut self.group, old_group);
@@ -120,19 +121,28 @@ impl Instance {
         let mut ev = self.event(reason, "overlap", &what);
         ev.replacement_pid = Some(new_pid);
         self.events.push(ev);
-        if let Some(o) = self.policy.restart.overlap.filter(|o| !o.ready.is_zero()) {
-            let mut w = replacement;
-            tokio::select! {
-                _ = tokio::time::sleep(o.ready) => {}
-                // Its exit is seen again by the watch once the old one is drained.
-                _ = w.main.wait() => warn!(instance = %self.id, pid = new_pid, "the replacement exited before restart.ready; draining the old worker anyway"),
-            }
-            return Ok(Overlapped {
-                replacement: w,
-                exec,
-            });
-        }
         Ok(Overlapped { replacement, exec })
+    }
+
+    /// Waits for `restart.ready` if the policy wrote one (up to an hour), serving commands.
+    pub(super) async fn wait_ready(&mut self, o: &mut Overlapped) -> Served<()> {
+        let Some(ready) = self.policy.restart.overlap.map(|o| o.ready) else {
+            return Served::Done(());
+        };
+        if ready.is_zero() {
+            return Served::Done(());
+        }
+        let main = &mut o.replacement.main;
+        let pid = main.pid();
+        let id = self.id.clone();
+        self.serve(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(ready) => {}
+                // Its exit is seen again by the watch once the old one is drained.
+                _ = main.wait() => warn!(instance = %id, pid, "the replacement exited before restart.ready; draining the old worker anyway"),
+            }
+        })
+        .await
     }
 
     /// After a restart with overlap: the old leaf removed, the replacement's leaf the
@@ -165,9 +175,9 @@ impl Instance {
             warn!(instance = %self.id, ?pids, adopted, "a daemon restart interrupted an overlapping restart: draining the older generation");
             self.view.draining_pid = pids.first().copied();
             self.set_state(InstanceState::Restarting, Some(adopted));
-            let mut seq = self.sequence();
-            seq.group = &old;
-            let report = seq.run(&mut procs).await;
+            let mut plan = self.plan();
+            plan.group = old.clone();
+            let report = self.run_served(plan, &mut procs).await;
             info!(instance = %self.id, ?pids, killed = report.killed, "older generation drained in {} ms", ms(report.took));
             self.view.draining_pid = None;
             self.set_state(InstanceState::Running, Some(adopted));

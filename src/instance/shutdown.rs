@@ -7,12 +7,45 @@ use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
 use super::report::{describe, describe_avg10, describe_ending, exit_signal, ms};
+use super::serve::Served;
 use super::{Instance, Worker};
-use crate::cgroupfs::MEMORY_EVENTS;
+use crate::cgroupfs::{Group, MEMORY_EVENTS};
 use crate::engine::{Offence, Stall};
 use crate::protocol::{Ending, InstanceState, Reason};
 use crate::shutdown::{self, Emptiness, Proc, Report, Sequence};
-use crate::units::human_bytes;
+use crate::units::{human_bytes, Limit};
+
+/// What a restart leaves for the instance's task.
+pub(super) enum Handover {
+    /// With `restart.overlap`: the replacement, already running.
+    Replacement(Box<Worker>),
+    /// Start the next worker now.
+    Respawn,
+    /// A stop came during the restart: what ran is stopped; the task ends.
+    Stopped,
+}
+
+/// The policy's shutdown sequence for one group, owned: a wait over it can be served
+/// (`Instance::serve` needs the instance mutably, and a reload may replace its policy).
+pub(super) struct Plan {
+    who: String,
+    pub group: Group,
+    signal: Signal,
+    grace: Duration,
+    high: Option<Limit>,
+}
+
+impl Plan {
+    pub(super) fn sequence(&self) -> Sequence<'_> {
+        Sequence {
+            who: &self.who,
+            group: &self.group,
+            signal: self.signal,
+            grace: self.grace,
+            high: self.high,
+        }
+    }
+}
 
 /// Why an instance is restarted, for its event.
 pub(super) enum Cause {
@@ -37,26 +70,46 @@ impl Instance {
         }
     }
 
+    /// [`Instance::sequence`], owned.
+    pub(super) fn plan(&self) -> Plan {
+        let s = self.sequence();
+        Plan {
+            who: self.id.clone(),
+            group: self.group.clone(),
+            signal: s.signal,
+            grace: s.grace,
+            high: s.high,
+        }
+    }
+
     /// The graceful restart: the worker's own shutdown signal, memory.high lifted so a throttled
     /// worker can finish its job, up to the grace period for the group to empty, then
     /// cgroup.kill; the limits restored. The caller respawns at once, or, with
-    /// `restart.overlap`, gets the replacement that was started before the signal.
+    /// `restart.overlap`, gets the replacement that was started before the signal. Its waits
+    /// (the hook, `restart.ready`, the grace) serve commands: a stop stops both generations.
     pub(super) async fn restart(
         &mut self,
         mut w: Worker,
         reason: Reason,
         woke: Option<Instant>,
         cause: Cause,
-    ) -> Option<Worker> {
+    ) -> Handover {
         // Only the operator's `restart.hooks.before` may come ahead of the signal (bounded by
         // its timeout; docs/policy.md says a memory trigger's margin must cover it). Then the
         // signal goes first: everything else (numbers, bookkeeping, the PSI trigger's reading
         // and drop, whose close waits for an RCU grace period) would only delay it.
         let ctx = self.hook_context(&w, reason);
-        let before = self.before_hook(ctx, reason).await;
+        let before = match self.before_hook(ctx, reason).await {
+            Served::Done(r) => r,
+            Served::Stopped => {
+                self.pending_after = None;
+                self.stop(w).await;
+                return Handover::Stopped;
+            }
+        };
         // With overlap the replacement comes first, after the `before` hook (so the hooks keep
         // their order: before, then the signal to the old worker; after once the new one runs).
-        let overlapped = if self.can_overlap() {
+        let mut overlapped = if self.can_overlap() {
             match self.start_beside(&w, reason).await {
                 Ok(o) => Some(o),
                 Err(e) => {
@@ -67,6 +120,13 @@ impl Instance {
         } else {
             None
         };
+        if let Some(o) = overlapped.as_mut() {
+            if let Served::Stopped = self.wait_ready(o).await {
+                self.stop_generations(&mut w, None, &mut o.replacement)
+                    .await;
+                return Handover::Stopped;
+            }
+        }
         let (signalled, to_signal, stall) = self.signal(&mut w, woke);
         let why = match cause {
             Cause::Operator => "requested by an operator".to_string(),
@@ -79,6 +139,8 @@ impl Instance {
             }
         };
         let numbers = self.numbers();
+        let (high, max) = (self.policy.memory.high, self.policy.memory.max);
+        let signal_name = self.policy.restart.signal;
         // Read now, while the worker still holds its memory.
         let kills = w.oom_kills_seen;
         self.observed
@@ -87,9 +149,34 @@ impl Instance {
         if overlapped.is_none() {
             self.set_state(InstanceState::Restarting, Some(w.main.pid()));
         }
-        let (ending, report) = self.await_exit(&mut w, signalled).await;
+        let plan = self.plan();
+        let exit = self
+            .serve(
+                plan.sequence()
+                    .finish(std::slice::from_mut(&mut w.main), signalled),
+            )
+            .await;
+        let report = match exit {
+            Served::Done(report) => report,
+            Served::Stopped => {
+                match overlapped.as_mut() {
+                    Some(o) => {
+                        self.stop_generations(&mut w, Some(signalled), &mut o.replacement)
+                            .await
+                    }
+                    // The old worker keeps its grace; no replacement starts.
+                    None => {
+                        let seq = plan.sequence();
+                        seq.finish(std::slice::from_mut(&mut w.main), signalled)
+                            .await;
+                    }
+                }
+                return Handover::Stopped;
+            }
+        };
+        let ending = self.ending_of(&mut w, &report);
         let exited = Instant::now();
-        let how = describe_ending(&ending, self.policy.restart.signal);
+        let how = describe_ending(&ending, signal_name);
         let mut notes: String = report.notes.iter().map(|n| format!("; {n}")).collect();
         if let Some(r) = &before {
             notes.push_str(&format!("; {}", crate::hooks::describe(r)));
@@ -98,8 +185,8 @@ impl Instance {
             "restart ({}): {why}; memory {} (high {}, max {}), {}; {how}{notes}",
             reason.as_str(),
             numbers.current.map_or("?".into(), human_bytes),
-            self.policy.memory.high,
-            self.policy.memory.max,
+            high,
+            max,
             describe_avg10(numbers.some_avg10),
         );
         let mut ev = self.ending_event(&w, reason, "restart", ending, &numbers, &what);
@@ -111,11 +198,11 @@ impl Instance {
                 super::deadtime::fill_overlap(&mut ev, o.exec, exited, o.replacement.main.pid());
                 self.overlap_done(&o);
                 self.events.push(ev);
-                Some(o.replacement)
+                Handover::Replacement(Box::new(o.replacement))
             }
             None => {
                 self.pending_restart = Some(super::deadtime::PendingRestart { event: ev, exited });
-                None
+                Handover::Respawn
             }
         }
     }
@@ -128,13 +215,44 @@ impl Instance {
         let (ending, report) = self.await_exit(&mut w, signalled).await;
         info!(instance = %self.id, pid = w.main.pid(), "stopped: {}{}", describe_ending(&ending, self.policy.restart.signal),
             report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
-        self.remove_groups();
-        self.set_state(InstanceState::Stopped, None);
     }
 
-    /// After a stop: the worker's group, then the instance's (a generation leaf's parent).
+    /// A stop during an overlapping restart: both generations get their signal (the old one
+    /// unless it already has it, at `old_signalled`) and their grace, at the same time, so the
+    /// stop takes one grace, not two.
+    pub(super) async fn stop_generations(
+        &mut self,
+        old: &mut Worker,
+        old_signalled: Option<Instant>,
+        new: &mut Worker,
+    ) {
+        self.set_state(InstanceState::Restarting, Some(new.main.pid()));
+        let old_at = match old_signalled {
+            Some(at) => at,
+            None => self.signal(old, None).0,
+        };
+        let old_plan = self.plan();
+        let mut new_plan = self.plan();
+        new_plan.group = super::overlap::other(&self.home, &self.group);
+        new.psi = None;
+        new.children = None;
+        let new_at = new_plan.sequence().begin(std::slice::from_ref(&new.main));
+        let (a, b) = (old_plan.sequence(), new_plan.sequence());
+        let (old_report, new_report) = tokio::join!(
+            a.finish(std::slice::from_mut(&mut old.main), old_at),
+            b.finish(std::slice::from_mut(&mut new.main), new_at),
+        );
+        for (w, r) in [(&*old, old_report), (&*new, new_report)] {
+            info!(instance = %self.id, pid = w.main.pid(), killed = r.killed, "stopped during an overlapping restart after {} ms", ms(r.took));
+        }
+    }
+
+    /// After a stop: the worker's group, the generation leaves, then the instance's group.
     pub(super) fn remove_groups(&self) {
         let _ = self.group.remove();
+        for leaf in super::GENERATIONS {
+            let _ = self.home.child(leaf).remove();
+        }
         let _ = self.home.remove();
     }
 
@@ -167,8 +285,14 @@ impl Instance {
             .sequence()
             .finish(std::slice::from_mut(&mut w.main), signalled)
             .await;
+        let ending = self.ending_of(w, &report);
+        (ending, report)
+    }
+
+    /// How the worker ended, from its sequence's report.
+    fn ending_of(&mut self, w: &mut Worker, report: &Report) -> Ending {
         let after_ms = ms(report.took);
-        let ending = if self.oom_killed_since_start(w) {
+        if self.oom_killed_since_start(w) {
             Ending::OomKilled
         } else if report.killed {
             Ending::KilledAfterGrace { after_ms }
@@ -178,8 +302,7 @@ impl Instance {
                 signal: report.status.as_ref().and_then(exit_signal),
                 after_ms,
             }
-        };
-        (ending, report)
+        }
     }
 
     /// Before a start: a group that still holds processes (left by a worker that could not be
@@ -193,7 +316,7 @@ impl Instance {
         let mut procs = Proc::of_group(&self.group);
         let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
         warn!(instance = %self.id, ?pids, "the group is not empty ({state:?}) and {why}: stopping what is in it before starting a worker");
-        let report = self.sequence().run(&mut procs).await;
+        let report = self.run_served(self.plan(), &mut procs).await;
         let after = shutdown::emptiness(&self.group);
         let outcome = format!(
             "leftover processes {pids:?} stopped in {} ({}){}",
@@ -211,6 +334,17 @@ impl Instance {
             other => Err(format!(
                 "the group is still not empty after stopping its leftovers ({other:?}): not starting a second worker there"
             )),
+        }
+    }
+
+    /// The whole sequence over `procs`, serving commands; a stop meanwhile lets it finish (the
+    /// processes keep their grace) and is answered by the caller.
+    pub(super) async fn run_served(&mut self, plan: Plan, procs: &mut [Proc]) -> Report {
+        let seq = plan.sequence();
+        let at = seq.begin(procs);
+        match self.serve(seq.finish(procs, at)).await {
+            Served::Done(report) => report,
+            Served::Stopped => seq.finish(procs, at).await,
         }
     }
 

@@ -5,6 +5,8 @@
 //! (dead time 0, overlap covering the drain); the drained generation's group is removed; no job
 //! is lost. Then the daemon is SIGKILLed while an overlap is under way and started again: it
 //! adopts the replacement and drains the old worker, so there is still exactly one worker.
+//! Last, a restart whose replacement waits for `restart.ready: 10m`: a reload during the wait is
+//! answered, and a SIGTERM to the daemon stops both generations and ends it within the grace.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -22,7 +24,11 @@ const ID: &str = "consumer/0";
 
 /// The pids in the instance's group and its generation groups, read from cgroupfs.
 fn worker_pids() -> BTreeSet<u32> {
-    let home = instance_group(ID);
+    pids_of(ID)
+}
+
+fn pids_of(id: &str) -> BTreeSet<u32> {
+    let home = instance_group(id);
     ["", "gen-a", "gen-b"]
         .iter()
         .map(|leaf| home.join(leaf).join("cgroup.procs"))
@@ -319,6 +325,83 @@ pub fn overlap() -> Result<()> {
     ensure!(
         unclean.is_empty(),
         "workers gone without a clean exit: {unclean:?}"
+    );
+    stop_during_ready()
+}
+
+/// A SIGTERM to the daemon while an overlap's replacement waits for `restart.ready` (10 minutes):
+/// the wait is dropped and both generations get their signal and grace at once. Before, the
+/// daemon sat out the wait with both workers running (systemd then SIGKILLed it), and a reload
+/// during the wait hung until it ended.
+fn stop_during_ready() -> Result<()> {
+    const SLOW: &str = "slowready/0";
+    for name in ["consumer", "plain"] {
+        fs::remove_file(format!("{POLICY_DIR}/{name}.yaml"))?;
+    }
+    let ledger = ledger_path("slowready");
+    let policy = |high: &str| {
+        format!(
+            "run:\n  command: {}\n  user: worker\nmemory:\n  high: {high}\n  max: 96M\n\
+             triggers:\n  memory: {{above: 40M}}\n\
+             restart:\n  grace: 10s\n  overlap: true\n  ready: 10m\n",
+            worker_command(&["--ledger", &ledger])
+        )
+    };
+    write_policy(POLICY_DIR, "slowready", &policy("48M"))?;
+    let mut daemon = Daemon::start(POLICY_DIR)?;
+    let old = daemon.wait_running(&[SLOW], Duration::from_secs(20))?[SLOW];
+    // Its answer waits for the replacement's ready: in the background, killed at the end.
+    let mut restart = std::process::Command::new(OOMGUARD)
+        .args(["restart", SLOW, "--socket", SOCKET])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let new = daemon.wait_status(
+        "the replacement beside the old worker",
+        Duration::from_secs(30),
+        |r| {
+            let i = instance(r, SLOW)?;
+            i.pids
+                .first()
+                .copied()
+                .filter(|_| i.draining_pid == Some(old))
+        },
+    )?;
+    evidence(
+        "waiting for restart.ready (old, new)",
+        format!("{old} {new}"),
+    );
+    write_policy(POLICY_DIR, "slowready", &policy("40M"))?;
+    let reloaded = client(&["reload"])?;
+    evidence("reload during the wait", reloaded.summary());
+    ensure!(
+        reloaded.status.success() && reloaded.text().contains("changed slowready"),
+        "reload during the ready wait: {}",
+        reloaded.summary()
+    );
+    ensure!(
+        pid_alive(old) && pid_alive(new),
+        "the reload stopped a worker"
+    );
+    // Generous for TCG: the grace is 10 s, the wait it replaces 10 minutes.
+    let exited = daemon.signal_and_wait_for(libc::SIGTERM, Duration::from_secs(60));
+    let _ = restart.kill();
+    let _ = restart.wait();
+    let exited = exited?;
+    evidence("daemon exit after SIGTERM during the ready wait", exited);
+    let left = pids_of(SLOW);
+    ensure!(
+        !pid_alive(old) && !pid_alive(new) && left.is_empty(),
+        "workers left after the stop: old {old} alive {}, new {new} alive {}, in the group {left:?}",
+        pid_alive(old),
+        pid_alive(new)
+    );
+    let l = Ledger::read(&ledger)?;
+    evidence("slowready ledger", l.summary());
+    let unclean = l.unclean_exits(&BTreeSet::new());
+    ensure!(
+        unclean.is_empty(),
+        "workers that did not exit on their signal: {unclean:?}"
     );
     Ok(())
 }

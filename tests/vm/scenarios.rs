@@ -75,7 +75,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "overlap",
         demo: false,
         kernel_args: "",
-        budget_s: 120,
+        budget_s: 180,
         vm_mb: 512,
         run: overlap::overlap,
     },
