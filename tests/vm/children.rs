@@ -508,6 +508,7 @@ fn under_a_comm_flood() -> Result<()> {
     let _ = fs::remove_file(LOG);
     write_policy(POLICY_DIR, "pf", &yaml)?;
     let _ = fs::remove_file(DAEMON_LOG);
+    let oom_before = vmstat_oom_kill()?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
     daemon.wait_running(&["pf/0"], Duration::from_secs(20))?;
     let mut flooders = Vec::new();
@@ -545,6 +546,8 @@ fn under_a_comm_flood() -> Result<()> {
         log_count("rescanning every instance's children")
     );
     result?;
+    let ooms = vmstat_oom_kill()? - oom_before;
+    ensure!(ooms == 0, "{ooms} kernel OOM kills under the flood");
     ensure!(
         enobufs == 0,
         "the daemon's proc connector socket overflowed {enobufs} times under a flood of rename events it does not need"
