@@ -37,6 +37,7 @@ pub mod connector;
 mod edge;
 mod kid;
 mod layout;
+mod verify;
 mod words;
 
 use layout::{child_leaves, sweep};
@@ -244,10 +245,18 @@ impl ChildSet {
                 if !self.kids.contains_key(&owner) {
                     self.place(owner, None);
                 }
-                if let Some(k) = self.kids.get(&owner) {
-                    if let Err(e) = k.leaf.write(CGROUP_PROCS, &pid.to_string()) {
-                        debug!(instance = %self.id, pid, "cannot move a grandchild to its parent's leaf: {e}");
-                    }
+                let Some(k) = self.kids.get(&owner) else {
+                    continue;
+                };
+                // Read by number from cgroup.procs: still the same process, still under its
+                // ancestor, when the pidfd says so after the check.
+                let want = verify::Want::Under(owner);
+                if verify::movable(&verify::Procs, pid, self.main_pid, want).is_none() {
+                    debug!(instance = %self.id, pid, "not moving a grandchild: gone, or no longer under child {owner}");
+                    continue;
+                }
+                if let Err(e) = k.leaf.write(CGROUP_PROCS, &pid.to_string()) {
+                    debug!(instance = %self.id, pid, "cannot move a grandchild to its parent's leaf: {e}");
                 }
             }
         }
@@ -256,16 +265,15 @@ impl ChildSet {
 
     /// Moves a new child of the main process into a leaf of its own. `forked`: when its fork
     /// event was read. A process that is gone, or not the main process's child (a pid reused
-    /// since the event), is left alone.
+    /// since the event or the rescan), is left alone (`verify`).
     fn place(&mut self, pid: u32, forked: Option<Instant>) {
         if self.kids.contains_key(&pid) {
             return;
         }
-        let Ok(pidfd) = PidFd::open(pid) else { return };
-        // After pidfd_open: from here on the pidfd names this process, whoever has the pid.
-        if crate::supervisor::parent_pid(pid) != Some(self.main_pid) {
+        let Some(pidfd) = verify::movable(&verify::Procs, pid, self.main_pid, verify::Want::Child)
+        else {
             return;
-        }
+        };
         let leaf = self.group.child(&format!("{LEAF_PREFIX}{pid}"));
         let t0 = Instant::now();
         let mut t1 = t0;
@@ -279,16 +287,27 @@ impl ChildSet {
             })
             .and_then(|()| {
                 t2 = Instant::now();
-                leaf.write(CGROUP_PROCS, &pid.to_string())
+                // The leaf took time: once more, just before the write by number.
+                if !pidfd.alive() {
+                    return Ok(false);
+                }
+                leaf.write(CGROUP_PROCS, &pid.to_string()).map(|()| true)
             });
         debug!(instance = %self.id, pid, "placing a child: fork event to placement {:?}, mkdir {:?}, limits {:?}, move {:?}", forked.map(|a| t0.duration_since(a)), t1 - t0, t2 - t1, t2.elapsed());
-        if let Err(e) = placed {
-            // ESRCH (it ended meanwhile) reads as a failed write: not worth a warning then.
-            if crate::supervisor::parent_pid(pid).is_some() {
-                warn!(instance = %self.id, pid, "cannot place the child in its leaf {}: {e}", leaf.path().display());
+        match placed {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = leaf.remove();
+                return;
             }
-            let _ = leaf.remove();
-            return;
+            Err(e) => {
+                // ESRCH (it ended meanwhile) reads as a failed write: not worth a warning then.
+                if pidfd.alive() {
+                    warn!(instance = %self.id, pid, "cannot place the child in its leaf {}: {e}", leaf.path().display());
+                }
+                let _ = leaf.remove();
+                return;
+            }
         }
         self.track(pid, leaf, pidfd);
     }

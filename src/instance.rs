@@ -398,6 +398,11 @@ impl Instance {
                     self.observed
                         .ended(&self.id, reason.as_str(), kills, &self.group);
                     self.events.push(ev);
+                    // Done with before the backoff: its children's tasks and fork subscription
+                    // (the pid may be another instance's main by then), pidfd and triggers.
+                    drop(worker);
+                    self.view.children = Vec::new();
+                    self.view_tx.send_replace(self.view.clone());
                     self.replacement_failed(&what);
                     if !self.after_unplanned_exit(ran_for, reason, what).await {
                         return;

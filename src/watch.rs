@@ -192,13 +192,23 @@ impl PidFd {
 
     /// pidfd_send_signal: reaches this process or nobody (ESRCH once it ended).
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        self.send(signal as libc::c_int)
+    }
+
+    /// Whether the process has not been reaped (signal 0: ESRCH once it has). While it has not,
+    /// its pid is its own: a read of /proc/<pid> was of this process.
+    pub fn alive(&self) -> bool {
+        self.send(0).is_ok()
+    }
+
+    fn send(&self, signal: libc::c_int) -> std::io::Result<()> {
         // SAFETY: pidfd_send_signal takes an fd we own, a signal number, a null siginfo (the
         // kernel fills in a kill()-like one) and zero flags.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 self.fd.get_ref().as_raw_fd(),
-                signal as libc::c_int,
+                signal,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             )

@@ -252,3 +252,36 @@ async fn status_shows_the_figures_of_a_child_placed_after_the_last_sample() {
         );
     }
 }
+
+/// A worker that ended on its own is done with: its children are neither watched nor listed
+/// through the backoff before the next start (their pids may be anybody's by then).
+#[tokio::test]
+async fn the_children_of_a_worker_that_ended_go_with_it() {
+    let extra = format!("{CHILDREN}restart:\n  backoff: {{initial: 1h, max: 1h}}\n");
+    let (_dir, fleet, _g, main, kids) = started(&extra).await;
+    wait_for(&fleet, "pf/0", "two children in leaves", |s| {
+        s.children.len() == 2
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(main as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_for(&fleet, "pf/0", "the backoff", |s| {
+        s.state == InstanceState::Backoff
+    })
+    .await;
+    // The fake tree's cgroup.kill kills nobody: the sleeps are still there.
+    for k in &kids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*k as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        st.children.is_empty(),
+        "the ended worker's children are still listed in the backoff: {:?}",
+        st.children.iter().map(|c| c.pid).collect::<Vec<_>>()
+    );
+}

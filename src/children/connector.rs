@@ -1,10 +1,17 @@
 //! Fork events from the kernel's proc connector (netlink `NETLINK_CONNECTOR`, group
 //! `CN_IDX_PROC`): one socket for the whole daemon, each `PROC_EVENT_FORK` dispatched by the
-//! parent's tgid to the instance that watches that main process. Thread creation (child pid !=
-//! child tgid) is ignored. When the socket overflowed (`ENOBUFS`: events were dropped) every
-//! subscriber is told to rescan its main leaf's cgroup.procs; the same rescan is the fallback
-//! when the connector cannot be opened at all (no CAP_NET_ADMIN, a kernel without
-//! CONFIG_PROC_EVENTS, a network namespace other than the initial one).
+//! parent's tgid to the instance that watches that main process. When the socket overflowed
+//! (`ENOBUFS`: events were dropped) every subscriber is told to rescan its main leaf's
+//! cgroup.procs; the same rescan is the fallback when the connector cannot be opened at all (no
+//! CAP_NET_ADMIN, a kernel without CONFIG_PROC_EVENTS, a network namespace other than the
+//! initial one).
+//!
+//! Any local user makes proc events (a rename with `prctl(PR_SET_NAME)`, a thread, a fork), and
+//! the reader runs on the daemon's runtime, so the events it does not need never reach it: a
+//! socket filter (classic BPF, run by the kernel in the sender's context) passes only forks of a
+//! process (not threads) whose parent is a watched main process; from 6.6 the kernel is also
+//! asked for fork events only (`struct proc_input`). What still comes is read a bounded batch at
+//! a time, rescans after lost events are coalesced, and their warnings rate-limited.
 //!
 //! Written by hand on purpose: the one crate for it, cnproc 0.2.1, sets NETLINK_NO_ENOBUFS (so an
 //! overrun would go unnoticed and a child would stay unplaced until a periodic rescan), loops for
@@ -14,9 +21,9 @@
 //! no unsafe casts.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -36,6 +43,17 @@ const PROC_EVENT_FORK: u32 = 0x0000_0001;
 const EVENT_DATA: usize = 16;
 /// Enough for a burst: fork events are small (~76 bytes each), and every overrun costs a rescan.
 const RCVBUF: usize = 4 << 20;
+/// Datagrams read per wake-up before the other tasks get the thread.
+const BATCH: usize = 64;
+/// At most one rescan for lost events this often, however many overruns.
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
+/// At most one warning about lost events this often (it counts what happened meanwhile).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Above this many watched main processes the filter passes every process fork (the program
+/// holds two instructions per parent; the kernel takes 4096).
+const MAX_FILTERED_PARENTS: usize = 2000;
+/// The kernel that takes an event filter with the listen request (`struct proc_input`).
+const EVENT_FILTER_SINCE: (u32, u32) = (6, 6);
 
 /// What a subscriber hears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,23 +67,95 @@ pub enum Note {
 
 /// A registration for one main process's forks; dropping it unregisters.
 pub struct Subscription {
+    hub: &'static Hub,
     parent: u32,
+    /// Which registration for `parent` is this one's: the pid may since be another instance's
+    /// main, whose registration this one's drop must leave alone.
+    token: u64,
     pub rx: mpsc::UnboundedReceiver<Note>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(Some(hub)) = HUB.get() {
-            hub.subs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.parent);
-        }
+        self.hub.unsubscribe(self.parent, self.token);
     }
 }
 
+/// Each parent's registration: its token and its channel.
+type Subs = HashMap<u32, (u64, mpsc::UnboundedSender<Note>)>;
+
 struct Hub {
-    subs: Mutex<HashMap<u32, mpsc::UnboundedSender<Note>>>,
+    subs: Mutex<Subs>,
+    next_token: std::sync::atomic::AtomicU64,
+    /// The socket (a duplicate of the reader's), for the filter; None in tests.
+    sock: Option<OwnedFd>,
+}
+
+impl Hub {
+    fn new(sock: Option<OwnedFd>) -> Hub {
+        Hub {
+            subs: Mutex::new(HashMap::new()),
+            next_token: std::sync::atomic::AtomicU64::new(0),
+            sock,
+        }
+    }
+
+    fn subscribe(&'static self, parent: u32) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let token = self
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        subs.insert(parent, (token, tx));
+        self.refilter(&subs);
+        Subscription {
+            hub: self,
+            parent,
+            token,
+            rx,
+        }
+    }
+
+    fn unsubscribe(&self, parent: u32, token: u64) {
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.get(&parent).is_some_and(|(t, _)| *t == token) {
+            subs.remove(&parent);
+            self.refilter(&subs);
+        }
+    }
+
+    /// The socket filter for the parents now watched. Called with the map locked, so the filter
+    /// and the map change together. A subscriber rescans right after subscribing: a fork made
+    /// before its parent was in the filter is found there.
+    fn refilter(&self, subs: &Subs) {
+        let Some(sock) = &self.sock else { return };
+        let mut parents: Vec<u32> = subs.keys().copied().collect();
+        parents.sort_unstable();
+        let program = if parents.len() <= MAX_FILTERED_PARENTS {
+            filter_program(Some(&parents))
+        } else {
+            filter_program(None)
+        };
+        if let Err(e) = attach_filter(sock.as_fd(), &program) {
+            warn!("proc connector: cannot update the socket filter ({e}): forks of other processes may reach the daemon");
+        }
+    }
+
+    fn dispatch(&self, datagram: &[u8]) {
+        let at = Instant::now();
+        let subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        for f in parse(datagram) {
+            if let Some((_, tx)) = subs.get(&f.parent_tgid) {
+                let _ = tx.send(Note::Forked { child: f.child, at });
+            }
+        }
+    }
+
+    fn broadcast(&self, note: Note) {
+        for (_, tx) in self.subs.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = tx.send(note);
+        }
+    }
 }
 
 /// Opened on the first subscription (inside the runtime); None for good when it cannot be.
@@ -74,13 +164,7 @@ static HUB: OnceLock<Option<Hub>> = OnceLock::new();
 /// Fork events of `parent`'s children, or None when the connector is unavailable (the caller
 /// rescans on a timer instead; the reason was logged once).
 pub fn subscribe(parent: u32) -> Option<Subscription> {
-    let hub = HUB.get_or_init(start).as_ref()?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    hub.subs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(parent, tx);
-    Some(Subscription { parent, rx })
+    Some(HUB.get_or_init(start).as_ref()?.subscribe(parent))
 }
 
 /// Whether fork events are coming (for the logs and the rescan interval).
@@ -94,12 +178,10 @@ fn start() -> Option<Hub> {
         return None;
     }
     match open() {
-        Ok(fd) => {
+        Ok((fd, sock)) => {
             info!("listening for fork events on the kernel's proc connector");
             tokio::spawn(read_loop(fd));
-            Some(Hub {
-                subs: Mutex::new(HashMap::new()),
-            })
+            Some(Hub::new(Some(sock)))
         }
         Err(e) => {
             warn!("the kernel's proc connector is not available ({e}): children are placed by rescanning cgroup.procs, which is slower");
@@ -108,7 +190,8 @@ fn start() -> Option<Hub> {
     }
 }
 
-fn open() -> std::io::Result<AsyncFd<OwnedFd>> {
+/// The socket for the reader, and a duplicate of it for the filter updates.
+fn open() -> std::io::Result<(AsyncFd<OwnedFd>, OwnedFd)> {
     // SAFETY: socket() takes three integers and returns a new fd or -1.
     let raw = unsafe {
         libc::socket(
@@ -122,6 +205,8 @@ fn open() -> std::io::Result<AsyncFd<OwnedFd>> {
     }
     // SAFETY: the kernel just returned this fd and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Before bind: nothing unfiltered is ever queued. Nothing is watched yet.
+    attach_filter(fd.as_fd(), &filter_program(Some(&[])))?;
     // A bigger buffer makes overruns rarer; FORCE (root) goes past rmem_max. Best effort.
     let size = RCVBUF;
     if nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &size).is_err() {
@@ -130,16 +215,28 @@ fn open() -> std::io::Result<AsyncFd<OwnedFd>> {
     // Port id 0: the kernel picks a unique one.
     let addr = nix::sys::socket::NetlinkAddr::new(0, CN_IDX_PROC);
     nix::sys::socket::bind(fd.as_raw_fd(), &addr).map_err(std::io::Error::from)?;
-    let listen = subscribe_message();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let forks_only =
+        crate::hostcheck::kernel_version(release.trim()).is_some_and(|v| v >= EVENT_FILTER_SINCE);
+    let listen = subscribe_message(forks_only);
     nix::sys::socket::send(fd.as_raw_fd(), &listen, nix::sys::socket::MsgFlags::empty())
         .map_err(std::io::Error::from)?;
+    let sock = fd.try_clone()?;
     // SAFETY: the AsyncFd owns the fd for its whole lifetime.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into())
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+    Ok((fd, sock))
 }
 
-/// nlmsghdr + cn_msg + PROC_CN_MCAST_LISTEN, in native byte order as the kernel reads it.
-fn subscribe_message() -> Vec<u8> {
-    let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
+/// nlmsghdr + cn_msg + the listen request, in native byte order as the kernel reads it. With
+/// `forks_only` (6.6+) the request is a `struct proc_input` asking for fork events only; an
+/// older kernel ignores a request of that size, so it gets the bare operation.
+fn subscribe_message(forks_only: bool) -> Vec<u8> {
+    let data: &[u32] = if forks_only {
+        &[PROC_CN_MCAST_LISTEN, PROC_EVENT_FORK]
+    } else {
+        &[PROC_CN_MCAST_LISTEN]
+    };
+    let total = NLMSG_HDRLEN + CN_MSG_LEN + 4 * data.len();
     let mut m = Vec::with_capacity(total);
     m.extend_from_slice(&(total as u32).to_ne_bytes()); // nlmsg_len
     m.extend_from_slice(&NLMSG_DONE.to_ne_bytes()); // nlmsg_type
@@ -150,10 +247,83 @@ fn subscribe_message() -> Vec<u8> {
     m.extend_from_slice(&CN_VAL_PROC.to_ne_bytes()); // id.val
     m.extend_from_slice(&0u32.to_ne_bytes()); // seq
     m.extend_from_slice(&0u32.to_ne_bytes()); // ack
-    m.extend_from_slice(&4u16.to_ne_bytes()); // len
+    m.extend_from_slice(&(4 * data.len() as u16).to_ne_bytes()); // len
     m.extend_from_slice(&0u16.to_ne_bytes()); // flags
-    m.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    for v in data {
+        m.extend_from_slice(&v.to_ne_bytes());
+    }
     m
+}
+
+// Classic BPF (linux/filter.h, linux/bpf_common.h).
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_JEQ_X: u16 = 0x1d;
+const BPF_TAX: u16 = 0x07;
+const BPF_RET_K: u16 = 0x06;
+/// Offsets in a datagram: the event's `what`, and the fork's parent tgid, child pid and tgid.
+const AT_WHAT: u32 = (NLMSG_HDRLEN + CN_MSG_LEN) as u32;
+const AT_PARENT_TGID: u32 = AT_WHAT + EVENT_DATA as u32 + 4;
+const AT_CHILD_PID: u32 = AT_WHAT + EVENT_DATA as u32 + 8;
+const AT_CHILD_TGID: u32 = AT_WHAT + EVENT_DATA as u32 + 12;
+
+fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// A native-order field as BPF's absolute load sees it (network order).
+fn as_loaded(v: u32) -> u32 {
+    u32::from_be_bytes(v.to_ne_bytes())
+}
+
+/// Passes a fork of a process (child pid == child tgid: not a thread) whose parent's tgid is one
+/// of `parents` (every parent with None); drops everything else, short datagrams included.
+fn filter_program(parents: Option<&[u32]>) -> Vec<libc::sock_filter> {
+    let mut p = vec![
+        op(BPF_LD_W_ABS, 0, 0, AT_WHAT),
+        op(BPF_JEQ_K, 1, 0, as_loaded(PROC_EVENT_FORK)),
+        op(BPF_RET_K, 0, 0, 0),
+        op(BPF_LD_W_ABS, 0, 0, AT_CHILD_PID),
+        op(BPF_TAX, 0, 0, 0),
+        op(BPF_LD_W_ABS, 0, 0, AT_CHILD_TGID),
+        op(BPF_JEQ_X, 1, 0, 0),
+        op(BPF_RET_K, 0, 0, 0),
+    ];
+    match parents {
+        None => p.push(op(BPF_RET_K, 0, 0, u32::MAX)),
+        Some(parents) => {
+            p.push(op(BPF_LD_W_ABS, 0, 0, AT_PARENT_TGID));
+            for parent in parents {
+                p.push(op(BPF_JEQ_K, 0, 1, as_loaded(*parent)));
+                p.push(op(BPF_RET_K, 0, 0, u32::MAX));
+            }
+            p.push(op(BPF_RET_K, 0, 0, 0));
+        }
+    }
+    p
+}
+
+/// SO_ATTACH_FILTER: replaces the socket's filter at once.
+fn attach_filter(sock: BorrowedFd<'_>, program: &[libc::sock_filter]) -> std::io::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| std::io::Error::other("filter too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: prog points at `program`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A fork of a process (not a thread creation): (parent tgid, child pid).
@@ -210,140 +380,137 @@ fn parse_event(cn: &[u8]) -> Option<Fork> {
     })
 }
 
+/// Lost events, coalesced: the first loss rescans at once, later ones within [`RESCAN_EVERY`]
+/// leave one rescan pending for the end of that interval. Counts for rate-limited warnings.
+#[derive(Debug, Default)]
+struct Losses {
+    last_rescan: Option<Instant>,
+    pending: bool,
+    lost: u64,
+    rescans: u64,
+    warned_at: Option<Instant>,
+    /// (lost, rescans) at the last warning.
+    warned: (u64, u64),
+}
+
+impl Losses {
+    /// Events were lost at `now`: whether to rescan now.
+    fn lost(&mut self, now: Instant) -> bool {
+        self.lost += 1;
+        if self.last_rescan.is_some_and(|t| now < t + RESCAN_EVERY) {
+            self.pending = true;
+            return false;
+        }
+        self.rescanned(now);
+        true
+    }
+
+    /// When the pending rescan is due.
+    fn due(&self) -> Option<Instant> {
+        self.pending
+            .then_some(self.last_rescan?)
+            .map(|t| t + RESCAN_EVERY)
+    }
+
+    /// The pending rescan's time came: whether to rescan.
+    fn fire(&mut self, now: Instant) -> bool {
+        if self.due().is_some_and(|d| now >= d) {
+            self.rescanned(now);
+            return true;
+        }
+        false
+    }
+
+    fn rescanned(&mut self, now: Instant) {
+        self.pending = false;
+        self.last_rescan = Some(now);
+        self.rescans += 1;
+    }
+
+    /// Losses and rescans since the last warning, when one is due.
+    fn warning(&mut self, now: Instant) -> Option<(u64, u64)> {
+        if self.lost == self.warned.0 || self.warned_at.is_some_and(|t| now < t + WARN_EVERY) {
+            return None;
+        }
+        let since = (self.lost - self.warned.0, self.rescans - self.warned.1);
+        self.warned = (self.lost, self.rescans);
+        self.warned_at = Some(now);
+        Some(since)
+    }
+}
+
+fn hub() -> Option<&'static Hub> {
+    HUB.get()?.as_ref()
+}
+
 async fn read_loop(fd: AsyncFd<OwnedFd>) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut losses = Losses::default();
     loop {
-        let mut guard = match fd.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!("proc connector: cannot wait on the socket ({e}); children are placed by rescans from now on");
-                broadcast(Note::Rescan);
-                return;
+        let due = losses.due();
+        tokio::select! {
+            ready = fd.readable() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        error!("proc connector: cannot wait on the socket ({e}); children are placed by rescans from now on");
+                        if let Some(h) = hub() { h.broadcast(Note::Rescan) }
+                        return;
+                    }
+                };
+                let mut read = 0;
+                while read < BATCH {
+                    read += 1;
+                    match nix::sys::socket::recvfrom::<nix::sys::socket::NetlinkAddr>(
+                        fd.as_raw_fd(),
+                        &mut buf,
+                    ) {
+                        // Only the kernel (port 0) speaks for the connector.
+                        Ok((n, Some(from))) if from.pid() == 0 => {
+                            if let Some(h) = hub() { h.dispatch(&buf[..n]) }
+                        }
+                        Ok(_) => {}
+                        Err(nix::errno::Errno::EAGAIN) => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => {
+                            on_lost(&mut losses, e);
+                            if e != nix::errno::Errno::ENOBUFS {
+                                guard.clear_ready();
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(guard);
+                if read >= BATCH {
+                    tokio::task::yield_now().await;
+                }
             }
-        };
-        loop {
-            match nix::sys::socket::recv(
-                fd.as_raw_fd(),
-                &mut buf,
-                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(0) => break,
-                Ok(n) => dispatch(&buf[..n]),
-                Err(nix::errno::Errno::EAGAIN) => {
-                    guard.clear_ready();
-                    break;
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::ENOBUFS) => {
-                    warn!("proc connector: events were lost (ENOBUFS, the socket buffer overflowed): rescanning every instance's children");
-                    broadcast(Note::Rescan);
-                }
-                Err(e) => {
-                    error!(
-                        "proc connector: recv failed ({e}): rescanning every instance's children"
-                    );
-                    broadcast(Note::Rescan);
-                    guard.clear_ready();
-                    break;
+            _ = crate::instance::sleep_until_opt(due) => {
+                if losses.fire(Instant::now()) {
+                    if let Some(h) = hub() { h.broadcast(Note::Rescan) }
                 }
             }
         }
     }
 }
 
-fn dispatch(datagram: &[u8]) {
-    let at = Instant::now();
-    let Some(Some(hub)) = HUB.get() else { return };
-    let subs = hub.subs.lock().unwrap_or_else(|e| e.into_inner());
-    for f in parse(datagram) {
-        if let Some(tx) = subs.get(&f.parent_tgid) {
-            let _ = tx.send(Note::Forked { child: f.child, at });
+/// ENOBUFS (the socket overflowed) or another recv error: events may be lost.
+fn on_lost(losses: &mut Losses, e: nix::errno::Errno) {
+    let now = Instant::now();
+    if losses.lost(now) {
+        if let Some(h) = hub() {
+            h.broadcast(Note::Rescan)
         }
     }
-}
-
-fn broadcast(note: Note) {
-    let Some(Some(hub)) = HUB.get() else { return };
-    for tx in hub.subs.lock().unwrap_or_else(|e| e.into_inner()).values() {
-        let _ = tx.send(note);
+    if let Some((lost, rescans)) = losses.warning(now) {
+        warn!("proc connector: events were lost {lost} times ({e}; ENOBUFS: the socket buffer overflowed) since the last such warning: {rescans} rescans of every instance's children (at most one every {}s)", RESCAN_EVERY.as_secs());
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One netlink message carrying one proc event, as the kernel sends it.
-    fn event(
-        what: u32,
-        parent_pid: u32,
-        parent_tgid: u32,
-        child_pid: u32,
-        child_tgid: u32,
-    ) -> Vec<u8> {
-        let mut ev = Vec::new();
-        ev.extend_from_slice(&what.to_ne_bytes());
-        ev.extend_from_slice(&0u32.to_ne_bytes()); // cpu
-        ev.extend_from_slice(&0u64.to_ne_bytes()); // timestamp
-        for v in [parent_pid, parent_tgid, child_pid, child_tgid] {
-            ev.extend_from_slice(&v.to_ne_bytes());
-        }
-        let total = NLMSG_HDRLEN + CN_MSG_LEN + ev.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(total as u32).to_ne_bytes());
-        m.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
-        m.extend_from_slice(&[0; 10]);
-        m.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
-        m.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
-        m.extend_from_slice(&[0; 8]);
-        m.extend_from_slice(&(ev.len() as u16).to_ne_bytes());
-        m.extend_from_slice(&[0; 2]);
-        m.extend_from_slice(&ev);
-        m
-    }
-
-    #[test]
-    fn forks_are_parsed_and_threads_ignored() {
-        let mut dgram = event(PROC_EVENT_FORK, 100, 100, 101, 101);
-        dgram.extend(event(PROC_EVENT_FORK, 102, 100, 103, 100)); // a thread of 100
-        dgram.extend(event(0x8000_0000, 0, 0, 0, 0)); // exit
-        dgram.extend(event(PROC_EVENT_FORK, 105, 100, 106, 106)); // a thread of 100 forked
-        assert_eq!(
-            parse(&dgram),
-            vec![
-                Fork {
-                    parent_tgid: 100,
-                    child: 101
-                },
-                Fork {
-                    parent_tgid: 100,
-                    child: 106
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn short_or_foreign_messages_are_skipped() {
-        let full = event(PROC_EVENT_FORK, 1, 1, 2, 2);
-        for cut in 0..full.len() {
-            assert!(parse(&full[..cut]).is_empty(), "cut at {cut}");
-        }
-        let mut foreign = full.clone();
-        foreign[NLMSG_HDRLEN] = 9; // another connector index
-        assert!(parse(&foreign).is_empty());
-        let mut zero_len = full.clone();
-        zero_len[..4].copy_from_slice(&0u32.to_ne_bytes());
-        assert!(parse(&zero_len).is_empty(), "a zero length must not loop");
-    }
-
-    #[test]
-    fn the_listen_message_has_the_kernel_layout() {
-        let m = subscribe_message();
-        assert_eq!(m.len(), 40);
-        assert_eq!(u32_at(&m, 0), Some(40));
-        assert_eq!(u32_at(&m, 16), Some(CN_IDX_PROC));
-        assert_eq!(u16_at(&m, 32), Some(4));
-        assert_eq!(u32_at(&m, 36), Some(PROC_CN_MCAST_LISTEN));
-    }
-}
+#[path = "connector_tests.rs"]
+mod tests;

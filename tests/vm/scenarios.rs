@@ -352,7 +352,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "children_recycle",
         demo: false,
         kernel_args: "",
-        budget_s: 90,
+        budget_s: 180,
         vm_mb: 512,
         run: children::children_recycle,
     },

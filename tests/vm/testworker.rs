@@ -113,6 +113,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "--child-ignore-sigterm" => pf.ignore_sigterm = true,
             "--grandchild" => pf.grandchild = true,
+            "--flood-comm" => flood_comm(),
             "--children-log" => opts.children_log = Some(value("--children-log")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -283,6 +284,18 @@ impl Leak {
             }
             self.leaked += 1;
         }
+    }
+}
+
+/// `--flood-comm`: renames itself in a loop for ever, each rename a proc connector event (what
+/// any local user can do to a daemon that listens to every kind).
+fn flood_comm() -> ! {
+    let names = [c"flood-a", c"flood-b"];
+    let mut i = 0usize;
+    loop {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, names[i & 1].as_ptr()) };
+        i = i.wrapping_add(1);
     }
 }
 
