@@ -5,3 +5,4 @@
 
 pub mod detect;
 pub mod fit;
+pub mod writable;
