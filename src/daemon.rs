@@ -21,6 +21,8 @@ use tracing::{error, info, warn};
 use self::reload::{ReloadError, Reloads};
 pub use self::runtime::{RuntimeDir, RuntimeDirError};
 use crate::cgroupfs::Group;
+use crate::container::setup;
+use crate::container::writable::ENVELOPE;
 use crate::events::EventLog;
 use crate::hostcheck;
 use crate::layout::{cgroup_root, own_cgroup, CGROUP_MOUNT};
@@ -61,7 +63,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
     let mount = Path::new(CGROUP_MOUNT);
-    let root = cgroup_root(mount, opts.cgroup_root.as_deref())?;
+    // First: inside a container the host's advice (boot options, Delegate=) would be wrong.
+    let container = setup::detect_here(mount, opts.cgroup_root.as_deref())?;
+    let root = match &container {
+        Some(c) => c.root.join(ENVELOPE),
+        None => cgroup_root(mount, opts.cgroup_root.as_deref())?,
+    };
     let parent = root.parent().context("the cgroup root has no parent")?;
     hostcheck::check_host(mount, parent)?;
     let policies = match load_policies(&opts) {
@@ -103,7 +110,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let runtime_dir = opts.socket.parent().unwrap_or(Path::new("/run"));
     let runtime = RuntimeDir::open(runtime_dir)?;
-    let root = prepare_root(mount, &root)?;
+    let (root, container) = match container {
+        None => (prepare_root(mount, &root)?, None),
+        Some(c) => {
+            let (workers, info) = setup::enter(&c, &policies)?;
+            info!("{}; {}", setup::summary(&info), info.why);
+            (workers, Some(info))
+        }
+    };
     // Before anything under the root is adopted, reaped or started: another daemon's workers
     // are not ours to touch.
     let _root_lock = lock::lock_root(root.path())?;
@@ -115,7 +129,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let saved = runtime.load_state();
-    let fleet = Arc::new(Fleet::new(root, Arc::new(EventLog::new())));
+    let mut fleet = Fleet::new(root, Arc::new(EventLog::new()));
+    if let Some(info) = &container {
+        fleet = fleet.in_container(info.clone());
+    }
+    let fleet = Arc::new(fleet);
     // Without it the daemon still guards; `recommend` then only sees this daemon's lifetimes.
     let state_dir = RuntimeDir::open(&opts.state_dir)
         .map_err(|e| error!("observations are not kept across restarts: {e}"))
@@ -172,7 +190,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let server = tokio::spawn(server::serve(listener, api, access, async move {
         let _ = server_stopped.await;
     }));
-    info!(root = %fleet.root().path().display(), socket = %opts.socket.display(), "oomguard {} running", env!("CARGO_PKG_VERSION"));
+    let mode = container
+        .as_ref()
+        .map_or_else(|| "host".to_string(), setup::summary);
+    info!(root = %fleet.root().path().display(), socket = %opts.socket.display(), mode = %mode, "oomguard {} running", env!("CARGO_PKG_VERSION"));
     notify(&[NotifyState::Ready, NotifyState::Status("guarding")]);
 
     let mut exit = main_loop(&fleet, &reloads, &runtime, state_dir.as_ref()).await?;

@@ -17,6 +17,7 @@ pub mod cgroupfs;
 pub mod children;
 pub mod cli;
 pub mod client;
+pub mod container;
 pub mod daemon;
 pub mod engine;
 pub mod events;

@@ -332,6 +332,7 @@ mod tests {
                 pid: 42,
                 uptime_seconds: 3600,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                container: None,
             },
             policies: vec![
                 PolicyStatus {

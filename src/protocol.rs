@@ -162,6 +162,24 @@ pub struct DaemonInfo {
     pub pid: u32,
     pub uptime_seconds: u64,
     pub cgroup_root: String,
+    /// Set inside a container (docs/containers.md); left out on a host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerInfo>,
+}
+
+/// How the daemon guards inside a container, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// "writable": per-worker groups under the workers' envelope.
+    pub mode: String,
+    /// The container's memory.max in bytes; null when "max".
+    pub memory_max: Option<u64>,
+    /// The workers' group's memory.max: memory_max - reserve; null when unlimited.
+    pub envelope: Option<u64>,
+    /// What the envelope leaves for the daemon, in bytes.
+    pub reserve: u64,
+    /// What was detected, in a sentence.
+    pub why: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

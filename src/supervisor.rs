@@ -71,6 +71,8 @@ pub struct Fleet {
     unstarted: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Worker lifetimes for `oomguard recommend` (saved in the state directory by the daemon).
     observed: Arc<crate::observations::Recorder>,
+    /// Inside a container: the envelope every policy set must fit, shown in status.
+    container: Option<crate::protocol::ContainerInfo>,
 }
 
 impl Fleet {
@@ -84,7 +86,14 @@ impl Fleet {
             start_gate: Arc::new(Semaphore::new(crate::instance::START_GATE)),
             unstarted: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             observed: Arc::default(),
+            container: None,
         }
+    }
+
+    /// A fleet inside a container's workers' envelope: reloads must fit it too.
+    pub fn in_container(mut self, info: crate::protocol::ContainerInfo) -> Fleet {
+        self.container = Some(info);
+        self
     }
 
     pub fn events(&self) -> &Arc<EventLog> {
@@ -199,6 +208,9 @@ impl Fleet {
     /// if one cannot be, the reload is refused whole and nothing changes (a worker is never left
     /// running as root by a reload that meant to drop it).
     pub async fn reload(&self, new: Vec<Policy>) -> Result<ReloadReport, Vec<String>> {
+        if let Some(info) = &self.container {
+            crate::container::setup::refit(info, &new).map_err(|e| vec![e])?;
+        }
         let mut summary = ReloadReport::default();
         let current: BTreeMap<String, Arc<Policy>> = self
             .policies
@@ -348,6 +360,7 @@ impl Fleet {
                 pid: std::process::id(),
                 uptime_seconds: self.started.elapsed().as_secs(),
                 cgroup_root: self.root.path().display().to_string(),
+                container: self.container.clone(),
             },
             policies,
         })

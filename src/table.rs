@@ -19,6 +19,10 @@ pub fn render_status(report: &StatusReport, now_unix: u64) -> String {
         duration_short(d.uptime_seconds),
         d.cgroup_root
     );
+    if let Some(c) = &d.container {
+        out.push_str(&crate::container::setup::summary(c));
+        out.push('\n');
+    }
     let mut rows = vec![[
         "INSTANCE", "STATE", "PIDS", "MEM", "PSI", "RESTARTS", "LAST", "OOM",
     ]
@@ -319,6 +323,7 @@ mod tests {
                 pid: 42,
                 uptime_seconds: 60,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                container: None,
             },
             policies: vec![PolicyStatus {
                 name: "pf".into(),
@@ -374,6 +379,7 @@ mod tests {
                 pid: 42,
                 uptime_seconds: 11_520,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                container: None,
             },
             policies: vec![
                 PolicyStatus {
@@ -414,6 +420,7 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
                 pid: 1,
                 uptime_seconds: 5,
                 cgroup_root: "/x".into(),
+                container: None,
             },
             policies: vec![],
         };

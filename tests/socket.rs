@@ -158,6 +158,7 @@ fn fake() -> FakeApi {
                 pid: 1,
                 uptime_seconds: 60,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                container: None,
             },
             policies: vec![PolicyStatus {
                 name: "celery".into(),

@@ -412,16 +412,7 @@ pub fn boundary_pagecache() -> Result<()> {
 /// recycled alone at its leaf's sentinel (reason `boundary`, decided under its configured high),
 /// the main process and the other child are left alone.
 pub fn boundary_child() -> Result<()> {
-    let cmd = worker_command(&[
-        "--prefork",
-        "2",
-        "--leak-slots",
-        "1",
-        "--leak-mb-per-s",
-        "8",
-        "--job-ms",
-        "50",
-    ]);
+    let cmd = worker_command(&PREFORK_ONE_LEAKING);
     write_policy(
         POLICY_DIR,
         "pf",

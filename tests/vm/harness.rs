@@ -126,10 +126,16 @@ impl Daemon {
 
     /// As [`Daemon::start`], with more `oomguard run` flags.
     pub fn start_with(policy_dir: &str, extra: &[&str]) -> Result<Daemon> {
+        let mut cmd = Command::new(OOMGUARD);
+        cmd.args(run_args(policy_dir)).args(extra);
+        Daemon::start_command(cmd)
+    }
+
+    /// As [`Daemon::start`], for a command line of the caller's (e.g. one that enters a
+    /// container first); its output goes to the daemon log.
+    pub fn start_command(mut cmd: Command) -> Result<Daemon> {
         let log = File::create(DAEMON_LOG)?;
-        let child = Command::new(OOMGUARD)
-            .args(run_args(policy_dir))
-            .args(extra)
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -356,6 +362,18 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {mode:o} {}", path.display()))
 }
+
+/// A prefork test worker with 2 children, the first leaking 8 MB/s, 50 ms jobs.
+pub const PREFORK_ONE_LEAKING: [&str; 8] = [
+    "--prefork",
+    "2",
+    "--leak-slots",
+    "1",
+    "--leak-mb-per-s",
+    "8",
+    "--job-ms",
+    "50",
+];
 
 /// The YAML flow list for a testworker command line: `["/bin/testworker", ...]`.
 pub fn worker_command(args: &[&str]) -> String {

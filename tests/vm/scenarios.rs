@@ -6,6 +6,7 @@
 mod bench;
 mod boundary;
 mod children;
+mod container;
 mod faults;
 mod goodput;
 mod hardening_daemon;
@@ -47,6 +48,14 @@ struct Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "container_writable",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: container::container_writable,
+    },
     Scenario {
         name: "smoke",
         demo: false,

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod enter;
 mod prefork;
 
 /// Set by the SIGTERM handler; read between jobs. The handler does nothing else, so it stays
@@ -300,6 +301,10 @@ fn flood_comm() -> ! {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--enter-container") {
+        return enter::run(&argv[1..]);
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {

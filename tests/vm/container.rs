@@ -1,0 +1,179 @@
+//! oomguard inside a container, without a runtime: the group `ctr` with memory.max 192M and
+//! memory.oom.group=1 (as the kubelet writes it) stands for the container's group;
+//! `testworker --enter-container` moves into it, unshares the cgroup and mount namespaces,
+//! mounts cgroup2 and execs `oomguard run`, as PID 1 of a container would start.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use oomguard::protocol::{Ending, EventRecord};
+
+use crate::harness::*;
+
+const CTR: &str = "/sys/fs/cgroup/ctr";
+const CTR_MAX: u64 = 192 << 20;
+/// 192M minus the daemon's 24M reserve.
+const ENVELOPE: u64 = 168 << 20;
+
+fn make_container() -> Result<()> {
+    fs::create_dir_all(CTR).context("creating the container's group")?;
+    fs::write(format!("{CTR}/memory.max"), CTR_MAX.to_string())?;
+    fs::write(format!("{CTR}/memory.oom.group"), "1")?;
+    Ok(())
+}
+
+/// `oomguard ARGS` as the container's entrypoint.
+fn entrypoint(args: &[&str]) -> Vec<String> {
+    ["--enter-container", CTR, "--", OOMGUARD]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn ctr_events() -> Result<std::collections::BTreeMap<String, u64>> {
+    Ok(parse_flat_keyed(&read_trimmed(Path::new(&format!(
+        "{CTR}/memory.events"
+    )))?))
+}
+
+/// One leaking plain worker (40M/64M) and a prefork worker (96M) whose first child leaks
+/// (children 24M trigger, 32M/48M): 160M in all, inside the 168M envelope.
+fn policies() -> Result<()> {
+    let leaky = worker_command(&["--ledger", &ledger_path("leaky"), "--leak-mb-per-s", "8"]);
+    write_policy(
+        POLICY_DIR,
+        "leaky",
+        &format!(
+            "run:\n  command: {leaky}\n  instances: 1\nmemory: {{high: 40M, max: 64M, boundary: false}}\n\
+             triggers:\n  pressure: {{some: 100ms, window: 1s, for: 1s}}\nrestart:\n  grace: 10s\n"
+        ),
+    )?;
+    let pf = worker_command(&PREFORK_ONE_LEAKING);
+    write_policy(
+        POLICY_DIR,
+        "pf",
+        &format!(
+            "run:\n  command: {pf}\nmemory: {{high: 80M, max: 96M}}\n\
+             triggers: {{pressure: {{some: 200ms, window: 1s, for: 2s}}}}\nrestart: {{grace: 5s}}\n\
+             children:\n  memory: {{high: 32M, max: 48M}}\n\
+             \x20 triggers: {{memory: {{above: 24M}}, pressure: {{some: 100ms, window: 1s, for: 1s}}}}\n\
+             \x20 restart: {{signal: SIGTERM, grace: 10s}}\n"
+        ),
+    )?;
+    Ok(())
+}
+
+fn graceful(e: &EventRecord) -> bool {
+    matches!(e.ending, Some(Ending::Exited { .. }))
+}
+
+pub fn container_writable() -> Result<()> {
+    make_ledger_dir()?;
+    make_container()?;
+
+    // Too big for the envelope (3 × 64M = 192M): refused with the numbers, nothing prepared.
+    let big = "/tmp/policies-big";
+    let cmd = worker_command(&[]);
+    write_policy(
+        big,
+        "big",
+        &format!(
+            "run:\n  command: {cmd}\n  instances: 3\nmemory: {{high: 48M, max: 64M}}\n\
+         triggers:\n  pressure: {{some: 100ms, window: 1s}}\n"
+        ),
+    )?;
+    let args = entrypoint(&["run", "--policies", big, "--socket", SOCKET]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_cmd(TESTWORKER, &argv, Duration::from_secs(30))?;
+    evidence("too big", out.text().trim().lines().last().unwrap_or(""));
+    ensure!(!out.status.success(), "a policy above the envelope started");
+    ensure!(
+        out.text().contains("192M") && out.text().contains("168M"),
+        "the refusal lacks the numbers: {}",
+        out.text()
+    );
+    ensure!(
+        !Path::new(CTR).join("workers").exists(),
+        "the refused start prepared the container's group"
+    );
+
+    policies()?;
+    let mut cmd = Command::new(TESTWORKER);
+    cmd.args(entrypoint(&[
+        "run",
+        "--policies",
+        POLICY_DIR,
+        "--socket",
+        SOCKET,
+    ]));
+    let mut daemon = Daemon::start_command(cmd)?;
+    daemon.wait_running(&["leaky/0", "pf/0"], Duration::from_secs(30))?;
+    let report = daemon.status()?;
+    let info = report
+        .daemon
+        .container
+        .clone()
+        .context("status does not say it runs in a container")?;
+    evidence("status container", format!("{info:?}"));
+    ensure!(
+        info.mode == "writable"
+            && info.memory_max == Some(CTR_MAX)
+            && info.envelope == Some(ENVELOPE),
+        "container info {info:?}"
+    );
+    let table = client(&["status"])?.text();
+    ensure!(
+        table.contains("inside a container (writable cgroups)"),
+        "status header: {table}"
+    );
+    let workers_max = read_trimmed(Path::new(&format!("{CTR}/workers/memory.max")))?;
+    ensure!(
+        workers_max == ENVELOPE.to_string(),
+        "workers memory.max {workers_max}"
+    );
+    let leaf = read_trimmed(Path::new(&format!("{CTR}/oomguard/cgroup.procs")))?;
+    ensure!(
+        leaf.lines().any(|l| l == daemon.pid().to_string()),
+        "the daemon is not in the container's oomguard leaf: {leaf:?}"
+    );
+
+    let (restart, recycle) = wait_until(
+        "a graceful restart of leaky/0 and a child recycle in pf/0",
+        Duration::from_secs(60),
+        || {
+            let ev = recent_events().ok()?;
+            let r = ev
+                .iter()
+                .find(|e| e.instance == "leaky/0" && e.action == "restart" && e.ending.is_some())?;
+            let c = ev
+                .iter()
+                .find(|e| e.action == "child_recycle" && e.ending.is_some())?;
+            Some((r.clone(), c.clone()))
+        },
+    )?;
+    evidence(
+        "leaky restart",
+        format!("{:?} {:?}", restart.reason, restart.ending),
+    );
+    evidence(
+        "child recycle",
+        format!("{:?} {:?}", recycle.reason, recycle.ending),
+    );
+    ensure!(graceful(&restart), "leaky/0 ended {:?}", restart.ending);
+    ensure!(graceful(&recycle), "the child ended {:?}", recycle.ending);
+    let events = ctr_events()?;
+    evidence("container memory.events", format!("{events:?}"));
+    ensure!(
+        events.get("oom_kill") == Some(&0)
+            && events.get("oom_group_kill").copied().unwrap_or(0) == 0,
+        "the container's own OOM fired: {events:?}"
+    );
+    let status = daemon.stop()?;
+    evidence("daemon exit", status);
+    ensure!(status.success(), "the daemon exited {status}");
+    Ok(())
+}
