@@ -102,11 +102,19 @@ if [ "$maintainer" = "$placeholder" ]; then
     echo "oomguard: bogus-mail-host-in-debian-changelog oomguard@localhost *"
   } >>"$stage/usr/share/lintian/overrides/oomguard"
 fi
-# The man page and bash completion come from the binary itself (clap), so they cannot drift.
-mkdir -p "$stage/usr/share/man/man1" "$stage/usr/share/bash-completion/completions"
-"$binary" manpage | gzip -9n >"$stage/usr/share/man/man1/oomguard.1.gz"
+# The man pages (oomguard.1 and one per subcommand) and the completions come from the binary
+# itself (clap), so they cannot drift. Completions at the paths Debian's bash-completion, zsh
+# and fish read for packages.
+man="$stage/usr/share/man/man1"
+mkdir -p "$man" "$stage/usr/share/bash-completion/completions" \
+  "$stage/usr/share/zsh/vendor-completions" "$stage/usr/share/fish/vendor_completions.d"
+"$binary" manpage --dir "$man"
+gzip -9n "$man"/*.1
 "$binary" completions bash >"$stage/usr/share/bash-completion/completions/oomguard"
-chmod 0644 "$stage/usr/share/man/man1/oomguard.1.gz" "$stage/usr/share/bash-completion/completions/oomguard"
+"$binary" completions zsh >"$stage/usr/share/zsh/vendor-completions/_oomguard"
+"$binary" completions fish >"$stage/usr/share/fish/vendor_completions.d/oomguard.fish"
+chmod 0644 "$man"/*.1.gz "$stage/usr/share/bash-completion/completions/oomguard" \
+  "$stage/usr/share/zsh/vendor-completions/_oomguard" "$stage/usr/share/fish/vendor_completions.d/oomguard.fish"
 # Debian policy 12.7: every binary package has a changelog. This one says which commit it is.
 date_rfc=$(LC_ALL=C date -u -d "@$SOURCE_DATE_EPOCH" -R)
 {

@@ -107,7 +107,12 @@ pub enum Cmd {
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
-    Manpage,
+    Manpage {
+        /// Write oomguard.1 and one oomguard-<subcommand>.1 per subcommand into this directory
+        /// instead (what the Debian package ships).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -170,16 +175,38 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Manpage => {
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+        Cmd::Manpage { dir } => {
+            let done = match dir {
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+                Some(dir) => write_man_pages(&dir),
+            };
+            match done {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("oomguard: {e}");
+                    eprintln!("oomguard: cannot write the man pages: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
     }
+}
+
+/// oomguard.1, and oomguard-<name>.1 for each subcommand (as git-commit.1), titled and used as
+/// `oomguard <name>`: generated from the parser, so they cannot drift from it.
+pub fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    let top = Cli::command();
+    let mut out = std::fs::File::create(dir.join("oomguard.1"))?;
+    clap_mangen::Man::new(top.clone()).render(&mut out)?;
+    for sub in top.get_subcommands() {
+        let name = format!("oomguard-{}", sub.get_name());
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("oomguard {}", sub.get_name()));
+        let mut out = std::fs::File::create(dir.join(format!("{name}.1")))?;
+        clap_mangen::Man::new(page).render(&mut out)?;
+    }
+    Ok(())
 }
 
 /// One thread, polling for I/O after every task: starting an instance is synchronous work

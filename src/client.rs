@@ -1,5 +1,6 @@
 //! The CLI side of the socket: one request, one reply (or a stream of events), and ready-made
-//! commands that print and return the exit code: 0 ok, 1 refused or failed, 2 daemon unreachable.
+//! commands that print and return the exit code: 0 ok, 1 refused or failed, 3 daemon unreachable
+//! (2 is clap's usage error).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,8 @@ pub use recommend::cmd_recommend;
 /// Exit codes of the `cmd_*` functions.
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_REFUSED: u8 = 1;
-pub const EXIT_UNREACHABLE: u8 = 2;
+/// 3, as systemctl's "not running": 2 is clap's usage error, and a typo must not read as a dead daemon.
+pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// How long a read-only request may take; restart and reload wait as long as the daemon works
 /// (a rolling restart takes one grace period per instance).
@@ -54,7 +56,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// 2 when the daemon could not be reached or went away, 1 when it answered with a no.
+    /// 3 when the daemon could not be reached or went away, 1 when it answered with a no.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unreachable { .. }

@@ -12,6 +12,7 @@
 //! `MESSAGE_ID` and the figures under their own names.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::Metadata;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
@@ -23,6 +24,15 @@ use crate::events::journal::{JOURNAL_TARGET, PLAIN_TARGET};
 
 /// Prefix of ordinary lines' fields in the journal.
 const FIELD_PREFIX: &str = "OOMGUARD";
+
+/// Set once the daemon logs to the journal: workers then get streams of their own
+/// (`crate::spawn::stream`).
+static TO_JOURNAL: AtomicBool = AtomicBool::new(false);
+
+/// Whether the daemon's log goes to the journal.
+pub fn to_journal() -> bool {
+    TO_JOURNAL.load(Ordering::Relaxed)
+}
 
 /// Whether `journal_stream` (the value of `$JOURNAL_STREAM`, "DEV:INODE" in decimal) names the
 /// file whose device and inode are `stderr`.
@@ -51,7 +61,10 @@ pub fn init() {
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     if is_journal_stream(journal_stream.as_deref(), stderr_dev_ino()) {
         match journal_layers() {
-            Ok(()) => return,
+            Ok(()) => {
+                TO_JOURNAL.store(true, Ordering::Relaxed);
+                return;
+            }
             // The journal's socket is not there (a container with the variable passed in):
             // plain text on stderr, which systemd still collects, and say why once.
             Err(e) => {

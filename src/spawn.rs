@@ -3,7 +3,7 @@
 //! The child moves itself into the instance's group between fork and exec, so the worker's program
 //! never runs an instruction outside its group and every page it touches is charged to it. Only
 //! async-signal-safe calls happen there (write, setrlimit, setgroups, setgid, setuid, chdir,
-//! setsid): everything that reads /etc/passwd or allocates is done in the parent first. The
+//! setsid, and the journal stream's socket calls): everything that reads /etc/passwd or allocates is done in the parent first. The
 //! working directory is entered after the privilege drop, so a worker can only run in a directory
 //! its own user may enter.
 
@@ -18,6 +18,8 @@ use nix::unistd::{Gid, Group as UnixGroup, Uid, User};
 
 use crate::cgroupfs::{Group, CGROUP_PROCS};
 use crate::policy::Run;
+
+pub mod stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -179,6 +181,9 @@ pub fn spawn(
 
     let fd = procs.as_raw_fd();
     let creds = identity.map(|id| (id.uid, id.gid, id.groups.clone()));
+    let journal = crate::logging::to_journal()
+        .then(|| stream::JournalStream::new(instance))
+        .flatten();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
     // calls on memory prepared before the fork (the fd, the credential vector, the workdir).
     unsafe {
@@ -219,6 +224,10 @@ pub fn spawn(
                 if libc::chdir(dir.as_ptr()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // Last: journald takes the stream's pid, uid and cgroup from this connection.
+            if let Some(journal) = &journal {
+                journal.attach();
             }
             Ok(())
         });

@@ -160,7 +160,7 @@ impl fmt::Display for ByteSize {
         let exact = SUFFIXES
             .iter()
             .rev()
-            .find(|(_, m)| self.0 != 0 && self.0 % m == 0);
+            .find(|(_, m)| self.0 != 0 && self.0.is_multiple_of(*m));
         match exact {
             Some((suffix, m)) => write!(f, "{}{}", self.0 / m, suffix),
             None => write!(f, "{}", self.0),

@@ -13,6 +13,14 @@ echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 # Root-only tests fail instead of skipping: this suite runs as root (CI does).
 export OOMGUARD_ROOT_TESTS=required
+# tests/package_contents.rs builds the .deb: dpkg-shlibdeps (dpkg-dev) and strip (binutils).
+missing=()
+command -v dpkg-shlibdeps >/dev/null || missing+=(dpkg-dev)
+command -v strip >/dev/null || missing+=(binutils)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (the package test builds the .deb)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 echo "== cargo test (host: parsing, engine, fake cgroup tree, socket)"
 cargo test --all-targets
 if [ -x tests/unit/verify-unit.sh ]; then

@@ -137,10 +137,11 @@ impl RuntimeDir {
     }
 
     /// Writes state.json: a new temporary file (never an existing one, never through a
-    /// symlink), then renamed over the old state.
+    /// symlink), then renamed over the old state. 0600: it lists every worker's pids and
+    /// children, which is nobody else's business (the CLI reads status over the socket).
     pub fn save_state(&self, state: &SavedState) -> io::Result<()> {
         let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
-        self.write_named(STATE, STATE_TMP, &bytes, 0o644)
+        self.write_named(STATE, STATE_TMP, &bytes, 0o600)
     }
 
     /// Moves `name` aside to `name.corrupt` (replacing an older one), so a file the daemon could
@@ -169,11 +170,17 @@ impl RuntimeDir {
         };
         // SAFETY: openat just returned this fd and nothing else owns it.
         let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let written = file.write_all(bytes);
+        // The data reaches the disk before the rename does: after a power cut the name holds
+        // the old state or the new one, never an empty file (ext4/xfs may reorder otherwise).
+        let written = file.write_all(bytes).and_then(|()| file.sync_data());
         drop(file);
         if let Err(e) = written.and_then(|()| Ok(renameat(dirfd, tmp, dirfd, name)?)) {
             let _ = unlinkat(dirfd, tmp, UnlinkatFlags::NoRemoveDir);
             return Err(e);
+        }
+        // And the rename itself: a failure here only loses this save, never the old file.
+        if let Err(e) = self.dir.sync_all() {
+            warn!("cannot sync {}: {e}", self.path.display());
         }
         Ok(())
     }
@@ -221,6 +228,12 @@ mod tests {
         dir.save_state(&state(42)).unwrap();
         assert_eq!(dir.load_state(), state(42));
         assert!(!tmp.path().join(STATE_TMP).exists());
+        // Pids and children are nobody else's business.
+        let mode = std::fs::metadata(dir.state_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "state.json mode {mode:o}");
         dir.remove_state();
         assert!(!dir.state_path().exists());
     }

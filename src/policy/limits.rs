@@ -248,7 +248,7 @@ impl Check<'_> {
                 ),
             );
         }
-        if stall.subsec_nanos() % 1000 != 0 {
+        if !stall.subsec_nanos().is_multiple_of(1000) {
             self.fail(key, sub_microsecond(stall));
         }
         (self.errors.len() == before).then_some(PressureTrigger {
@@ -272,7 +272,7 @@ impl Check<'_> {
             );
             return None;
         }
-        if window.subsec_nanos() % 1000 != 0 {
+        if !window.subsec_nanos().is_multiple_of(1000) {
             self.fail(KEY, sub_microsecond(window));
             return None;
         }

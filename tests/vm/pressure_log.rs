@@ -57,31 +57,50 @@ fn parse_dur(s: &str) -> Option<Duration> {
     humantime::parse_duration(s).ok()
 }
 
+fn pressure_lines() -> Result<Vec<String>> {
+    let log = std::fs::read_to_string(DAEMON_LOG).context("reading the daemon log")?;
+    Ok(log
+        .lines()
+        .filter(|l| l.contains("restart (pressure):"))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Every `restart (pressure)` line of the daemon log and every pressure restart event names a
 /// stall above zero that fits in its interval (some-stall is at most wall-clock time), and a
 /// numeric avg10. Returns how many restarts were checked.
+///
+/// Restarts go on while this runs, so it compares a consistent snapshot: the events first, then
+/// the log's first lines, one per event (both in the daemon's order). Reading the log first let
+/// a restart land in between ("8 pressure restart events but 7 log lines").
 pub fn check_pressure_restarts() -> Result<usize> {
-    let log = std::fs::read_to_string(DAEMON_LOG).context("reading the daemon log")?;
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("restart (pressure):"))
-        .collect();
     let events: Vec<EventRecord> = client(&["events", "--last", "1000", "--json"])?
         .text()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|e: &EventRecord| e.reason == Reason::Pressure && e.action == "restart")
         .collect();
-    ensure!(!lines.is_empty(), "no `restart (pressure)` line in the log");
+    ensure!(!events.is_empty(), "no pressure restart event");
+    // The log line of the last event may still be on its way to the file: wait for it (not a
+    // timed assertion: a missing line still fails after the wait).
+    let mut lines = pressure_lines()?;
+    for _ in 0..100 {
+        if lines.len() >= events.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        lines = pressure_lines()?;
+    }
     ensure!(
-        events.len() == lines.len(),
-        "{} pressure restart events but {} log lines",
+        lines.len() >= events.len(),
+        "{} pressure restart events but only {} log lines",
         events.len(),
         lines.len()
     );
+    lines.truncate(events.len());
     let texts = lines
         .iter()
-        .map(|l| ("log", *l))
+        .map(|l| ("log", l.as_str()))
         .chain(events.iter().map(|e| ("event", e.message.as_str())));
     for (i, (source, text)) in texts.enumerate() {
         let stall = stall_in(text, "some")

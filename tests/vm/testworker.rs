@@ -378,7 +378,7 @@ fn main() -> ExitCode {
             do_job(job, opts.job_ms);
         }
         ledger.record(&format!("done {pid} {job}"));
-        if job % 10 == 0 {
+        if job.is_multiple_of(10) {
             println!(
                 "testworker {pid}: {job} jobs done, {} MiB leaked",
                 leak.chunks.len()

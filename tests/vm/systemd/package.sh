@@ -11,6 +11,8 @@
 
 DEBS=/var/cache/oomguard-test
 UNIT_DIRS="/lib/systemd/system /usr/lib/systemd/system"
+# oomguard-metrics.service's default directory: Debian's prometheus-node-exporter reads it.
+TEXTFILE=/var/lib/prometheus/node-exporter
 
 deb_of_revision() { ls "$DEBS"/oomguard_*-"$1"_*.deb 2>/dev/null | head -n 1; }
 deb_status() { dpkg-query -W -f='${Status}' oomguard 2>/dev/null || echo "not in the dpkg database"; }
@@ -69,6 +71,23 @@ package_lifecycle() {
   d1=$(main_pid) h0=$(pids_of healthy/0) h1=$(pids_of healthy/1)
   holder_pid=$(systemctl show -P MainPID oomguard-workers.service)
   evidence "h: before the upgrade" "daemon $d1, holder $holder_pid, healthy/0=$h0 healthy/1=$h1"
+  # An installed policy the new binary refuses: postinst must fail and leave the old daemon
+  # guarding (issue 17, item 4), never restart into a daemon that will not start.
+  echo "=== h0. dpkg -i of revision 2 with a policy it refuses: dpkg fails, the old daemon keeps guarding"
+  write_policy refused "$(policy refused 1 32M | sed 's/^  instances:/  instnaces:/')"
+  out=$(dpkg -i "$deb2" 2>&1)
+  n=$?
+  evidence "h0: dpkg -i (refused policy)" "exit $n: $(tr '\n' ' ' <<<"$out")"
+  [ "$n" != 0 ] || fail "h0: dpkg -i exited 0 with a policy the new version refuses"
+  grep -q "$POLICIES/refused.yaml" <<<"$out" && grep -q instnaces <<<"$out" &&
+    grep -q 'was NOT restarted' <<<"$out" && grep -q 'dpkg --configure oomguard' <<<"$out" ||
+    fail "h0: dpkg's output does not name the file, the error and what to do: $out"
+  [ "$(main_pid)" = "$d1" ] && active oomguard.service ||
+    fail "h0: the old daemon $d1 is not running after the refused upgrade (MainPID $(main_pid), $(systemctl is-active oomguard.service))"
+  instances_running healthy/0 healthy/1 && [ "$(pids_of healthy/0)" = "$h0" ] && [ "$(pids_of healthy/1)" = "$h1" ] ||
+    fail "h0: the old daemon does not report healthy/0=$h0 healthy/1=$h1 after the refused upgrade"
+  rm -f "$POLICIES/refused.yaml"
+  evidence "h0: after the refused upgrade" "daemon $d1 still active and guarding healthy/0=$h0 healthy/1=$h1; dpkg status '$(deb_status)'"
   since=$(date '+%Y-%m-%d %H:%M:%S')
   t=$(now)
   run_dpkg h -i "$deb2"
@@ -97,6 +116,12 @@ package_lifecycle() {
   timeout 60 oomguard restart healthy/1 >/dev/null || fail "h: oomguard restart healthy/1 after the upgrade failed"
   h1_replaced() { instances_running healthy/1 && [ "$(pids_of healthy/1)" != "$h1" ]; }
   wait_for 30 "healthy/1 restarted by the new daemon" h1_replaced
+  # The metrics unit writes where Debian's prometheus-node-exporter reads.
+  systemctl start oomguard-metrics.service ||
+    fail "h: systemctl start oomguard-metrics.service failed: $(journalctl --no-pager -u oomguard-metrics.service | tail -n 8 | tr '\n' ' ')"
+  grep -q '^oomguard_' "$TEXTFILE/oomguard.prom" 2>/dev/null ||
+    fail "h: no oomguard_ series in $TEXTFILE/oomguard.prom: $(ls -la "$TEXTFILE" 2>&1)"
+  evidence "h: metrics textfile" "$(grep -c '^oomguard_' "$TEXTFILE/oomguard.prom") series in $TEXTFILE/oomguard.prom"
   grep -qx "exit $h1 clean" "$LEDGERS/healthy.ledger" || fail "h: adopted pid $h1 has no 'exit $h1 clean' after oomguard restart"
   evidence "h: adopted healthy/1 restarted" "$h1 -> $(pids_of healthy/1), exit clean"
 
@@ -133,6 +158,7 @@ package_lifecycle() {
   [ ! -e /run/oomguard ] || fail "i: /run/oomguard still there after dpkg -r: $(ls -la /run/oomguard)"
   [ "$(cat "$POLICIES/healthy.yaml" 2>&1)" = "$policy_before" ] || fail "i: $POLICIES/healthy.yaml changed or gone after dpkg -r"
   [ -f "$POLICIES/example.yaml.sample" ] || fail "i: the conffile example.yaml.sample is gone after dpkg -r"
+  [ ! -e "$TEXTFILE/oomguard.prom" ] || fail "i: $TEXTFILE/oomguard.prom still there after dpkg -r"
   evidence "i: after dpkg -r" "workers $last gone (exit clean), no oomguard process, $HOLDER gone, kept: $(ls "$POLICIES" | tr '\n' ' ')"
 
   # ======== j. dpkg -P: config gone ========
@@ -142,11 +168,15 @@ package_lifecycle() {
     "unknown ok not-installed" | "not in the dpkg database") ;;
     *) fail "j: dpkg status after -P is '$(deb_status)'" ;;
   esac
-  [ ! -e /etc/oomguard ] || fail "j: /etc/oomguard still there after dpkg -P: $(find /etc/oomguard | tr '\n' ' ')"
+  # The operator's policy is not the package's: purge keeps it, and deletes only the conffile.
+  [ "$(cat "$POLICIES/healthy.yaml" 2>&1)" = "$policy_before" ] ||
+    fail "j: dpkg -P deleted or changed the operator's $POLICIES/healthy.yaml: $(find /etc/oomguard 2>&1 | tr '\n' ' ')"
+  [ ! -e "$POLICIES/example.yaml.sample" ] || fail "j: the conffile example.yaml.sample is still there after dpkg -P"
+  [ ! -e /var/lib/oomguard ] || fail "j: /var/lib/oomguard still there after dpkg -P"
   # (oomguard-scenario.service is this test's own unit.)
   out=$(find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled \
     /var/lib/systemd/deb-systemd-helper-masked \( -name 'oomguard.service*' -o \
     -name 'oomguard-workers.service*' -o -name 'oomguard-metrics.*' \) 2>/dev/null | tr '\n' ' ')
   [ -z "$out" ] || fail "j: unit state left after dpkg -P: $out"
-  evidence "j: after dpkg -P" "/etc/oomguard gone, no unit links or deb-systemd-helper state; group kept: $(getent group oomguard)"
+  evidence "j: after dpkg -P" "kept: $(find /etc/oomguard | tr '\n' ' '); conffile and /var/lib/oomguard gone, no unit links or deb-systemd-helper state; group kept: $(getent group oomguard)"
 }

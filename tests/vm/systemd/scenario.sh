@@ -341,6 +341,16 @@ journal_fields() {
   out=$(journalctl --no-pager -o cat -u oomguard OOMGUARD_INSTANCE=healthy/0)
   evidence "journal: lines for OOMGUARD_INSTANCE=healthy/0" "$(grep -c . <<<"$out"): $(head -n 3 <<<"$out" | tr '\n' ';')"
   grep -q . <<<"$out" || fail "journal: no journal line carries OOMGUARD_INSTANCE=healthy/0"
+  # Workers on journal streams of their own (issue 17 item 5): their lines are
+  # oomguard-workers.service's, tagged with the instance, so they count against that unit's rate
+  # limit and none of them can pass for one of the daemon's.
+  out=$(journalctl --no-pager -o json _SYSTEMD_UNIT=oomguard-workers.service SYSLOG_IDENTIFIER=healthy/0)
+  evidence "journal: healthy/0's own lines" "$(grep -c . <<<"$out"): $(jq -r .MESSAGE <<<"$out" | head -n 2 | tr '\n' ';')"
+  jq -n -e '[inputs | select(.MESSAGE | test("^testworker [0-9]+: started"))] | length >= 1' <<<"$out" >/dev/null ||
+    fail "journal: healthy/0's start line is not in oomguard-workers.service's journal under SYSLOG_IDENTIFIER=healthy/0"
+  n=$(journalctl --no-pager -o cat _SYSTEMD_UNIT=oomguard.service | grep -c '^testworker ')
+  evidence "journal: worker lines in the daemon's stream" "$n"
+  [ "$n" = 0 ] || fail "journal: $n worker lines in oomguard.service's stream (want their own streams)"
   evidence "journal: step took" "$(secs_since "$t")s"
 }
 journal_fields
