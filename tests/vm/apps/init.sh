@@ -27,6 +27,8 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x40))
 '
 hostname apps-vm 2>/dev/null || true
+# Minbase has no /etc/hosts: Erlang (RabbitMQ's node rabbit@localhost) must resolve localhost.
+printf '127.0.0.1 localhost\n127.0.1.1 apps-vm\n' >/etc/hosts
 
 scenario=$(sed -n 's/.*oomguard\.scenario=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "init: kernel $(uname -r), scenario '${scenario}', $(cut -d' ' -f1 /proc/uptime)s since kernel start"

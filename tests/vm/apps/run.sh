@@ -30,6 +30,7 @@ say() { printf '[vm/apps] %s\n' "$*" >&2; }
 declare -A BUDGET=(
   [apps_gunicorn]=240 [apps_celery]=300 [apps_facts]=600
   [bench_apps_gunicorn]=1800 [bench_apps_celery]=2400 [apps_client_cost]=300 [apps_celery_warm]=1200 [bench_apps_gunicorn_x2]=1800
+  [apps_rabbitmq]=600 [apps_rabbitmq_guard]=1200
 )
 known() { [ -n "${BUDGET[$1]:-}" ]; }
 

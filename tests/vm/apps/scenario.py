@@ -35,6 +35,9 @@ def main():
         elif name == "apps_client_cost":
             import bench
             bench.client_cost()
+        elif name in ("apps_rabbitmq", "apps_rabbitmq_guard"):
+            import rabbit
+            getattr(rabbit, name)()
         elif name in ("apps_gunicorn", "apps_celery"):
             import suite
             getattr(suite, name)()
