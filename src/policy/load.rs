@@ -286,6 +286,7 @@ mod tests {
             [
                 // load_dir sorts by file name: "celery-children.yaml" < "celery.yaml".
                 "celery-children",
+                "celery-rabbitmq",
                 "celery",
                 "gunicorn-children",
                 "gunicorn",
