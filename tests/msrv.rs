@@ -1,9 +1,11 @@
-//! The MSRV is honest: no locked dependency declares a `rust-version` newer than this crate's.
-//! Only one toolchain can be installed where this runs (so no `cargo +1.89 check`): instead this
-//! reads each locked package's own Cargo.toml from cargo's registry sources, which is where a
-//! newer requirement would show first (README, "Minimum Rust version").
+//! The MSRV is honest: no dependency this crate builds with declares a `rust-version` newer than
+//! this crate's. Only one toolchain can be installed where this runs (so no `cargo +1.89 check`):
+//! instead this asks `cargo metadata` for the resolved tree on this host's target (so Windows- or
+//! wasm-only crates, which cargo never downloads here, are not asked for) and reads each
+//! package's declared `rust_version` (README, "Minimum Rust version").
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::Command;
 
 /// "1.89" and "1.89.0" compare equal.
 fn version(text: &str) -> [u32; 3] {
@@ -14,73 +16,75 @@ fn version(text: &str) -> [u32; 3] {
     v
 }
 
-/// The `rust-version = "..."` line of a manifest, if any (workspace-inherited ones are resolved
-/// into the published Cargo.toml, so a plain line search is enough).
-fn rust_version(manifest: &str) -> Option<String> {
-    manifest.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("rust-version")?.trim_start();
-        let value = rest.strip_prefix('=')?.trim().trim_matches('"');
-        Some(value.to_owned())
-    })
+fn host_triple() -> String {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host")
 }
 
-/// (name, version) of every registry package in Cargo.lock.
-fn locked(lock: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for block in lock.split("[[package]]").skip(1) {
-        let field = |key: &str| {
-            block.lines().find_map(|l| {
-                let v = l.strip_prefix(key)?.strip_prefix(" = ")?;
-                Some(v.trim_matches('"').to_owned())
-            })
-        };
-        if field("source").is_some_and(|s| s.starts_with("registry+")) {
-            out.push((
-                field("name").expect("name"),
-                field("version").expect("version"),
-            ));
-        }
-    }
-    out
-}
-
-fn registry_dirs() -> Vec<PathBuf> {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .expect("CARGO_HOME or HOME");
-    std::fs::read_dir(home.join("registry/src"))
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default()
+/// (name version, rust_version) of every package in the host's resolved tree, ours included.
+fn resolved(metadata: &serde_json::Value) -> Vec<(String, Option<String>)> {
+    metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                format!(
+                    "{} {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["version"].as_str().unwrap_or("?")
+                ),
+                p["rust_version"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
 }
 
 #[test]
-fn no_locked_dependency_needs_a_newer_rust_than_ours() {
+fn no_dependency_needs_a_newer_rust_than_ours() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let ours = rust_version(&std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml"))
-        .expect("Cargo.toml sets rust-version");
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
-    let dirs = registry_dirs();
-    let (mut newer, mut missing) = (Vec::new(), Vec::new());
-    for (name, ver) in locked(&lock) {
-        let manifest = dirs
-            .iter()
-            .map(|d| d.join(format!("{name}-{ver}/Cargo.toml")))
-            .find(|p| p.exists());
-        let Some(manifest) = manifest else {
-            missing.push(format!("{name} {ver}"));
-            continue;
-        };
-        let text = std::fs::read_to_string(&manifest).expect("read a registry manifest");
-        if let Some(needs) = rust_version(&text) {
-            if version(&needs) > version(&ours) {
-                newer.push(format!("{name} {ver} needs {needs}"));
-            }
-        }
-    }
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--filter-platform",
+        ])
+        .arg(host_triple())
+        .output()
+        .expect("run cargo metadata");
     assert!(
-        missing.is_empty(),
-        "not in cargo's registry sources (run `cargo fetch`): {missing:?}"
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let packages = resolved(&metadata);
+    let ours = packages
+        .iter()
+        .find(|(id, _)| id.starts_with(&format!("{} ", env!("CARGO_PKG_NAME"))))
+        .and_then(|(_, v)| v.clone())
+        .expect("Cargo.toml sets rust-version");
+    let newer: Vec<String> = packages
+        .iter()
+        .filter_map(|(id, needs)| {
+            let needs = needs.as_deref()?;
+            (version(needs) > version(&ours)).then(|| format!("{id} needs {needs}"))
+        })
+        .collect();
+    // A tree this small would mean cargo answered about something else.
+    assert!(
+        packages.len() > 50,
+        "only {} packages resolved",
+        packages.len()
     );
     assert!(
         newer.is_empty(),
@@ -89,13 +93,19 @@ fn no_locked_dependency_needs_a_newer_rust_than_ours() {
 }
 
 #[test]
-fn the_parsers_read_what_cargo_writes() {
-    assert_eq!(
-        rust_version("[package]\nrust-version = \"1.89.0\"\n"),
-        Some("1.89.0".into())
-    );
+fn versions_compare_by_number() {
     assert!(version("1.89") > version("1.88.1"));
+    assert!(version("1.100") > version("1.89"));
     assert_eq!(version("1.89.0"), version("1.89"));
-    let lock = "[[package]]\nname = \"a\"\nversion = \"1.0.0\"\nsource = \"registry+https://x\"\n\n[[package]]\nname = \"me\"\nversion = \"0.1.0\"\n";
-    assert_eq!(locked(lock), vec![("a".into(), "1.0.0".into())]);
+    let meta = serde_json::json!({"packages": [
+        {"name": "a", "version": "1.0.0", "rust_version": "1.95"},
+        {"name": "b", "version": "2.0.0", "rust_version": null}
+    ]});
+    assert_eq!(
+        resolved(&meta),
+        vec![
+            ("a 1.0.0".to_owned(), Some("1.95".to_owned())),
+            ("b 2.0.0".to_owned(), None)
+        ]
+    );
 }
