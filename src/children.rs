@@ -212,12 +212,12 @@ impl ChildSet {
                     }
                 }
                 _ = tokio::time::sleep_until(self.next_rescan.into()) => self.rescan(),
-                _ = crate::instance::sleep_until_opt(memory_at) => {
+                _ = crate::deadline::sleep_until_opt(memory_at) => {
                     if let Some(why) = self.sample_memory() {
                         return ChildEvent::Escalate(why);
                     }
                 }
-                _ = crate::instance::sleep_until_opt(early_at) => self.sample_early(),
+                _ = crate::deadline::sleep_until_opt(early_at) => self.sample_early(),
             }
         }
     }
@@ -238,7 +238,7 @@ impl ChildSet {
                 return;
             }
         };
-        for (pid, owner) in placements(self.main_pid, &procs, crate::supervisor::parent_pid) {
+        for (pid, owner) in placements(self.main_pid, &procs, crate::procfs::parent_pid) {
             if pid == owner {
                 self.place(pid, None);
             } else {
@@ -541,8 +541,8 @@ impl ChildSet {
                          or more {} after they started and tripped their triggers less than {} \
                          after it, so recycling one alone does not help: restarting the instance",
                         d.what,
-                        crate::instance::fmt_dur(EARLY),
-                        crate::instance::fmt_dur(YOUNG)
+                        crate::units::fmt_dur(EARLY),
+                        crate::units::fmt_dur(YOUNG)
                     ),
                 };
                 warn!(instance = %self.id, pid, "child escalation: {why}");

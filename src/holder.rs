@@ -17,8 +17,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 use crate::cgroupfs::{Group, CGROUP_PROCS};
+use crate::layout::CONTROLLERS;
 use crate::layout::{own_cgroup, CGROUP_MOUNT};
-use crate::supervisor::CONTROLLERS;
 
 pub async fn hold() -> anyhow::Result<()> {
     let own = own_cgroup()?;

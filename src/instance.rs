@@ -13,6 +13,8 @@ use tracing::{error, info, warn};
 
 use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS};
 use crate::children::{ChildEvent, ChildSet};
+use crate::deadline::sleep_until_opt;
+use crate::describe::describe;
 use crate::engine::{Offence, Tracker};
 use crate::events::{now_ms, EventLog};
 use crate::policy::{ChildrenPolicy, Mode, Policy};
@@ -20,6 +22,7 @@ use crate::protocol::{Ending, InstanceState, Reason};
 use crate::psi::PsiTrigger;
 use crate::shutdown::Proc;
 use crate::spawn::{self, Identity};
+use crate::units::fmt_dur;
 use crate::watch::{FileWatch, PidFd};
 use children::next_child_event;
 
@@ -39,10 +42,8 @@ mod wait;
 pub use boundary::BoundaryView;
 pub use overlap::{has_layout as overlap_layout, GENERATIONS};
 use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
-pub use report::{describe, fmt_dur};
 use serve::{Inbox, Served};
 use shutdown::{Cause, Handover};
-pub(crate) use wait::sleep_until_opt;
 use wait::{wait_file, wait_psi};
 
 /// How long observe mode stays quiet about one instance after reporting it.
@@ -558,7 +559,7 @@ impl Instance {
             return Ok(());
         }
         parent
-            .create_with_controllers(crate::supervisor::CONTROLLERS)
+            .create_with_controllers(crate::layout::CONTROLLERS)
             .map_err(|e| e.to_string())?;
         warn!(instance = %self.id, group = %parent.path().display(), "the policy's group had been removed: recreated it");
         Ok(())

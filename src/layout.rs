@@ -8,6 +8,10 @@ use anyhow::{bail, Context};
 
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
+/// The controllers every group of oomguard enables for its children: memory for the limits and
+/// events, pids so a fork bomb in one worker stays in its group.
+pub const CONTROLLERS: &[&str] = &["memory", "pids"];
+
 /// Where the holder's subtree is when systemd runs oomguard-workers.service in system.slice.
 pub const HOLDER_WORKERS: &str = "/sys/fs/cgroup/system.slice/oomguard-workers.service/workers";
 

@@ -282,7 +282,7 @@ pub fn recommend(
              gracefully at {} (about every {}); fix the leak to stop the restarts",
             crate::units::human_bytes(growth as u64),
             crate::units::human_bytes(above),
-            crate::instance::fmt_dur(Duration::from_secs_f64(above as f64 / growth.max(1.0)))
+            crate::units::fmt_dur(Duration::from_secs_f64(above as f64 / growth.max(1.0)))
         ));
         Trigger::Memory {
             above,

@@ -14,7 +14,9 @@ use tracing::{error, info};
 use crate::cgroupfs::Group;
 use crate::events::EventLog;
 use crate::instance::{Command, Instance, Spec, View};
+use crate::layout::CONTROLLERS;
 use crate::policy::Policy;
+use crate::procfs::parent_pid;
 use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, StatusReport};
 use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
@@ -24,8 +26,6 @@ mod observed;
 mod strays;
 
 /// Controllers every level of oomguard's subtree enables for the next.
-pub const CONTROLLERS: &[&str] = &["memory", "pids"];
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FleetError {
     #[error("no policy or instance named {0:?}; `oomguard status` lists them")]
@@ -566,14 +566,6 @@ fn main_of(home: &Group, saved: Option<u32>) -> Option<u32> {
         .iter()
         .copied()
         .find(|pid| parent_pid(*pid).is_some_and(|ppid| !procs.contains(&ppid)))
-}
-
-/// A process's parent pid from /proc; None once it is gone.
-pub(crate) fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// State and counters come live from the instance task; the numbers from the last sample. The

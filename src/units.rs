@@ -316,6 +316,17 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A duration the way the log lines and the table show it: `640ms`, `1.5s`, `5m 3s`.
+pub fn fmt_dur(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(120) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

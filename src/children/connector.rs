@@ -489,7 +489,7 @@ async fn read_loop(fd: AsyncFd<OwnedFd>) {
                     tokio::task::yield_now().await;
                 }
             }
-            _ = crate::instance::sleep_until_opt(due) => {
+            _ = crate::deadline::sleep_until_opt(due) => {
                 if losses.fire(Instant::now()) {
                     if let Some(h) = hub() { h.broadcast(Note::Rescan) }
                 }

@@ -9,7 +9,7 @@ use crate::units::human_bytes;
 use super::ChildSet;
 use crate::cgroupfs::Group;
 use crate::engine::boundary::Boundary;
-use crate::instance::boundary as edge;
+use crate::sentinel as edge;
 
 impl ChildSet {
     /// The sentinel on a new child's leaf when the children have memory.high and no memory

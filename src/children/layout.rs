@@ -12,7 +12,7 @@ use crate::cgroupfs::Group;
 /// leaf created, leaves of children that are gone removed. Returns the `main` leaf.
 pub fn prepare(group: &Group) -> Result<Group, String> {
     group
-        .create_with_controllers(crate::supervisor::CONTROLLERS)
+        .create_with_controllers(crate::layout::CONTROLLERS)
         .map_err(|e| e.to_string())?;
     let main = group.child(MAIN_LEAF);
     main.create().map_err(|e| e.to_string())?;

@@ -64,7 +64,7 @@ impl Tree for Procs {
         PidFd::open(pid).ok()
     }
     fn parent(&self, pid: u32) -> Option<u32> {
-        crate::supervisor::parent_pid(pid)
+        crate::procfs::parent_pid(pid)
     }
     fn alive(&self, h: &PidFd) -> bool {
         h.alive()

@@ -6,10 +6,11 @@ use std::time::Instant;
 use super::kid::Recycle;
 use super::{leaf_numbers, LEAF_PREFIX};
 use crate::cgroupfs::Group;
+use crate::describe::describe;
 use crate::engine::Offence;
-use crate::instance::{describe, fmt_dur};
 use crate::policy::ChildrenPolicy;
 use crate::protocol::{Ending, EventRecord, Reason};
+use crate::units::fmt_dur;
 use crate::units::human_bytes;
 
 /// A decision about one child, with the numbers read when it was made.

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::cgroupfs::{CgroupError, Group, CGROUP_PROCS, MEMORY_MAX};
-use crate::supervisor::CONTROLLERS;
+use crate::layout::CONTROLLERS;
 use crate::units::Limit;
 
 /// The daemon's leaf and the workers' envelope, under the namespace root.

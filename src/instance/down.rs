@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::{fmt_dur, Command, Instance};
+use super::{Command, Instance};
 use crate::engine::AfterExit;
 use crate::protocol::{InstanceState, Reason};
+use crate::units::fmt_dur;
 
 impl Instance {
     /// Backoff or failed after an unplanned exit. Returns false when the task should end.

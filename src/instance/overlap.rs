@@ -38,7 +38,7 @@ pub fn other(home: &Group, current: &Group) -> Group {
 /// Makes `home` (empty or already in the layout) an inner group for generations: controllers
 /// on, memory.max the envelope, memory.high lifted (each leaf carries the policy's own).
 pub fn prepare(home: &Group, envelope: u64) -> Result<(), String> {
-    home.create_with_controllers(crate::supervisor::CONTROLLERS)
+    home.create_with_controllers(crate::layout::CONTROLLERS)
         .map_err(|e| e.to_string())?;
     home.set_limits(Limit::Max, Limit::Bytes(envelope), None)
         .map_err(|e| e.to_string())

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{fmt_dur, Instance, Worker};
+use super::{Instance, Worker};
+use crate::units::fmt_dur;
 
 /// A restart's reply held until its replacement is ready.
 pub(super) struct Awaiting {

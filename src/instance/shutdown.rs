@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
-use super::report::{describe, describe_avg10, describe_ending, exit_signal, ms};
+use super::report::{describe_avg10, describe_ending, exit_signal, ms};
 use super::serve::Served;
 use super::{Instance, Worker};
 use crate::cgroupfs::{Group, MEMORY_EVENTS};
+use crate::describe::describe;
 use crate::engine::{Offence, Stall};
 use crate::protocol::{Ending, InstanceState, Reason};
 use crate::shutdown::{self, Emptiness, Proc, Report, Sequence};
@@ -320,7 +321,7 @@ impl Instance {
         let after = shutdown::emptiness(&self.group);
         let outcome = format!(
             "leftover processes {pids:?} stopped in {} ({}){}",
-            super::fmt_dur(report.took),
+            crate::units::fmt_dur(report.took),
             if report.killed { "killed" } else { "exited" },
             report
                 .notes

@@ -1,7 +1,5 @@
 //! Waiting for the kernel: PSI events, file changes, a deadline.
 
-use std::time::Instant;
-
 use crate::psi::PsiTrigger;
 use crate::watch::{FileWatch, WatchError};
 
@@ -15,13 +13,6 @@ pub(super) async fn wait_psi(psi: &mut Option<PsiTrigger>) -> Result<(), crate::
 pub(super) async fn wait_file(w: &mut Option<FileWatch>) -> Result<String, WatchError> {
     match w {
         Some(f) => f.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }

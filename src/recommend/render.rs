@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::{Confidence, Recommendation, Trigger, MIB};
-use crate::instance::fmt_dur;
+use crate::units::fmt_dur;
 use crate::units::human_bytes;
 
 /// A byte size the policy parser reads back: whole MiB (the numbers are rounded to MiB).

@@ -96,7 +96,7 @@ async fn reap_stray(g: Group, policy: Option<Arc<Policy>>) {
             high: None,
         };
         let report = seq.run(&mut procs).await;
-        info!(group = %who, killed = report.killed, notes = ?report.notes, "stray workers stopped in {}", crate::instance::fmt_dur(report.took));
+        info!(group = %who, killed = report.killed, notes = ?report.notes, "stray workers stopped in {}", crate::units::fmt_dur(report.took));
     }
     if let Err(e) = g.remove() {
         warn!(group = %who, "cannot remove the stray group: {e}");
