@@ -70,6 +70,22 @@ pub fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
+/// Whether `pid` has ended (gone, or a zombie its parent has not reaped yet) within 10 s: on a
+/// busy machine the kill and the parent's reaping lag behind the event that reports them.
+pub async fn ends(pid: u32) -> bool {
+    for _ in 0..500 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        if matches!(state, None | Some("Z" | "X")) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// The latest restart event among the last ten.
 pub fn restart_event(fleet: &Fleet) -> EventRecord {
     fleet
