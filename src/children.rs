@@ -37,6 +37,7 @@ pub mod connector;
 mod edge;
 mod kid;
 mod layout;
+mod limits;
 mod verify;
 mod words;
 
@@ -44,6 +45,7 @@ use layout::{child_leaves, sweep};
 pub use layout::{controllers_off, flatten, has_layout, prepare};
 
 use kid::{KidNote, Order};
+use limits::{Shortfall, Unplaced};
 
 /// The main process's leaf.
 pub const MAIN_LEAF: &str = "main";
@@ -101,6 +103,8 @@ pub struct ChildSet {
     next_memory: Option<Instant>,
     events: Arc<EventLog>,
     changed: bool,
+    /// Children without a leaf (children.max, descriptors) or without their watches.
+    shortfall: Shortfall,
     /// Children recycled, for the instance's counter.
     pub recycled: u32,
 }
@@ -142,6 +146,7 @@ impl ChildSet {
             next_memory: None,
             events,
             changed: true,
+            shortfall: Shortfall::default(),
             recycled: 0,
         };
         set.readopt();
@@ -171,6 +176,16 @@ impl ChildSet {
                 recycles: k.recycles,
             })
             .collect()
+    }
+
+    /// While children are left in the main leaf because of `children.max`: the status line.
+    pub fn cap_note(&self) -> Option<String> {
+        self.shortfall.cap_note(self.cfg.max)
+    }
+
+    /// While some child runs without a leaf or without its watches: the status line.
+    pub fn unarmed_note(&self) -> Option<String> {
+        self.shortfall.unarmed_note()
     }
 
     /// Takes over the leaves of a previous daemon: a leaf whose child is still in it is tracked
@@ -238,6 +253,9 @@ impl ChildSet {
                 return;
             }
         };
+        if self.shortfall.still_in_main(|pid| procs.contains(&pid)) {
+            self.changed = true;
+        }
         for (pid, owner) in placements(self.main_pid, &procs, crate::procfs::parent_pid) {
             if pid == owner {
                 self.place(pid, None);
@@ -270,8 +288,16 @@ impl ChildSet {
         if self.kids.contains_key(&pid) {
             return;
         }
+        if self.kids.len() >= self.cfg.max as usize {
+            return self.leave_in_main(pid, Unplaced::Cap, None);
+        }
+        // Its pidfd, then the leaf's watches: only while the reserve stays free.
+        if let Err(e) = crate::fdbudget::check_own() {
+            return self.leave_in_main(pid, Unplaced::Fds, Some(e.to_string()));
+        }
         let Some(pidfd) = verify::movable(&verify::Procs, pid, self.main_pid, verify::Want::Child)
         else {
+            self.changed |= self.shortfall.placed(pid);
             return;
         };
         let leaf = self.group.child(&format!("{LEAF_PREFIX}{pid}"));
@@ -309,15 +335,42 @@ impl ChildSet {
                 return;
             }
         }
+        self.changed |= self.shortfall.placed(pid);
         self.track(pid, leaf, pidfd);
+    }
+
+    /// `pid` gets no leaf: said once (a warning, then the status line via `cap_note` and
+    /// `unarmed_note`); a rescan places it when there is room again.
+    fn leave_in_main(&mut self, pid: u32, why: Unplaced, error: Option<String>) {
+        let first = !self.shortfall.waiting_for_room() && self.shortfall.unarmed_note().is_none();
+        if !self.shortfall.unplaced(pid, why, error.clone()) {
+            return;
+        }
+        self.changed = true;
+        match (first, why) {
+            (true, Unplaced::Cap) => {
+                warn!(instance = %self.id, pid, "children.max ({}) reached: child left in the main leaf", self.cfg.max)
+            }
+            (true, Unplaced::Fds) => {
+                warn!(instance = %self.id, pid, "child left in the main leaf: {}", error.unwrap_or_default())
+            }
+            _ => debug!(instance = %self.id, pid, "child left in the main leaf ({why:?})"),
+        }
     }
 
     fn track(&mut self, pid: u32, leaf: Group, pidfd: PidFd) {
         let psi = self.cfg.triggers.pressure.and_then(|t| {
-            PsiTrigger::arm(&leaf.file(MEMORY_PRESSURE), &t)
-                .map_err(
-                    |e| warn!(instance = %self.id, pid, "child pressure trigger not armed: {e}"),
-                )
+            let armed = crate::fdbudget::check_own()
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    PsiTrigger::arm(&leaf.file(MEMORY_PRESSURE), &t).map_err(|e| e.to_string())
+                });
+            armed
+                .map_err(|e| {
+                    warn!(instance = %self.id, pid, "child pressure trigger not armed: {e}");
+                    self.shortfall
+                        .unwatched(pid, format!("pressure trigger: {e}"));
+                })
                 .ok()
         });
         let who = format!("{} child {pid}", self.id);
@@ -325,8 +378,17 @@ impl ChildSet {
         let boundary_seen = self.arm_boundary(&leaf, &mut boundary, &who);
         let mut boundary_seen = boundary_seen;
         let events = boundary_seen.and_then(|_| {
-            crate::watch::FileWatch::open(&leaf.file(crate::cgroupfs::MEMORY_EVENTS))
-                .map_err(|e| warn!(instance = %self.id, pid, "not watching the leaf's memory.events: {e}"))
+            crate::fdbudget::check_own()
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    crate::watch::FileWatch::open(&leaf.file(crate::cgroupfs::MEMORY_EVENTS))
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| {
+                    warn!(instance = %self.id, pid, "not watching the leaf's memory.events: {e}");
+                    self.shortfall
+                        .unwatched(pid, format!("memory.events watch: {e}"));
+                })
                 .ok()
         });
         if events.is_none() && boundary_seen.take().is_some() {
@@ -380,6 +442,7 @@ impl ChildSet {
                 None
             }
             KidNote::Exited(pid) => {
+                self.left(pid);
                 if let Some(kid) = self.kids.remove(&pid) {
                     if kid.order.is_none() {
                         // It ended by itself just as its recycle was ordered: the order was
@@ -394,6 +457,7 @@ impl ChildSet {
                 None
             }
             KidNote::Recycled(pid, report) => {
+                self.left(pid);
                 self.planner.recycle_ended();
                 let kid = self.kids.remove(&pid)?;
                 if let Err(e) = kid.leaf.remove() {
@@ -405,6 +469,14 @@ impl ChildSet {
                 self.events.push(ev);
                 None
             }
+        }
+    }
+
+    /// A child's leaf is free: a child left in main for `children.max` gets it at once.
+    fn left(&mut self, pid: u32) {
+        self.changed |= self.shortfall.gone(pid);
+        if self.shortfall.waiting_for_room() {
+            self.next_rescan = Instant::now();
         }
     }
 

@@ -2,6 +2,7 @@
 //! signals, the systemd watchdog and the state kept across daemon restarts. Reloads run in their
 //! own task (`reload`); the runtime directory and state.json are `runtime`.
 
+mod coalesce;
 mod lock;
 mod observed;
 mod reload;
@@ -10,7 +11,7 @@ mod runtime;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sd_notify::NotifyState;
@@ -358,16 +359,20 @@ async fn main_loop(
     let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
     let mut events = fleet.events().subscribe();
     let mut watchdog = watchdog_interval();
+    let mut state = coalesce::Coalescer::default();
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(Exit::Stop),
             _ = int.recv() => return Ok(Exit::Stop),
+            // Detach saves the state itself, pending changes included.
             _ = usr2.recv() => return Ok(Exit::Detach),
             _ = hup.recv() => reloads.signal(),
             // Every decision changes counters worth keeping across a daemon restart.
-            _ = events.recv() => {
+            _ = events.recv() => state.changed(Instant::now()),
+            _ = crate::deadline::sleep_until_opt(state.due()) => {
                 save_state(runtime, fleet);
                 save_observations(state_dir, fleet);
+                state.written(Instant::now());
             }
             _ = watchdog.tick() => {
                 notify(&[NotifyState::Watchdog]);

@@ -126,6 +126,8 @@ struct Worker {
 const UNARMED_PRESSURE: &str = "pressure trigger";
 const UNARMED_EVENTS: &str = "memory.events watch";
 const UNARMED_BOUNDARY: &str = "memory.high boundary";
+const UNARMED_CHILD_LEAVES: &str = "leaves beyond children.max";
+const UNARMED_CHILD_WATCHES: &str = "child watches";
 
 /// Why the watch over a running worker ended.
 enum Outcome {

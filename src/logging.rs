@@ -9,9 +9,11 @@
 //!
 //! In the journal, ordinary lines carry their tracing fields with an `OOMGUARD_` prefix
 //! (`instance` becomes `OOMGUARD_INSTANCE`); events (`crate::events::journal`) carry
-//! `MESSAGE_ID` and the figures under their own names.
+//! `MESSAGE_ID` and the figures under their own names. The journal write never waits
+//! (`journald`): what a stalled journald does not take is dropped and counted.
 
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::Metadata;
@@ -21,6 +23,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::events::journal::{JOURNAL_TARGET, PLAIN_TARGET};
+
+mod journald;
+
+pub use journald::dropped_total;
 
 /// Prefix of ordinary lines' fields in the journal.
 const FIELD_PREFIX: &str = "OOMGUARD";
@@ -94,16 +100,16 @@ fn init_plain() {
 }
 
 fn journal_layers() -> std::io::Result<()> {
+    let sink =
+        journald::Sink::connect(Path::new(journald::JOURNAL_SOCKET), &journald::identifier())?;
     // Ordinary lines, and not the plain copy of an event (its journal copy says more).
-    let lines = tracing_journald::layer()?
-        .with_field_prefix(Some(FIELD_PREFIX.into()))
-        .with_filter(filter_fn(|m| {
+    let lines =
+        journald::Layer::new(sink.clone(), Some(FIELD_PREFIX)).with_filter(filter_fn(|m| {
             m.target() != PLAIN_TARGET && m.target() != JOURNAL_TARGET
         }));
     // Events: their field names are already the journal's.
-    let events = tracing_journald::layer()?
-        .with_field_prefix(None)
-        .with_filter(filter_fn(|m| m.target() == JOURNAL_TARGET));
+    let events =
+        journald::Layer::new(sink, None).with_filter(filter_fn(|m| m.target() == JOURNAL_TARGET));
     let _ = tracing_subscriber::registry()
         .with(env_filter())
         .with(lines)

@@ -152,6 +152,18 @@ pub fn render(report: &StatusReport) -> String {
         &[],
         report.daemon.uptime_seconds as f64,
     );
+    family(
+        &mut out,
+        "log_dropped_total",
+        "counter",
+        "Log entries the journal did not take in time (journald slow or stalled): dropped rather than wait.",
+    );
+    sample(
+        &mut out,
+        "log_dropped_total",
+        &[],
+        report.daemon.log_dropped as f64,
+    );
 
     for (name, kind, help, get) in GAUGES {
         family(&mut out, name, kind, help);
@@ -332,6 +344,7 @@ mod tests {
                 pid: 42,
                 uptime_seconds: 3600,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                log_dropped: 0,
                 container: None,
             },
             policies: vec![
@@ -355,6 +368,9 @@ oomguard_build_info{version="0.1.0-\"rc\\1\"\n"} 1
 # HELP oomguard_uptime_seconds Seconds since the daemon started.
 # TYPE oomguard_uptime_seconds gauge
 oomguard_uptime_seconds 3600
+# HELP oomguard_log_dropped_total Log entries the journal did not take in time (journald slow or stalled): dropped rather than wait.
+# TYPE oomguard_log_dropped_total counter
+oomguard_log_dropped_total 0
 # HELP oomguard_memory_current_bytes memory.current of the instance's cgroup.
 # TYPE oomguard_memory_current_bytes gauge
 oomguard_memory_current_bytes{policy="celery",index="0"} 432013312
@@ -462,9 +478,9 @@ oomguard_instance_state{policy="web",index="0",state="stopped"} 0
                 samples += 1;
             }
         }
-        // daemon 2; gauges: celery all 9, web 5 (no current/high/boundary/max); restarts 2x7;
+        // daemon 3; gauges: celery all 9, web 5 (no current/high/boundary/max); restarts 2x7;
         // ooms 2; unarmed 2; states 2x6.
-        assert_eq!(samples, 2 + 9 + 5 + 14 + 2 + 2 + 12);
+        assert_eq!(samples, 3 + 9 + 5 + 14 + 2 + 2 + 12);
     }
 
     fn valid_name(s: &str) -> bool {

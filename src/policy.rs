@@ -102,6 +102,8 @@ pub struct Policy {
 /// The `children:` section: per-child limits and triggers, and how one child is recycled.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ChildrenPolicy {
+    /// At most this many children get leaves; more stay in the main leaf (said in status).
+    pub max: u32,
     /// Written to each child's leaf; the instance's `memory:` stays the envelope of them all.
     pub memory: MemoryLimits,
     /// Evaluated per child, on the child's leaf.

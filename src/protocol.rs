@@ -162,6 +162,10 @@ pub struct DaemonInfo {
     pub pid: u32,
     pub uptime_seconds: u64,
     pub cgroup_root: String,
+    /// Log entries the journal did not take (journald slow or stalled): dropped, never waited
+    /// for. 0 when logging plain text.
+    #[serde(default)]
+    pub log_dropped: u64,
     /// Set inside a container (docs/containers.md); left out on a host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerInfo>,

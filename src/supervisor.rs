@@ -360,6 +360,7 @@ impl Fleet {
                 pid: std::process::id(),
                 uptime_seconds: self.started.elapsed().as_secs(),
                 cgroup_root: self.root.path().display().to_string(),
+                log_dropped: crate::logging::dropped_total(),
                 container: self.container.clone(),
             },
             policies,

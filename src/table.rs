@@ -323,6 +323,7 @@ mod tests {
                 pid: 42,
                 uptime_seconds: 60,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                log_dropped: 0,
                 container: None,
             },
             policies: vec![PolicyStatus {
@@ -379,6 +380,7 @@ mod tests {
                 pid: 42,
                 uptime_seconds: 11_520,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                log_dropped: 0,
                 container: None,
             },
             policies: vec![
@@ -420,6 +422,7 @@ web/12: FAILED, left stopped after too many restarts; `oomguard restart web/12` 
                 pid: 1,
                 uptime_seconds: 5,
                 cgroup_root: "/x".into(),
+                log_dropped: 0,
                 container: None,
             },
             policies: vec![],

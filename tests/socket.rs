@@ -158,6 +158,7 @@ fn fake() -> FakeApi {
                 pid: 1,
                 uptime_seconds: 60,
                 cgroup_root: "/sys/fs/cgroup/oomguard".into(),
+                log_dropped: 0,
                 container: None,
             },
             policies: vec![PolicyStatus {

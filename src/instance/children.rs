@@ -5,6 +5,7 @@ use tracing::{info, warn};
 
 use super::{Instance, Worker};
 use crate::children::{ChildEvent, ChildSet};
+use crate::protocol::Reason;
 use crate::shutdown::Proc;
 
 impl Instance {
@@ -47,6 +48,15 @@ impl Instance {
             return;
         };
         self.view.children = set.view();
+        let (cap, unarmed) = (set.cap_note(), set.unarmed_note());
+        match cap {
+            Some(e) => self.unarmed(super::UNARMED_CHILD_LEAVES, Reason::Child, e),
+            None => self.armed(super::UNARMED_CHILD_LEAVES),
+        }
+        match unarmed {
+            Some(e) => self.unarmed(super::UNARMED_CHILD_WATCHES, Reason::Child, e),
+            None => self.armed(super::UNARMED_CHILD_WATCHES),
+        }
         self.view.child_recycles += set.recycled.saturating_sub(w.recycles_seen);
         w.recycles_seen = set.recycled;
         self.view_tx.send_replace(self.view.clone());

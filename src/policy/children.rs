@@ -15,6 +15,10 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_AT_ONCE: i64 = 1;
 /// More children recycling at once than this is an instance restart in all but name.
 const AT_ONCE_MAX: i64 = 1000;
+/// Children with leaves of their own, per instance: each holds three descriptors and a task,
+/// and placing one costs the runtime thread a mkdir, limits and a move.
+pub const DEFAULT_MAX: i64 = 64;
+const MAX_MAX: i64 = 1024;
 
 impl Check<'_> {
     /// `Some(None)` when the section is absent; `None` when it is present and invalid.
@@ -35,10 +39,12 @@ impl Check<'_> {
             self.within_envelope(child, envelope);
         }
         let restart = self.child_restart(raw.restart);
+        let max = self.children_max(raw.max);
         if self.errors.len() > before {
             return None;
         }
         Some(Some(ChildrenPolicy {
+            max: max?,
             memory: memory?,
             triggers: triggers?,
             restart: restart?,
@@ -63,6 +69,24 @@ impl Check<'_> {
                 ),
             );
         }
+    }
+
+    fn children_max(&mut self, raw: Option<super::raw::Field<i64>>) -> Option<u32> {
+        const KEY: &str = "children.max";
+        self.optional(KEY, raw, DEFAULT_MAX, "write a whole number, 1 or more")
+            .and_then(|n| match u32::try_from(n) {
+                Ok(n) if (1..=MAX_MAX).contains(&i64::from(n)) => Some(n),
+                _ => {
+                    self.fail(
+                        KEY,
+                        format!(
+                            "{n} is out of range: use 1 to {MAX_MAX} (each child with a leaf \
+                             holds three file descriptors of the daemon's)"
+                        ),
+                    );
+                    None
+                }
+            })
     }
 
     fn child_restart(&mut self, raw: Option<RawChildRestart>) -> Option<ChildRestart> {
@@ -240,6 +264,19 @@ mod tests {
         accepts(&children(
             "  memory: {high: 1G, max: 2G}\n  triggers: {memory: {above: 1G}}",
         ));
+    }
+
+    #[test]
+    fn the_number_of_children_with_leaves_is_capped() {
+        let c = accepts(&children(MINIMAL)).children.expect("children");
+        assert_eq!(i64::from(c.max), super::DEFAULT_MAX);
+        let with = |m: &str| children(&format!("  max: {m}\n{MINIMAL}"));
+        assert_eq!(accepts(&with("3")).children.expect("children").max, 3);
+        assert_eq!(accepts(&with("1024")).children.expect("children").max, 1024);
+        for bad in ["0", "-1", "1025", "5000000000"] {
+            rejects(&with(bad), "children.max", "out of range: use 1 to 1024");
+        }
+        rejects(&with("many"), "children.max", "whole number");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub(super) struct RawPolicy {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawChildren {
+    /// Signed so that `-1` gets a range message rather than a type error.
+    pub max: Option<Field<i64>>,
     pub memory: Option<RawMemory>,
     pub triggers: Option<RawTriggers>,
     pub restart: Option<RawChildRestart>,

@@ -15,12 +15,12 @@ use oomguard::protocol::{Ending, EventRecord, InstanceStatus, Reason};
 
 use crate::harness::*;
 
-const LOG: &str = "/tmp/ledgers/children.log";
+pub(crate) const LOG: &str = "/tmp/ledgers/children.log";
 
 /// A prefork policy `pf`: instance envelope 256M/320M (its restart grace 5 s, so a stop of
 /// children that ignore SIGTERM fits the harness's 20 s), children 48M/96M with a memory
 /// trigger at 40M (and a PSI backstop), the children's `restart` as given.
-fn policy(worker_args: &[&str], restart: &str) -> String {
+pub(crate) fn policy(worker_args: &[&str], restart: &str) -> String {
     let mut args = vec!["--children-log", LOG, "--job-ms", "50"];
     args.extend_from_slice(worker_args);
     format!(
@@ -116,7 +116,7 @@ fn report_delays(name: &str, mut d: Vec<f64>) -> Result<()> {
     Ok(())
 }
 
-fn procs_of(dir: &Path) -> Vec<u32> {
+pub(crate) fn procs_of(dir: &Path) -> Vec<u32> {
     fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
@@ -136,7 +136,7 @@ fn start(args: &[&str], restart: &str) -> Result<(Daemon, u32, u64)> {
     Ok((daemon, main, oom_before))
 }
 
-fn pf(report: &oomguard::protocol::StatusReport) -> Option<InstanceStatus> {
+pub(crate) fn pf(report: &oomguard::protocol::StatusReport) -> Option<InstanceStatus> {
     instance(report, "pf/0").cloned()
 }
 
@@ -481,7 +481,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// Daemon log lines that contain `what`.
-fn log_count(what: &str) -> usize {
+pub(crate) fn log_count(what: &str) -> usize {
     fs::read_to_string(DAEMON_LOG)
         .unwrap_or_default()
         .lines()

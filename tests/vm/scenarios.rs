@@ -6,6 +6,7 @@
 mod bench;
 mod boundary;
 mod children;
+mod children_cap;
 mod container;
 mod faults;
 mod goodput;
@@ -356,6 +357,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 120,
         vm_mb: 512,
         run: children::children_leaves,
+    },
+    Scenario {
+        name: "children_cap",
+        demo: false,
+        kernel_args: "",
+        budget_s: 90,
+        vm_mb: 512,
+        run: children_cap::children_cap,
     },
     Scenario {
         name: "children_recycle",
