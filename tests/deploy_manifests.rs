@@ -448,3 +448,28 @@ fn a_configmap_directory_is_refused_and_a_subpath_file_is_not() {
         check_file_permissions(&volume.join("app.yaml")).expect_err("a 0777 ConfigMap directory");
     assert!(err.to_string().contains("volume"), "{err}");
 }
+
+/// The Docker image's policy is the gunicorn ConfigMap's, under its header comment.
+#[test]
+fn the_docker_image_ships_the_configmap_policy() {
+    let docs = documents();
+    let map = kinds(&docs, "ConfigMap")
+        .into_iter()
+        .find(|(_, c)| str_at(c, "metadata.name") == "oomguard-gunicorn")
+        .expect("the gunicorn ConfigMap");
+    let shipped = fs::read_to_string(repo("deploy/docker/gunicorn.yaml")).unwrap();
+    let body: String = shipped
+        .lines()
+        .skip_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let policy = get(&map.1, "data")["gunicorn.yaml"]
+        .as_str()
+        .expect("the policy");
+    assert_eq!(
+        body, policy,
+        "deploy/docker/gunicorn.yaml differs from the ConfigMap"
+    );
+    let dockerfile = fs::read_to_string(repo("deploy/docker/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("deploy/docker/gunicorn.yaml /etc/oomguard/policies.d/"));
+}
