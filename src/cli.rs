@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::client;
 use crate::daemon::{self, DEFAULT_POLICIES, DEFAULT_SOCKET};
 use crate::layout::CGROUP_MOUNT;
+use crate::logging::LogFormat;
 use crate::policy;
 use crate::protocol::DEFAULT_EVENTS_LAST;
 
@@ -54,6 +55,11 @@ pub enum Cmd {
         /// reach the port reads the metrics.
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// How the log is written: `auto` is the journal under systemd, else plain text on
+        /// stderr; `text` always plain text; `json` one JSON object per line on stderr (for
+        /// container log pipelines: docs/containers.md).
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
     },
     /// Validate policy files or directories; exits 1 on any error.
     Check {
@@ -127,8 +133,9 @@ pub fn main() -> ExitCode {
             admin_uids,
             state_dir,
             metrics_listen,
+            log_format,
         } => {
-            crate::logging::init();
+            crate::logging::init(log_format);
             let opts = daemon::Options {
                 policies,
                 socket,
@@ -142,7 +149,7 @@ pub fn main() -> ExitCode {
             block_on(daemon::run(opts))
         }
         Cmd::Hold => {
-            crate::logging::init();
+            crate::logging::init(LogFormat::Auto);
             block_on(crate::holder::hold())
         }
         Cmd::Check { paths, cgroup_root } => check(&paths, cgroup_root.as_deref()),

@@ -1,5 +1,6 @@
-//! Where the daemon's log goes: the systemd journal with structured fields when its stderr is
-//! the journal, plain text on stderr everywhere else.
+//! Where the daemon's log goes (`--log-format`): by default (`auto`) the systemd journal with
+//! structured fields when its stderr is the journal, plain text on stderr everywhere else;
+//! `text` is always plain text, `json` one JSON object per line on stderr (`json`).
 //!
 //! The journal is detected the way systemd documents it (systemd.exec(5), `$JOURNAL_STREAM`): the
 //! variable holds the device and inode of the stream systemd connected to stderr, and only if
@@ -27,6 +28,20 @@ use crate::events::journal::{JOURNAL_TARGET, PLAIN_TARGET};
 mod journald;
 
 pub use journald::dropped_total;
+
+mod json;
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// The journal when stderr is the journal (under systemd), else plain text.
+    #[default]
+    Auto,
+    /// Plain text on stderr, even under systemd.
+    Text,
+    /// One JSON object per line on stderr, for container log pipelines.
+    Json,
+}
 
 /// Prefix of ordinary lines' fields in the journal.
 const FIELD_PREFIX: &str = "OOMGUARD";
@@ -63,7 +78,12 @@ fn not_journal_event(m: &Metadata<'_>) -> bool {
 }
 
 /// Installs the global subscriber. `RUST_LOG` filters as usual (default `info`).
-pub fn init() {
+pub fn init(format: LogFormat) {
+    match format {
+        LogFormat::Auto => {}
+        LogFormat::Text => return init_plain(),
+        LogFormat::Json => return init_json(),
+    }
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     if is_journal_stream(journal_stream.as_deref(), stderr_dev_ino()) {
         match journal_layers() {
@@ -96,6 +116,13 @@ fn init_plain() {
     let _ = tracing_subscriber::registry()
         .with(env_filter())
         .with(fmt)
+        .try_init();
+}
+
+fn init_json() {
+    let _ = tracing_subscriber::registry()
+        .with(env_filter())
+        .with(json::JsonLayer::new(std::io::stderr))
         .try_init();
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, unit and socket tests on the host, the systemd unit
-# check, the Prometheus alert rules' unit tests (promtool), then the real-kernel suite in
+# check, the Prometheus alert rules' unit tests (promtool), the Kubernetes manifests against the
+# API schemas (kubernetes-validate, optional), then the real-kernel suite in
 # throwaway VMs (tests/vm/run.sh and tests/prometheus/run.sh fetch what they need).
 # Arguments go to tests/vm/run.sh: `tests/run.sh --matrix` runs the busybox VM scenarios on the
 # 5.10, 6.1 and 6.12 kernels instead of everything on 6.1; `tests/run.sh smoke` runs one scenario.
@@ -29,5 +30,7 @@ if [ -x tests/unit/verify-unit.sh ]; then
 fi
 echo "== alert rules (promtool check rules, promtool test rules)"
 tests/prometheus/run.sh
+echo "== deploy/kubernetes/ against the Kubernetes API schemas (kubernetes-validate; skipped without PyPI)"
+tests/deploy/validate.sh
 echo "== real-kernel suite (qemu)"
 tests/vm/run.sh "$@"

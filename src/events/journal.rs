@@ -124,7 +124,7 @@ pub fn log(ev: &EventRecord) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, HashSet};
     use std::sync::{Arc, Mutex};
 
@@ -178,7 +178,7 @@ mod tests {
         }
     }
 
-    fn restart_event() -> EventRecord {
+    pub(crate) fn restart_event() -> EventRecord {
         EventRecord {
             seq: 7,
             time_ms: 1,

@@ -4,11 +4,13 @@
 //! mounts cgroup2 and execs `oomguard run`, as PID 1 of a container would start.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use oomguard::daemon::DEFAULT_SOCKET;
 use oomguard::protocol::{Ending, EventRecord};
 
 use crate::harness::*;
@@ -32,6 +34,13 @@ fn entrypoint(args: &[&str]) -> Vec<String> {
         .chain(args)
         .map(|s| s.to_string())
         .collect()
+}
+
+/// The container's entrypoint as a command to spawn.
+fn entrypoint_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(TESTWORKER);
+    cmd.args(entrypoint(args));
+    cmd
 }
 
 fn ctr_events() -> Result<std::collections::BTreeMap<String, u64>> {
@@ -102,14 +111,7 @@ pub fn container_writable() -> Result<()> {
     );
 
     policies()?;
-    let mut cmd = Command::new(TESTWORKER);
-    cmd.args(entrypoint(&[
-        "run",
-        "--policies",
-        POLICY_DIR,
-        "--socket",
-        SOCKET,
-    ]));
+    let cmd = entrypoint_command(&["run", "--policies", POLICY_DIR, "--socket", SOCKET]);
     let mut daemon = Daemon::start_command(cmd)?;
     daemon.wait_running(&["leaky/0", "pf/0"], Duration::from_secs(30))?;
     let report = daemon.status()?;
@@ -176,4 +178,138 @@ pub fn container_writable() -> Result<()> {
     evidence("daemon exit", status);
     ensure!(status.success(), "the daemon exited {status}");
     Ok(())
+}
+
+/// `kubectl exec POD -- oomguard status` in a container without systemd: the entrypoint
+/// `oomguard run` with the default socket (no `--socket`; nothing has made /run/oomguard), and
+/// a client that joins the daemon's mount namespace (`nsenter -m`, as `kubectl exec` joins the
+/// container's) reaches it at that default path. The daemon logs with `--log-format json`: every
+/// line of its log is one JSON object, the start line says the mode, and a restart event carries
+/// its figures and message_id. The metrics are served over HTTP from inside too.
+pub fn container_default_socket() -> Result<()> {
+    make_ledger_dir()?;
+    make_container()?;
+    policies()?;
+    let default_dir = Path::new(DEFAULT_SOCKET).parent().expect("a directory");
+    ensure!(
+        !default_dir.exists(),
+        "{} exists before the daemon",
+        default_dir.display()
+    );
+    run_cmd(
+        "/bin/busybox",
+        &["ip", "link", "set", "lo", "up"],
+        Duration::from_secs(5),
+    )?;
+    let daemon = Daemon::spawn_command(entrypoint_command(&[
+        "run",
+        "--policies",
+        POLICY_DIR,
+        "--log-format",
+        "json",
+        "--metrics-listen",
+        METRICS,
+    ]))?;
+    let pid = daemon.pid().to_string();
+    let exec = |args: &[&str]| {
+        let argv: Vec<&str> = ["-t", pid.as_str(), "-m", "--", OOMGUARD]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        run_cmd(
+            "/bin/busybox",
+            &[&["nsenter"], argv.as_slice()].concat(),
+            CLI_TIMEOUT,
+        )
+    };
+    let table = wait_until(
+        "`oomguard status` at the default socket",
+        Duration::from_secs(30),
+        || {
+            let out = exec(&["status"]).ok()?;
+            out.status.success().then(|| out.text())
+        },
+    )?;
+    evidence(
+        "nsenter -m oomguard status",
+        table.lines().next().unwrap_or(""),
+    );
+    ensure!(
+        table.contains("inside a container (writable cgroups)"),
+        "status: {table}"
+    );
+    let dir_mode = fs::metadata(default_dir)?.permissions().mode() & 0o7777;
+    evidence(
+        "socket directory",
+        format!("{} {dir_mode:o}", default_dir.display()),
+    );
+    ensure!(
+        dir_mode == 0o755,
+        "{} is {dir_mode:o}",
+        default_dir.display()
+    );
+
+    let (code, body) = http_get(METRICS, "/metrics")?;
+    ensure!(
+        code == 200 && body.contains("oomguard_"),
+        "GET /metrics: {code} {body:.200}"
+    );
+
+    let restart_id = oomguard::events::journal::message_id("restart");
+    let event = wait_until(
+        "a restart event in the JSON log",
+        Duration::from_secs(60),
+        || {
+            json_log()
+                .ok()?
+                .into_iter()
+                .find(|l| l["message_id"] == restart_id && l["instance"] == "leaky/0")
+        },
+    )?;
+    evidence("JSON restart event", &event);
+    ensure!(
+        event["level"] == "INFO" && event["memory_current"].is_u64() && event["policy"] == "leaky",
+        "event line {event}"
+    );
+    let status = daemon.stop()?;
+    evidence("daemon exit", status);
+    ensure!(status.success(), "the daemon exited {status}");
+    let lines = json_log()?;
+    let start = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with(" running"))
+        })
+        .context("no start line in the JSON log")?;
+    evidence("JSON start line", start);
+    ensure!(
+        start["socket"] == DEFAULT_SOCKET
+            && start["mode"]
+                .as_str()
+                .is_some_and(|m| m.contains("writable")),
+        "start line {start}"
+    );
+    let all = fs::read_to_string(DAEMON_LOG)?.lines().count();
+    evidence(
+        "JSON log lines",
+        format!("{} of {all} (the rest are the workers' own)", lines.len()),
+    );
+    Ok(())
+}
+
+/// Where `container_default_socket` serves the metrics.
+const METRICS: &str = "127.0.0.1:9101";
+
+/// The daemon's lines of its log, each parsed as JSON (one that does not parse fails). The
+/// workers write to the same stderr, as in a container: their lines (not starting with `{`)
+/// are their own and left out.
+fn json_log() -> Result<Vec<serde_json::Value>> {
+    fs::read_to_string(DAEMON_LOG)?
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON line: {l:?}")))
+        .collect()
 }

@@ -25,7 +25,7 @@ pub const DAEMON_LOG: &str = "/tmp/oomguard.log";
 /// How often status is polled while waiting for something.
 const POLL: Duration = Duration::from_millis(200);
 /// Upper bound for one-shot CLI calls; a hung client must not hang the scenario.
-const CLI_TIMEOUT: Duration = Duration::from_secs(15);
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// An evidence line: shown in the console log whatever the verdict.
 pub fn evidence(key: &str, value: impl std::fmt::Display) {
@@ -133,7 +133,19 @@ impl Daemon {
 
     /// As [`Daemon::start`], for a command line of the caller's (e.g. one that enters a
     /// container first); its output goes to the daemon log.
-    pub fn start_command(mut cmd: Command) -> Result<Daemon> {
+    pub fn start_command(cmd: Command) -> Result<Daemon> {
+        let mut daemon = Daemon::spawn_command(cmd)?;
+        daemon.wait_status(
+            "the daemon to answer `status --json`",
+            Duration::from_secs(20),
+            |_| Some(()),
+        )?;
+        Ok(daemon)
+    }
+
+    /// Starts `cmd` (output to the daemon log) without waiting for the harness's socket: for a
+    /// daemon listening elsewhere.
+    pub fn spawn_command(mut cmd: Command) -> Result<Daemon> {
         let log = File::create(DAEMON_LOG)?;
         let child = cmd
             .env("RUST_LOG", "info")
@@ -143,13 +155,7 @@ impl Daemon {
             .spawn()
             .context("cannot start `oomguard run`")?;
         evidence("daemon pid", child.id());
-        let mut daemon = Daemon { child };
-        daemon.wait_status(
-            "the daemon to answer `status --json`",
-            Duration::from_secs(20),
-            |_| Some(()),
-        )?;
-        Ok(daemon)
+        Ok(Daemon { child })
     }
 
     /// Fails if the daemon is no longer running.

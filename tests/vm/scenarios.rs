@@ -58,6 +58,14 @@ const SCENARIOS: &[Scenario] = &[
         run: container::container_writable,
     },
     Scenario {
+        name: "container_default_socket",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: container::container_default_socket,
+    },
+    Scenario {
         name: "smoke",
         demo: false,
         kernel_args: "",
