@@ -21,6 +21,7 @@ pub mod container;
 pub mod daemon;
 pub mod engine;
 pub mod events;
+pub mod exec;
 pub mod fdbudget;
 pub mod holder;
 pub mod hooks;
