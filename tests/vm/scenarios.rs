@@ -7,6 +7,7 @@ mod bench;
 mod boundary;
 mod children;
 mod container;
+mod container_exec;
 mod faults;
 mod goodput;
 mod hardening_daemon;
@@ -55,6 +56,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 120,
         vm_mb: 512,
         run: container::container_writable,
+    },
+    Scenario {
+        name: "container_exec",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: container_exec::container_exec,
     },
     Scenario {
         name: "smoke",
