@@ -65,8 +65,66 @@ fn reset_container() -> Result<()> {
     Ok(())
 }
 
+/// Processes whose parent is `ppid` (outer pids).
+fn children_of(ppid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(ppid)
+            })
+        })
+        .collect()
+}
+
+/// The container's init (PID 1 inside, the entering testworker's child) and the daemon it forked.
+fn init_and_daemon(entering: u32) -> Result<(u32, u32)> {
+    let init = *children_of(entering).first().context("no PID 1")?;
+    let daemon = children_of(init)
+        .into_iter()
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "oomguard")
+        })
+        .context("PID 1 forked no daemon")?;
+    Ok((init, daemon))
+}
+
+/// RSS of both oomguard processes and the daemon's CPU over `window` (nothing polls the socket
+/// meanwhile), as METRIC lines: the daemon's own footprint, charged to the container's limit.
+fn footprint(label: &str, entering: u32, window: Duration) -> Result<()> {
+    use crate::bench::{cpu_ticks, rss_kib};
+    let (init, daemon) = init_and_daemon(entering)?;
+    let before = cpu_ticks(daemon)? + cpu_ticks(init)?;
+    std::thread::sleep(window);
+    let ticks = cpu_ticks(daemon)? + cpu_ticks(init)? - before;
+    let cpu = ticks as f64 / 100.0 / window.as_secs_f64() * 100.0;
+    println!("METRIC container_{label}_cpu_percent {cpu:.2}");
+    println!(
+        "METRIC container_{label}_daemon_rss_kib {}",
+        rss_kib(daemon)?
+    );
+    println!("METRIC container_{label}_init_rss_kib {}", rss_kib(init)?);
+    Ok(())
+}
+
+/// The daemon log without its colour codes.
 fn log() -> String {
-    fs::read_to_string(DAEMON_LOG).unwrap_or_default()
+    let raw = fs::read_to_string(DAEMON_LOG).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn container_exec() -> Result<()> {
@@ -114,6 +172,8 @@ pub fn container_exec() -> Result<()> {
     ];
     let mut daemon = Daemon::start_command(pid1(&[&exec[..], &worker[..]].concat()))?;
     daemon.wait_running(&IDS, Duration::from_secs(30))?;
+    // Two workers leaking 16 MB/s: a restart every few seconds.
+    footprint("load", daemon.pid(), Duration::from_secs(5))?;
 
     // (c) exec's limits: (192M - 24M reserve) / 2 instances = 84M each, said in the log.
     let per = ENVELOPE / 2;
@@ -225,6 +285,8 @@ pub fn container_exec() -> Result<()> {
     let stubborn = [TESTWORKER, "--ignore-sigterm"];
     let mut daemon = Daemon::start_command(pid1(&[&exec[..], &stubborn[..]].concat()))?;
     daemon.wait_running(&["testworker/0"], Duration::from_secs(30))?;
+    // One worker doing its jobs, nothing to decide.
+    footprint("idle", daemon.pid(), Duration::from_secs(4))?;
     let t0 = Instant::now();
     let status = daemon.signal_and_wait_for(libc::SIGTERM, Duration::from_secs(30))?;
     let took = t0.elapsed();
