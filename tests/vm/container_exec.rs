@@ -94,6 +94,14 @@ fn init_and_daemon(entering: u32) -> Result<(u32, u32)> {
     Ok((init, daemon))
 }
 
+fn anon_kib(pid: u32) -> Result<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no RssAnon")
+}
+
 /// RSS of both oomguard processes and the daemon's CPU over `window` (nothing polls the socket
 /// meanwhile), as METRIC lines: the daemon's own footprint, charged to the container's limit.
 fn footprint(label: &str, entering: u32, window: Duration) -> Result<()> {
@@ -104,11 +112,14 @@ fn footprint(label: &str, entering: u32, window: Duration) -> Result<()> {
     let ticks = cpu_ticks(daemon)? + cpu_ticks(init)? - before;
     let cpu = ticks as f64 / 100.0 / window.as_secs_f64() * 100.0;
     println!("METRIC container_{label}_cpu_percent {cpu:.2}");
+    // VmRSS counts the binary's text, shared by both (and charged once); RssAnon is each one's own.
+    let daemon_rss = rss_kib(daemon)?;
+    println!("METRIC container_{label}_daemon_rss_kib {daemon_rss}");
     println!(
-        "METRIC container_{label}_daemon_rss_kib {}",
-        rss_kib(daemon)?
+        "METRIC container_{label}_daemon_anon_kib {}",
+        anon_kib(daemon)?
     );
-    println!("METRIC container_{label}_init_rss_kib {}", rss_kib(init)?);
+    println!("METRIC container_{label}_init_anon_kib {}", anon_kib(init)?);
     Ok(())
 }
 
