@@ -12,6 +12,25 @@ use crate::layout::CGROUP_MOUNT;
 use crate::logging::LogFormat;
 use crate::policy;
 use crate::protocol::DEFAULT_EVENTS_LAST;
+use crate::units::{ByteSize, Dur};
+
+impl ExecPolicy {
+    fn flags(&self) -> crate::exec::Flags {
+        crate::exec::Flags {
+            name: self.name.clone(),
+            instances: self.instances,
+            children: self.children,
+            memory_high: self.memory_high.map(|b| b.0),
+            memory_max: self.memory_max.map(|b| b.0),
+            child_memory_high: self.child_memory_high.map(|b| b.0),
+            child_memory_max: self.child_memory_max.map(|b| b.0),
+            signal: self.signal.clone(),
+            grace: self.grace.0,
+            user: self.user.clone(),
+            command: self.command.clone(),
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,37 +48,29 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Run the daemon in the foreground (as root).
+    /// Run the daemon in the foreground (as root). Exit status: 0 after a clean stop, 1 when
+    /// the start is refused or the daemon fails, 4 when --stop-timeout ran out and the workers
+    /// left were killed.
     Run {
         /// Directory of policy files (*.yaml, *.yml).
         #[arg(long, default_value = DEFAULT_POLICIES)]
         policies: PathBuf,
-        /// cgroup under which each policy gets a group [default: the group
-        /// oomguard-workers.service holds when it runs, else /sys/fs/cgroup/oomguard].
-        #[arg(long)]
-        cgroup_root: Option<PathBuf>,
-        /// Decide and report only: every policy in observe mode.
-        #[arg(long)]
-        dry_run: bool,
-        /// Group whose members may read status, events and metrics [default: oomguard].
-        #[arg(long)]
-        socket_group: Option<String>,
-        /// A non-root uid that may also restart and reload (repeatable).
-        #[arg(long = "admin-uid")]
-        admin_uids: Vec<u32>,
-        /// Where worker observations are kept across restarts (for `recommend`).
-        #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// Also serve `oomguard metrics` over HTTP for Prometheus (`GET /metrics`), e.g.
-        /// 0.0.0.0:9101 in a pod, 127.0.0.1:9101 on a host. Off by default: anyone who can
-        /// reach the port reads the metrics.
-        #[arg(long, value_name = "ADDR:PORT")]
-        metrics_listen: Option<std::net::SocketAddr>,
-        /// How the log is written: `auto` is the journal under systemd, else plain text on
-        /// stderr; `text` always plain text; `json` one JSON object per line on stderr (for
-        /// container log pipelines: docs/containers.md).
-        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
-        log_format: LogFormat,
+        #[command(flatten)]
+        daemon: DaemonFlags,
+    },
+    /// Run one command under oomguard, e.g. as a container's entrypoint: `ENTRYPOINT
+    /// ["oomguard", "exec", "--children", "--"]`. The flags make one policy (limits derived from
+    /// the container's memory.max unless given), validated as a policy file and run as `run`
+    /// runs it. Exit status as `run`'s.
+    Exec {
+        #[command(flatten)]
+        policy: ExecPolicy,
+        /// Print the policy the flags make (the derivation in comments) and whether it is
+        /// valid, then exit (0 valid, 1 not).
+        #[arg(long, conflicts_with = "policy")]
+        print_policy: bool,
+        #[command(flatten)]
+        daemon: DaemonFlags,
     },
     /// Validate policy files or directories; exits 1 on any error.
     Check {
@@ -121,36 +132,146 @@ pub enum Cmd {
     },
 }
 
+/// What `run` and `exec` share: everything but where the policies come from.
+#[derive(clap::Args, Debug)]
+pub struct DaemonFlags {
+    /// cgroup under which each policy gets a group [default: the group
+    /// oomguard-workers.service holds when it runs, else /sys/fs/cgroup/oomguard; inside a
+    /// container the container's own `workers` group, and the flag is refused].
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Decide and report only: every policy in observe mode.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Group whose members may read status, events and metrics [default: oomguard].
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// A non-root uid that may also restart and reload (repeatable).
+    #[arg(long = "admin-uid")]
+    pub admin_uids: Vec<u32>,
+    /// Where worker observations are kept across restarts (for `recommend`).
+    #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Also serve `oomguard metrics` over HTTP for Prometheus (`GET /metrics`), e.g.
+    /// 0.0.0.0:9101 in a pod, 127.0.0.1:9101 on a host. Off by default: anyone who can
+    /// reach the port reads the metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The whole stop's budget (SIGTERM, the runtime's stop): every worker gets its signal at
+    /// once, and what is still running when this runs out is killed; exit status 4 then
+    /// [default: 25s inside a container, within Kubernetes' 30 s terminationGracePeriodSeconds;
+    /// none on a host, where systemd's TimeoutStopSec bounds it].
+    #[arg(long, value_name = "DURATION")]
+    pub stop_timeout: Option<Dur>,
+    /// How the log is written: `auto` is the journal under systemd, else plain text on
+    /// stderr; `text` always plain text; `json` one JSON object per line on stderr (for
+    /// container log pipelines: docs/containers.md).
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+impl DaemonFlags {
+    fn options(self, policies: PathBuf, socket: PathBuf) -> daemon::Options {
+        daemon::Options {
+            policies,
+            socket,
+            cgroup_root: self.cgroup_root,
+            dry_run: self.dry_run,
+            socket_group: self.socket_group,
+            admin_uids: self.admin_uids,
+            state_dir: self.state_dir,
+            metrics_listen: self.metrics_listen,
+            stop_timeout: self.stop_timeout.map(|d| d.0),
+        }
+    }
+}
+
+/// `exec`'s policy: a file, or the flags (every one optional, see docs/containers.md).
+#[derive(clap::Args, Debug)]
+pub struct ExecPolicy {
+    /// A whole policy file instead of the flags (e.g. a ConfigMap mount); no COMMAND then.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "name", "instances", "children", "memory_high", "memory_max", "child_memory_high",
+        "child_memory_max", "signal", "grace", "user", "command"])]
+    policy: Option<PathBuf>,
+    /// The policy's name [default: from the program's file name].
+    #[arg(long)]
+    name: Option<String>,
+    /// How many instances of COMMAND, each in its own cgroup.
+    #[arg(long, default_value_t = 1)]
+    instances: u32,
+    /// A cgroup leaf for each process COMMAND forks (gunicorn's workers, Celery's pool), the
+    /// offender recycled alone.
+    #[arg(long)]
+    children: bool,
+    /// Per instance [default: 80% of memory.max].
+    #[arg(long, value_name = "SIZE")]
+    memory_high: Option<ByteSize>,
+    /// Per instance [default: (the container's memory.max - 24M reserve) / instances].
+    #[arg(long, value_name = "SIZE")]
+    memory_max: Option<ByteSize>,
+    /// Per child, with --children [default: 80% of the child's memory.max].
+    #[arg(long, value_name = "SIZE", requires = "children")]
+    child_memory_high: Option<ByteSize>,
+    /// Per child, with --children [default: half the instance's memory.max].
+    #[arg(long, value_name = "SIZE", requires = "children")]
+    child_memory_max: Option<ByteSize>,
+    /// The graceful shutdown signal (instance and children).
+    #[arg(long, default_value = "SIGTERM")]
+    signal: String,
+    /// From the signal to the kill (instance and children); keep it under --stop-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    grace: Dur,
+    /// Run COMMAND as this user.
+    #[arg(long)]
+    user: Option<String>,
+    /// The program and its arguments; a bare name is looked up in PATH.
+    #[arg(
+        last = true,
+        required_unless_present = "policy",
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket;
     match cli.command {
-        Cmd::Run {
-            policies,
-            cgroup_root,
-            dry_run,
-            socket_group,
-            admin_uids,
-            state_dir,
-            metrics_listen,
-            log_format,
+        Cmd::Run { policies, daemon } => {
+            crate::logging::init(daemon.log_format);
+            if let Some(code) = crate::container::init::split_if_needed() {
+                return code;
+            }
+            block_on(daemon::run(daemon.options(policies, socket)))
+        }
+        Cmd::Exec {
+            policy,
+            print_policy,
+            daemon,
         } => {
-            crate::logging::init(log_format);
-            let opts = daemon::Options {
-                policies,
-                socket,
-                cgroup_root,
-                dry_run,
-                socket_group,
-                admin_uids,
-                state_dir,
-                metrics_listen,
+            if print_policy {
+                return crate::exec::print(&policy.flags());
+            }
+            crate::logging::init(daemon.log_format);
+            let policies = match policy.policy.clone() {
+                Some(file) => file,
+                None => match crate::exec::write(&policy.flags(), &socket) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                },
             };
-            block_on(daemon::run(opts))
+            if let Some(code) = crate::container::init::split_if_needed() {
+                return code;
+            }
+            block_on(daemon::run(daemon.options(policies, socket)))
         }
         Cmd::Hold => {
             crate::logging::init(LogFormat::Auto);
-            block_on(crate::holder::hold())
+            block_on(async { crate::holder::hold().await.map(|()| 0) })
         }
         Cmd::Check { paths, cgroup_root } => check(&paths, cgroup_root.as_deref()),
         Cmd::Status { target, json } => client_cmd(client::cmd_status(&socket, target, json)),
@@ -228,7 +349,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Runs a daemon-side future on a single-threaded runtime: one thread is plenty for a process
 /// that sleeps on kernel wake-ups, and it keeps the daemon's footprint small.
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<u8>>) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -237,7 +358,7 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
         }
     };
     match rt.block_on(fut) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE

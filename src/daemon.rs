@@ -54,16 +54,23 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Serve `oomguard metrics`' text over HTTP here (`GET /metrics`); None: no TCP at all.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The whole stop's budget (`--stop-timeout`); None: [`DEFAULT_STOP_TIMEOUT`] in a
+    /// container, unbounded on a host (systemd's TimeoutStopSec bounds it there).
+    pub stop_timeout: Option<Duration>,
 }
 
+/// Inside a container a stop must end before the runtime's SIGKILL: Kubernetes'
+/// terminationGracePeriodSeconds is 30 s by default, Docker's `stop --time` 10 s.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// The exit status of a stop that ran out of `--stop-timeout`: the workers left were killed.
+pub const EXIT_STOP_TIMED_OUT: u8 = 4;
+
 /// Runs the daemon until SIGTERM/SIGINT (stop the workers gracefully) or SIGUSR2 (leave them
-/// running for the next daemon to adopt).
-pub async fn run(opts: Options) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "oomguard run must run as root: it creates cgroups and starts workers as other users"
-        );
-    }
+/// running for the next daemon to adopt). Ok(0) on a clean stop, Ok([`EXIT_STOP_TIMED_OUT`])
+/// when the stop's budget ran out and the workers left were killed.
+pub async fn run(opts: Options) -> anyhow::Result<u8> {
+    require_root()?;
     let mount = Path::new(CGROUP_MOUNT);
     // First: inside a container the host's advice (boot options, Delegate=) would be wrong.
     let container = setup::detect_here(mount, opts.cgroup_root.as_deref())?;
@@ -109,6 +116,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         ),
         Ok(_) => {}
         Err(e) => warn!("cannot raise the open-files limit: {e}"),
+    }
+    let stop_timeout = opts
+        .stop_timeout
+        .or(container.as_ref().map(|_| DEFAULT_STOP_TIMEOUT));
+    if let Some(budget) = stop_timeout {
+        warn_graces_beyond(&policies, budget);
     }
     let runtime_dir = opts.socket.parent().unwrap_or(Path::new("/run"));
     let runtime = RuntimeDir::open(runtime_dir)?;
@@ -207,6 +220,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     notify(&[NotifyState::Stopping]);
     closing_tx.send_replace(true);
+    let mut code = 0;
     // Status stays available while workers are being stopped; the socket goes last.
     let stop_socket = || {
         let _ = stop_server.send(());
@@ -217,7 +231,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             arm_second_signal()?;
             // A reload in flight finishes first (it may be starting a policy); none starts after.
             let _no_reload = with_watchdog(reload_owner.lock()).await;
-            with_watchdog(fleet.stop_all()).await;
+            if !with_watchdog(stop_within(&fleet, stop_timeout)).await {
+                code = EXIT_STOP_TIMED_OUT;
+            }
             // The (empty) root stays: under systemd it is oomguard-workers.service's `workers`
             // group, which the next start must find again.
             runtime.remove_state();
@@ -240,7 +256,56 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         m.abort();
     }
     let _ = server.await;
+    Ok(code)
+}
+
+/// `run` and `exec` create cgroups and start workers as other users.
+pub fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "oomguard must run as root here: it creates cgroups and starts workers as other users"
+        );
+    }
     Ok(())
+}
+
+/// Stops every worker gracefully (each policy's signal and grace, all at once). When `budget`
+/// runs out first, whatever is left under the root is killed (cgroup.kill) and the stop
+/// sequences, which then find their groups empty, end; returns false then.
+async fn stop_within(fleet: &Fleet, budget: Option<Duration>) -> bool {
+    let stop = fleet.stop_all();
+    tokio::pin!(stop);
+    let Some(budget) = budget else {
+        stop.await;
+        return true;
+    };
+    if tokio::time::timeout(budget, &mut stop).await.is_ok() {
+        return true;
+    }
+    let root = fleet.root();
+    warn!(
+        "--stop-timeout {} ran out with workers still stopping: killing what is left under {}",
+        crate::units::Dur(budget),
+        root.path().display()
+    );
+    if let Err(e) = root.kill() {
+        error!("cannot kill {}: {e}", root.path().display());
+    }
+    stop.await;
+    false
+}
+
+/// A grace longer than the stop's budget is cut short on a stop: said at start.
+fn warn_graces_beyond(policies: &[policy::Policy], budget: Duration) {
+    for p in policies {
+        // A stop signals the whole instance and waits the instance's grace (a child's own
+        // grace is for recycling it alone).
+        let grace = p.restart.grace;
+        if grace > budget {
+            warn!(policy = %p.name, "restart.grace {} is longer than the stop timeout {}: on a stop (the container's SIGTERM) its workers get {} before they are killed; lower the grace or raise --stop-timeout (and the runtime's own: terminationGracePeriodSeconds, docker stop --time)",
+                crate::units::Dur(grace), crate::units::Dur(budget), crate::units::Dur(budget));
+        }
+    }
 }
 
 /// The socket server's view of the daemon.
@@ -326,10 +391,15 @@ fn shutting_down() -> ApiError {
     )
 }
 
-/// Loads and validates the policy directory; `--dry-run` turns every policy to observe mode.
+/// Loads and validates the policy directory (or one file: `oomguard exec --policy FILE`);
+/// `--dry-run` turns every policy to observe mode.
 fn load_policies(opts: &Options) -> Result<Vec<policy::Policy>, Vec<String>> {
-    let mut policies = policy::load_dir(&opts.policies)
-        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let loaded = if opts.policies.is_file() {
+        policy::load_file(&opts.policies).map(|p| vec![p])
+    } else {
+        policy::load_dir(&opts.policies)
+    };
+    let mut policies = loaded.map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     if opts.dry_run {
         info!("dry run: every policy runs in observe mode, nothing is signalled");
         policies.iter_mut().for_each(|p| p.mode = Mode::Observe);
@@ -479,6 +549,7 @@ mod tests {
             admin_uids: vec![],
             state_dir: PathBuf::from("/nonexistent"),
             metrics_listen: None,
+            stop_timeout: None,
         }
     }
 

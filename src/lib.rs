@@ -23,6 +23,7 @@ pub mod deadline;
 pub mod describe;
 pub mod engine;
 pub mod events;
+pub mod exec;
 pub mod fdbudget;
 pub mod holder;
 pub mod hooks;

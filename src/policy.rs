@@ -40,7 +40,7 @@ mod yaml;
 pub(crate) mod testutil;
 
 pub use hooks::{Hooks, PLACEHOLDERS};
-pub use load::{load_dir, load_file, load_paths};
+pub use load::{load_dir, load_file, load_paths, load_text};
 pub use perms::check_file_permissions;
 pub use schema::schema;
 pub use validate::parse;

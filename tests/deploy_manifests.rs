@@ -162,23 +162,18 @@ fn guarded_containers(docs: &[(String, Value)]) -> Vec<Guarded> {
             }
             let cli =
                 Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{file}: {argv:?}: {e}"));
-            let Cmd::Run {
-                policies,
-                metrics_listen,
-                log_format,
-                dry_run,
-                ..
-            } = cli.command
-            else {
+            let Cmd::Run { policies, daemon } = cli.command else {
                 panic!("{file}: {argv:?} is not `oomguard run`");
             };
-            assert!(!dry_run, "{file}: a shipped manifest must enforce");
+            assert!(!daemon.dry_run, "{file}: a shipped manifest must enforce");
             assert_eq!(
-                log_format,
+                daemon.log_format,
                 LogFormat::Json,
                 "{file}: container logs want JSON"
             );
-            let addr = metrics_listen.unwrap_or_else(|| panic!("{file}: no --metrics-listen"));
+            let addr = daemon
+                .metrics_listen
+                .unwrap_or_else(|| panic!("{file}: no --metrics-listen"));
             assert!(
                 addr.ip().is_unspecified(),
                 "{file}: {addr} is not reachable from Prometheus"

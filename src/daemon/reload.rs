@@ -264,6 +264,7 @@ mod tests {
             admin_uids: vec![],
             state_dir: std::path::PathBuf::from("/nonexistent"),
             metrics_listen: None,
+            stop_timeout: None,
         };
         let (closing_tx, closing) = watch::channel(false);
         let reloads = Reloads::spawn(fleet.clone(), opts, Arc::new(Mutex::new(())), closing);

@@ -16,7 +16,13 @@ use crate::policy::{Policy, PolicyError};
 /// the programs it runs as root (`program`).
 pub fn load_file(path: &Path) -> Result<Policy, Vec<PolicyError>> {
     let text = read_policy(path).map_err(|e| vec![e])?;
-    let policy = parse(path, &text)?;
+    load_text(path, &text)
+}
+
+/// A policy's text, checked as a file's is once read (`oomguard exec` builds one from flags):
+/// parse, then the rules for the programs it runs as root.
+pub fn load_text(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>> {
+    let policy = parse(path, text)?;
     let errors = super::program::check(&policy);
     if errors.is_empty() {
         Ok(policy)

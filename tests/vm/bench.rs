@@ -85,7 +85,7 @@ fn status_latency(n: usize) -> Result<(f64, f64)> {
 }
 
 /// utime + stime in clock ticks (USER_HZ, 100 on Linux).
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat
         .rsplit_once(") ")
@@ -95,7 +95,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

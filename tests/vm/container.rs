@@ -15,12 +15,12 @@ use oomguard::protocol::{Ending, EventRecord};
 
 use crate::harness::*;
 
-const CTR: &str = "/sys/fs/cgroup/ctr";
-const CTR_MAX: u64 = 192 << 20;
+pub const CTR: &str = "/sys/fs/cgroup/ctr";
+pub const CTR_MAX: u64 = 192 << 20;
 /// 192M minus the daemon's 24M reserve.
-const ENVELOPE: u64 = 168 << 20;
+pub const ENVELOPE: u64 = 168 << 20;
 
-fn make_container() -> Result<()> {
+pub fn make_container() -> Result<()> {
     fs::create_dir_all(CTR).context("creating the container's group")?;
     fs::write(format!("{CTR}/memory.max"), CTR_MAX.to_string())?;
     fs::write(format!("{CTR}/memory.oom.group"), "1")?;
@@ -43,7 +43,7 @@ fn entrypoint_command(args: &[&str]) -> Command {
     cmd
 }
 
-fn ctr_events() -> Result<std::collections::BTreeMap<String, u64>> {
+pub fn ctr_events() -> Result<std::collections::BTreeMap<String, u64>> {
     Ok(parse_flat_keyed(&read_trimmed(Path::new(&format!(
         "{CTR}/memory.events"
     )))?))
@@ -76,7 +76,7 @@ fn policies() -> Result<()> {
     Ok(())
 }
 
-fn graceful(e: &EventRecord) -> bool {
+pub fn graceful(e: &EventRecord) -> bool {
     matches!(e.ending, Some(Ending::Exited { .. }))
 }
 

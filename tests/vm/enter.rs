@@ -2,6 +2,11 @@
 //! a runtime. Moves itself into the group DIR, unshares the cgroup and mount namespaces (so
 //! /proc/self/cgroup reads `0::/`), mounts cgroup2 afresh on /sys/fs/cgroup (its root is then DIR)
 //! and execs COMMAND. Busybox's `unshare` has no -C.
+//!
+//! `--enter-container DIR --pid-ns -- COMMAND...`: COMMAND is PID 1 of a new pid namespace too,
+//! with a /proc of its own, as a runtime starts a container's entrypoint. This process stays
+//! outside (in its own cgroup, as runc's parent does), passes SIGTERM and SIGINT on to it and
+//! exits with its status.
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
@@ -54,18 +59,98 @@ fn enter(dir: &str) -> Result<(), String> {
                 std::ptr::null(),
             ),
         )?;
+        if libc::getpid() == 1 {
+            let proc_ = CString::new("/proc").expect("no NUL");
+            let fstype = CString::new("proc").expect("no NUL");
+            check(
+                "mounting the pid namespace's /proc",
+                libc::mount(
+                    fstype.as_ptr(),
+                    proc_.as_ptr(),
+                    fstype.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ),
+            )?;
+        }
     }
     Ok(())
 }
 
+/// Forks PID 1 of a new pid namespace, which enters the container and execs `cmd`; this
+/// process passes SIGTERM/SIGINT on and exits with PID 1's status.
+fn pid_namespace(dir: &str, cmd: &[String]) -> ExitCode {
+    // SAFETY: plain syscalls; this process has one thread, so the child may run anything.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            eprintln!(
+                "testworker --enter-container: unshare(CLONE_NEWPID): {}",
+                std::io::Error::last_os_error()
+            );
+            return ExitCode::from(1);
+        }
+        let child = libc::fork();
+        if child == 0 {
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if let Err(e) = enter(dir) {
+                eprintln!("testworker --enter-container: {e}");
+                libc::_exit(1);
+            }
+            let e = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+            eprintln!("testworker --enter-container: exec {}: {e}", cmd[0]);
+            libc::_exit(127);
+        }
+        if child < 0 {
+            eprintln!(
+                "testworker --enter-container: fork: {}",
+                std::io::Error::last_os_error()
+            );
+            return ExitCode::from(1);
+        }
+        loop {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            if sig != libc::SIGCHLD {
+                libc::kill(child, sig);
+                continue;
+            }
+            let mut status = 0;
+            if libc::waitpid(child, &mut status, libc::WNOHANG) == child {
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                };
+                return ExitCode::from(code as u8);
+            }
+        }
+    }
+}
+
 /// `args`: DIR, `--`, COMMAND... (after `--enter-container`).
 pub fn run(args: &[String]) -> ExitCode {
+    let pid_ns = args.get(1).map(String::as_str) == Some("--pid-ns");
+    let args: Vec<String> = if pid_ns {
+        [&args[..1], &args[2..]].concat()
+    } else {
+        args.to_vec()
+    };
     let (Some(dir), Some("--"), Some(cmd)) =
         (args.first(), args.get(1).map(String::as_str), args.get(2))
     else {
-        eprintln!("testworker: usage: --enter-container DIR -- COMMAND...");
+        eprintln!("testworker: usage: --enter-container DIR [--pid-ns] -- COMMAND...");
         return ExitCode::from(2);
     };
+    if pid_ns {
+        return pid_namespace(dir, &args[2..]);
+    }
     if let Err(e) = enter(dir) {
         eprintln!("testworker --enter-container: {e}");
         return ExitCode::from(1);

@@ -8,6 +8,7 @@ mod boundary;
 mod children;
 mod children_cap;
 mod container;
+mod container_exec;
 mod faults;
 mod goodput;
 mod hardening_daemon;
@@ -64,6 +65,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 120,
         vm_mb: 512,
         run: container::container_default_socket,
+    },
+    Scenario {
+        name: "container_exec",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: container_exec::container_exec,
     },
     Scenario {
         name: "smoke",

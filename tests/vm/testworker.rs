@@ -47,6 +47,8 @@ struct Options {
     prefork: Option<prefork::Prefork>,
     /// The prefork children log (see prefork.rs).
     children_log: Option<String>,
+    /// `--orphan`: leave an orphan at start (see make_orphan).
+    orphan: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -63,6 +65,7 @@ fn parse_args() -> Result<Options, String> {
         escape_to: None,
         prefork: None,
         children_log: None,
+        orphan: false,
     };
     let mut pf = prefork::Prefork {
         children: 0,
@@ -116,6 +119,7 @@ fn parse_args() -> Result<Options, String> {
             "--grandchild" => pf.grandchild = true,
             "--flood-comm" => flood_comm(),
             "--children-log" => opts.children_log = Some(value("--children-log")?),
+            "--orphan" => opts.orphan = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -300,6 +304,27 @@ fn flood_comm() -> ! {
     }
 }
 
+/// A grandchild named `orphan` whose parent exits at once: re-parented to PID 1 (or the nearest
+/// subreaper), it lives 300 ms and exits, a zombie until that process reaps it.
+fn make_orphan() {
+    // SAFETY: fork at start (one thread); the children only call async-signal-safe functions.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            if libc::fork() == 0 {
+                libc::prctl(libc::PR_SET_NAME, c"orphan".as_ptr());
+                libc::usleep(300_000);
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+        if child > 0 {
+            let mut status = 0;
+            libc::waitpid(child, &mut status, 0);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--enter-container") {
@@ -320,6 +345,9 @@ fn main() -> ExitCode {
     if let Err(e) = install_sigterm_handler() {
         eprintln!("testworker {pid}: cannot install the SIGTERM handler: {e}");
         return ExitCode::from(1);
+    }
+    if opts.orphan {
+        make_orphan();
     }
     if let Some(dir) = &opts.escape_to {
         let procs = format!("{dir}/cgroup.procs");
