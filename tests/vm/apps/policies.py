@@ -116,14 +116,15 @@ RABBIT_TRIGGERS = "  memory: {above: 256M}\n  pressure: {some: 150ms, window: 1s
 
 
 def celery_rabbitmq(ledger, children=False, main_keep=True, overlap=True, broker=AMQP,
-                    grace=RABBIT_GRACE):
+                    grace=RABBIT_GRACE, main_extra=0):
     """overlap without `children:` (the shipped policy), or `children:` with the same instance
     triggers (overlap is refused there: a plain whole-worker restart; the pool children do not
     leak here, their leaves' line is only the required trigger). overlap=False: the plain
     whole-worker restart without `children:`. broker: the same policy on Redis (the benchmark's
-    side-by-side rows). grace: the benchmark's short-grace row."""
+    side-by-side rows). grace: the benchmark's short-grace row. main_extra: leaktasks.py's
+    MAIN_EXTRA."""
     env = [("BROKER", broker), ("PYTHONPATH", "/apps"), ("LEDGER", ledger),
-           ("MAIN_KEEP", "1" if main_keep else "0")]
+           ("MAIN_KEEP", "1" if main_keep else "0"), ("MAIN_EXTRA", main_extra)]
     text = _head(CELERY + CELERY_ARGS, env, RABBIT_ENVELOPE, RABBIT_TRIGGERS, grace)
     if children:
         return text + """\

@@ -32,7 +32,7 @@ declare -A BUDGET=(
   [apps_gunicorn]=240 [apps_celery]=300 [apps_facts]=600
   [bench_apps_gunicorn]=1800 [bench_apps_celery]=2400 [apps_client_cost]=300 [apps_celery_warm]=1200 [bench_apps_gunicorn_x2]=1800
   [apps_rabbitmq]=600 [apps_rabbitmq_guard]=1200
-  [bench_celery_rabbitmq]=1800 [bench_celery_redis]=1800
+  [bench_celery_rabbitmq]=2400 [bench_celery_redis]=2400
 )
 known() { [ -n "${BUDGET[$1]:-}" ]; }
 
