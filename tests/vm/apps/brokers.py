@@ -149,6 +149,11 @@ def fleets(broker):
 
 
 # ---- the broker ----
+# As Celery declares its default queue: RabbitMQ refuses a declaration that differs (py-amqp's
+# own default is auto_delete=True).
+CELERY_QUEUE = {"durable": True, "auto_delete": False}
+
+
 def _amqp_channel():
     from kombu import Connection
     conn = Connection(policies.AMQP)
@@ -162,7 +167,7 @@ def broker_reset(broker):
         return
     conn, ch = _amqp_channel()
     try:
-        ch.queue_declare("celery", durable=True)
+        ch.queue_declare("celery", **CELERY_QUEUE)
         ch.queue_purge("celery")
     finally:
         conn.release()
@@ -175,7 +180,7 @@ def broker_left(broker):
         return {"queued": int(redis("llen", "celery") or 0), "unacked": int(redis("hlen", "unacked") or 0)}
     conn, ch = _amqp_channel()
     try:
-        return {"queued": ch.queue_declare("celery", durable=True).message_count}
+        return {"queued": ch.queue_declare("celery", **CELERY_QUEUE).message_count}
     finally:
         conn.release()
 
