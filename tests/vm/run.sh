@@ -13,7 +13,8 @@
 #   tests/vm/run.sh systemd         the real-systemd VM (tests/vm/systemd/run.sh; in the default suite)
 #   tests/vm/run.sh apps_gunicorn apps_celery   Debian's gunicorn and Celery under oomguard
 #                                   (tests/vm/apps/run.sh; in the default suite; also apps_facts,
-#                                   apps_client_cost, bench_apps_gunicorn, bench_apps_celery)
+#                                   apps_client_cost, bench_apps_gunicorn, bench_apps_celery,
+#                                   bench_celery_brokers: bench_celery_rabbitmq + bench_celery_redis)
 #   tests/vm/run.sh --kernel 5.10 [SCENARIO...]   on Debian bullseye's 5.10 (or 6.1, the default, or 6.12)
 #   tests/vm/run.sh --matrix [SCENARIO...]        the busybox test scenarios on 5.10, 6.1 and 6.12,
 #                                                 then a kernel x scenario table
@@ -210,7 +211,7 @@ dump_when_frozen() { # <name> <log> <at>
 
 # The real-apps VM (tests/vm/apps/run.sh): its own Debian rootfs, default kernel only.
 APPS_TESTS=(apps_gunicorn apps_celery)
-APPS_OTHERS=(apps_facts apps_client_cost apps_celery_warm apps_rabbitmq apps_rabbitmq_guard bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery)
+APPS_OTHERS=(apps_facts apps_client_cost apps_celery_warm apps_rabbitmq apps_rabbitmq_guard bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery bench_celery_rabbitmq bench_celery_redis)
 is_apps() { [[ " ${APPS_TESTS[*]} ${APPS_OTHERS[*]} " == *" $1 "* ]]; }
 
 run_apps() { # <name>: sets verdict and reason; its own run.sh shows the console tail on failure
@@ -319,6 +320,8 @@ main() {
   # `bench_goodput` is the whole sweep: one VM per leak rate (rows bench_goodput_<rate>).
   for name in "$@"; do
     if [ "$name" = bench_goodput ]; then wanted+=(bench_goodput_1 bench_goodput_5 bench_goodput_20 bench_goodput_50)
+    # Issue 19's Celery rows: one boot per broker (both in one boot would not fit ~25 min).
+    elif [ "$name" = bench_celery_brokers ]; then wanted+=(bench_celery_rabbitmq bench_celery_redis)
     else wanted+=("$name"); fi
   done
   if [ ${#wanted[@]} -eq 0 ]; then

@@ -378,6 +378,12 @@ def start_rabbitmq(limit_s=300):
            # that would be CPU taken from the workers under test.
            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none"}
     os.makedirs("/tmp/rabbitmq/log", exist_ok=True)
+    # Our own cookie: Erlang's own, made at first start, once came out empty on a loaded host
+    # ("Too short cookie string") and the node never started.
+    cookie = "/tmp/rabbitmq/.erlang.cookie"
+    if not os.path.exists(cookie):
+        write(cookie, "OOMGUARDVMCOOKIE%08d" % os.getpid())
+        os.chmod(cookie, 0o400)
     t0 = time.time()
     spawn([RMQ + "rabbitmq-server"], "/tmp/rabbitmq-server.log", env=env, cwd="/tmp/rabbitmq")
     wait_until(limit_s, "RabbitMQ to accept on 5672", lambda: _tcp_ok(5672), every=1)

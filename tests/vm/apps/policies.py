@@ -115,13 +115,17 @@ RABBIT_GRACE = "45s"
 RABBIT_TRIGGERS = "  memory: {above: 256M}\n  pressure: {some: 150ms, window: 1s, for: 1s}\n"
 
 
-def celery_rabbitmq(ledger, children=False, main_keep=True):
+def celery_rabbitmq(ledger, children=False, main_keep=True, overlap=True, broker=AMQP,
+                    grace=RABBIT_GRACE, main_extra=0):
     """overlap without `children:` (the shipped policy), or `children:` with the same instance
     triggers (overlap is refused there: a plain whole-worker restart; the pool children do not
-    leak here, their leaves' line is only the required trigger)."""
-    env = [("BROKER", AMQP), ("PYTHONPATH", "/apps"), ("LEDGER", ledger),
-           ("MAIN_KEEP", "1" if main_keep else "0")]
-    text = _head(CELERY + CELERY_ARGS, env, RABBIT_ENVELOPE, RABBIT_TRIGGERS, RABBIT_GRACE)
+    leak here, their leaves' line is only the required trigger). overlap=False: the plain
+    whole-worker restart without `children:`. broker: the same policy on Redis (the benchmark's
+    side-by-side rows). grace: the benchmark's short-grace row. main_extra: leaktasks.py's
+    MAIN_EXTRA."""
+    env = [("BROKER", broker), ("PYTHONPATH", "/apps"), ("LEDGER", ledger),
+           ("MAIN_KEEP", "1" if main_keep else "0"), ("MAIN_EXTRA", main_extra)]
+    text = _head(CELERY + CELERY_ARGS, env, RABBIT_ENVELOPE, RABBIT_TRIGGERS, grace)
     if children:
         return text + """\
 children:
@@ -130,4 +134,4 @@ children:
     memory: {above: 144M}
   restart: {signal: none, grace: 60s, at_once: 1}
 """
-    return text + "  overlap: true\n"
+    return text + ("  overlap: true\n" if overlap else "")

@@ -103,9 +103,10 @@ def apps_rabbitmq():
 GUARD_S = 90
 
 
-def _stuck(daemon, ident, after_s, out):
+def _stuck(daemon, ident, after_s, out, restarts=1, within_s=GUARD_S + 60):
     """Once ident has been restarting for after_s, what its old processes wait on (wchan, the
-    kernel stack's top) and the worker log's shutdown lines: why a warm shutdown takes long."""
+    kernel stack's top) and the worker log's shutdown lines: why a warm shutdown takes long.
+    Looks at up to `restarts` restarts that begin within within_s."""
     import threading
     from common import CGROOT
 
@@ -120,10 +121,20 @@ def _stuck(daemon, ident, after_s, out):
                                  or "").split()]
 
     def run():
-        try:
-            pids = wait_until(GUARD_S + 60, "a restart", old_pids, every=1)
-        except Exception:
-            return
+        end = time.time() + within_s
+        for _ in range(restarts):
+            try:
+                pids = wait_until(max(end - time.time(), 1), "a restart", old_pids, every=1)
+            except Exception:
+                return
+            look(pids)
+            try:
+                wait_until(600, "the restart's end", lambda: (daemon.instance(ident) or {}).get(
+                    "state") != "restarting", every=1)
+            except Exception:
+                return
+
+    def look(pids):
         time.sleep(after_s)
         if (daemon.instance(ident) or {}).get("state") != "restarting":
             out.append("restart over within %ds" % after_s)
@@ -134,9 +145,9 @@ def _stuck(daemon, ident, after_s, out):
                 out.append("pid %d %s wchan=%s stack=%s" % (
                     p, "main" if p == pid else "child", read("/proc/%d/wchan" % p, "?"),
                     [w for w in stack if "+" in w][:4]))
-        for line in (read("/tmp/celery-worker.log", "") or "").splitlines():
-            if any(k in line for k in ("Warm shutdown", "ERROR", "WARNING", "Restoring")):
-                out.append("celery log | " + line[:200])
+        lines = [ln for ln in (read("/tmp/celery-worker.log", "") or "").splitlines()
+                 if any(k in ln for k in ("Warm shutdown", "ERROR", "WARNING", "Restoring"))]
+        out.extend("celery log | " + ln[:200] for ln in lines[-10:])
     threading.Thread(target=run, daemon=True).start()
 
 

@@ -8,7 +8,8 @@
 #
 # Needs root (debootstrap, chroot). The rootfs is cached in tests/vm/.cache/apps-rootfs (rebuilt
 # when the package lists in rootfs.sh change; about a minute), its cpio in .cache/apps-base.cpio.
-# Console logs: tests/vm/.cache/logs/<name>.log. Prints `SCENARIO <name> PASS|FAIL: ...` per
+# Console logs: tests/vm/.cache/logs/<name>.log. APPS_KARGS (e.g. "oomguard.seconds=30") is
+# appended to the kernel command line, for the scenarios that read such options. Prints `SCENARIO <name> PASS|FAIL: ...` per
 # scenario, the last scenario's verdict last; exits 0 only if all passed.
 set -euo pipefail
 
@@ -31,6 +32,7 @@ declare -A BUDGET=(
   [apps_gunicorn]=240 [apps_celery]=300 [apps_facts]=600
   [bench_apps_gunicorn]=1800 [bench_apps_celery]=2400 [apps_client_cost]=300 [apps_celery_warm]=1200 [bench_apps_gunicorn_x2]=1800
   [apps_rabbitmq]=600 [apps_rabbitmq_guard]=1200
+  [bench_celery_rabbitmq]=2400 [bench_celery_redis]=2400
 )
 known() { [ -n "${BUDGET[$1]:-}" ]; }
 
@@ -96,7 +98,7 @@ boot() { # <scenario>: prints the verdict line
   say "booting $name (hard limit ${limit}s; console: $log)"
   timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1536 \
     -nographic -no-reboot -nic none -kernel "$kernel" -initrd "$initrd" \
-    -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 oomguard.scenario=$name oomguard.budget=${BUDGET[$1]}" \
+    -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 oomguard.scenario=$name oomguard.budget=${BUDGET[$1]}${APPS_KARGS:+ $APPS_KARGS}" \
     </dev/null >"$log" 2>&1 || rc=$?
   local line
   line=$(console_verdict "$name" "$rc" "$limit" "$log")

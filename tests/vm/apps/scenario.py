@@ -38,6 +38,9 @@ def main():
         elif name in ("apps_rabbitmq", "apps_rabbitmq_guard"):
             import rabbit
             getattr(rabbit, name)()
+        elif name in ("bench_celery_rabbitmq", "bench_celery_redis"):
+            import brokers
+            getattr(brokers, name)()
         elif name in ("apps_gunicorn", "apps_celery"):
             import suite
             getattr(suite, name)()

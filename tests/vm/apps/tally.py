@@ -1,5 +1,5 @@
 """The task ledger of the Celery load clients (celeryload.py, bigload.py): one `done <n> <pid>`
-line per task run, appended by leaktasks.py."""
+line per task run, appended by leaktasks.py (newer lines add the unix time: `done <n> <pid> <t>`)."""
 import time
 
 
@@ -10,7 +10,7 @@ def ledger(path, first=0):
         with open(path) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) == 3 and parts[0] == "done" and int(parts[1]) > first:
+                if len(parts) >= 3 and parts[0] == "done" and int(parts[1]) > first:
                     done[int(parts[1])] = done.get(int(parts[1]), 0) + 1
     except OSError:
         pass
@@ -51,3 +51,23 @@ def parser(seconds, backlog, quiet):
     ap.add_argument("--quiet", type=float, default=quiet)
     ap.add_argument("--ledger", default="/tmp/celery.ledger")
     return ap
+
+
+def times(path, first=0):
+    """The completion times (unix seconds, sorted) of the tasks above `first`."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 4 and parts[0] == "done" and int(parts[1]) > first:
+                    out.append(float(parts[3]))
+    except OSError:
+        pass
+    return sorted(out)
+
+
+def stalls(ts, start, end, gap_s):
+    """The gaps longer than gap_s in [start, end] with no completion at all, as (from, seconds)."""
+    edges = [start] + [t for t in ts if start < t < end] + [end]
+    return [(a, b - a) for a, b in zip(edges, edges[1:]) if b - a > gap_s]
