@@ -16,7 +16,7 @@ use crate::events::EventLog;
 use crate::instance::{Command, Instance, Spec, View};
 use crate::layout::CONTROLLERS;
 use crate::policy::Policy;
-use crate::procfs::parent_pid;
+use crate::procfs::{parent_pid, start_ticks};
 use crate::protocol::{DaemonInfo, InstanceStatus, PolicyStatus, ReloadReport, StatusReport};
 use crate::sampler::{Sample, Samples};
 use crate::spawn::{self, Identity};
@@ -547,13 +547,6 @@ fn youngest_generation(group: &Group, saved: Option<u32>) -> Option<u32> {
         .iter()
         .filter_map(|g| main_of(&group.child(g), saved))
         .max_by_key(|pid| start_ticks(*pid).unwrap_or(0))
-}
-
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // Fields resume at 3 (state); starttime is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The main process of one group: the saved pid if it is there, else the process whose parent

@@ -74,11 +74,7 @@ pub fn alive(pid: u32) -> bool {
 /// busy machine the kill and the parent's reaping lag behind the event that reports them.
 pub async fn ends(pid: u32) -> bool {
     for _ in 0..500 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next());
-        if matches!(state, None | Some("Z" | "X")) {
+        if matches!(oomguard::procfs::state(pid), None | Some('Z' | 'X')) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
