@@ -8,7 +8,8 @@
 # which takes the explicitly named alternative.
 APPS_DEBOOTSTRAP=python3,gunicorn,python3-celery,python3-redis,redis-server,procps
 # rabbitmq-server (3.10, Erlang 25) for Celery on amqp:// (issue 19); python3-amqp comes with kombu.
-APPS_APT="uwsgi-core uwsgi-plugin-python3 php8.2-fpm systemd-standalone-tmpfiles puma unicorn rabbitmq-server"
+# runc (1.1, the OCI runtime under containerd) for the in-container proof (issue 20).
+APPS_APT="uwsgi-core uwsgi-plugin-python3 php8.2-fpm systemd-standalone-tmpfiles puma unicorn rabbitmq-server runc"
 # The trimming below is part of the stamp too: bump the last word when it changes.
 APPS_STAMP="bookworm minbase $APPS_DEBOOTSTRAP + $APPS_APT trim2"
 
