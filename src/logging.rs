@@ -13,6 +13,7 @@
 //! `MESSAGE_ID` and the figures under their own names. The journal write never waits
 //! (`journald`): what a stalled journald does not take is dropped and counted.
 
+use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,6 +111,12 @@ fn env_filter() -> EnvFilter {
 fn init_plain() {
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
+        // Colour only for a person at a terminal: a pipe, a file, `docker logs` or a journal
+        // stream would get the escape codes as text. NO_COLOR (no-color.org) turns it off too.
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr)
         .with_filter(filter_fn(not_journal_event));
     // Fails only if a subscriber is already installed (tests): keep that one.
@@ -117,6 +124,11 @@ fn init_plain() {
         .with(env_filter())
         .with(fmt)
         .try_init();
+}
+
+/// Whether plain-text lines get ANSI colours.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn init_json() {
@@ -148,6 +160,15 @@ fn journal_layers() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "a pipe gets no escape codes");
+        assert!(!colour(true, Some("1".into())));
+        // no-color.org: an empty NO_COLOR is as if unset.
+        assert!(colour(true, Some("".into())));
+    }
 
     #[test]
     fn the_journal_is_stderr_only_when_dev_and_inode_match() {

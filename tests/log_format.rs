@@ -41,6 +41,30 @@ fn a_refused_start_is_logged_as_json_lines() {
     );
 }
 
+/// Plain text on a pipe (`docker logs`, a file, a log shipper) carries no ANSI colour codes.
+#[test]
+fn plain_text_on_a_pipe_has_no_escape_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_oomguard"))
+        .args(["run", "--log-format", "text", "--policies"])
+        .arg(dir.path().join("no-such-policies"))
+        .arg("--socket")
+        .arg(dir.path().join("run/oomguard.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run oomguard");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).expect("utf-8");
+    assert!(stderr.contains("ERROR"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes on a pipe: {stderr:?}"
+    );
+}
+
 #[test]
 fn an_unknown_log_format_is_a_usage_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_oomguard"))
