@@ -388,15 +388,16 @@ fn the_metrics_port_is_the_one_prometheus_scrapes() {
 }
 
 #[test]
-fn the_planned_exec_entrypoint_is_marked_in_each_deployment() {
+fn the_exec_entrypoint_is_shown_as_the_alternative_in_each_deployment() {
     for file in ["gunicorn.yaml", "celery.yaml"] {
         let text = fs::read_to_string(repo(&format!("deploy/kubernetes/{file}"))).unwrap();
         let planned = text
             .lines()
             .find(|l| l.contains(r#""oomguard", "exec", "--children", "--""#))
-            .unwrap_or_else(|| panic!("{file}: no planned `oomguard exec` line"));
+            .unwrap_or_else(|| panic!("{file}: no `oomguard exec` alternative"));
         assert!(planned.trim_start().starts_with('#'), "{file}: {planned}");
-        assert!(text.contains("PLANNED"), "{file}");
+        assert!(text.contains("ALTERNATIVE"), "{file}");
+        assert!(!text.contains("PLANNED"), "{file}: exec is built; nothing is planned");
     }
 }
 
