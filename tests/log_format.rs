@@ -3,21 +3,27 @@
 //! controller, or no such policy directory), so what it prints is its refusal: that line too
 //! must be JSON, and the refusal must still be said.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
-#[test]
-fn a_refused_start_is_logged_as_json_lines() {
+/// `oomguard run --log-format FORMAT` where it cannot start: no such policy directory.
+fn refused_start(format: &str) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_oomguard"))
-        .args(["run", "--log-format", "json", "--policies"])
+    Command::new(env!("CARGO_BIN_EXE_oomguard"))
+        .args(["run", "--log-format", format, "--policies"])
         .arg(dir.path().join("no-such-policies"))
         .arg("--socket")
         .arg(dir.path().join("run/oomguard.sock"))
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
         .output()
-        .expect("run oomguard");
+        .expect("run oomguard")
+}
+
+#[test]
+fn a_refused_start_is_logged_as_json_lines() {
+    let out = refused_start("json");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
     let stderr = String::from_utf8(out.stderr).expect("utf-8");
@@ -44,18 +50,7 @@ fn a_refused_start_is_logged_as_json_lines() {
 /// Plain text on a pipe (`docker logs`, a file, a log shipper) carries no ANSI colour codes.
 #[test]
 fn plain_text_on_a_pipe_has_no_escape_codes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_oomguard"))
-        .args(["run", "--log-format", "text", "--policies"])
-        .arg(dir.path().join("no-such-policies"))
-        .arg("--socket")
-        .arg(dir.path().join("run/oomguard.sock"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("run oomguard");
+    let out = refused_start("text");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8(out.stderr).expect("utf-8");
     assert!(stderr.contains("ERROR"), "{stderr}");
