@@ -397,7 +397,10 @@ fn the_exec_entrypoint_is_shown_as_the_alternative_in_each_deployment() {
             .unwrap_or_else(|| panic!("{file}: no `oomguard exec` alternative"));
         assert!(planned.trim_start().starts_with('#'), "{file}: {planned}");
         assert!(text.contains("ALTERNATIVE"), "{file}");
-        assert!(!text.contains("PLANNED"), "{file}: exec is built; nothing is planned");
+        assert!(
+            !text.contains("PLANNED"),
+            "{file}: exec is built; nothing is planned"
+        );
     }
 }
 
