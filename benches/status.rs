@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use oomguard::cgroupfs::{Group, CGROUP_PROCS, SUBTREE_CONTROL};
 use oomguard::events::EventLog;
 use oomguard::policy::parse;
-use oomguard::protocol::{InstanceState, Request};
+use oomguard::protocol::Request;
 use oomguard::server::{self, Access};
 use oomguard::supervisor::{Fleet, SavedState};
+use oomguard::vocabulary::InstanceState;
 
 const POLICIES: u32 = 10;
 

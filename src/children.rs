@@ -28,9 +28,11 @@ use crate::engine::children::{
 };
 use crate::engine::{Offence, Tracker};
 use crate::events::EventLog;
-use crate::policy::{ChildrenPolicy, Mode};
-use crate::protocol::{ChildState, ChildStatus, Reason};
+use crate::policy::ChildrenPolicy;
+use crate::protocol::ChildStatus;
 use crate::psi::PsiTrigger;
+use crate::vocabulary::Mode;
+use crate::vocabulary::{ChildState, Reason};
 use crate::watch::PidFd;
 
 pub mod connector;

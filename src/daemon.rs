@@ -28,10 +28,11 @@ use crate::events::EventLog;
 use crate::hostcheck;
 use crate::layout::CONTROLLERS;
 use crate::layout::{cgroup_root, own_cgroup, CGROUP_MOUNT};
-use crate::policy::{self, Mode};
+use crate::policy;
 use crate::protocol::{ApiError, ErrorCode, EventRecord, ReloadReport, StatusReport};
 use crate::server::{self, Access, Api};
 use crate::supervisor::{Fleet, FleetError};
+use crate::vocabulary::Mode;
 
 pub const DEFAULT_POLICIES: &str = "/etc/oomguard/policies.d";
 pub const DEFAULT_SOCKET: &str = "/run/oomguard/oomguard.sock";

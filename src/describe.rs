@@ -3,8 +3,8 @@
 
 use crate::engine::{Offence, Stall};
 use crate::policy::{StallKind, Triggers};
-use crate::protocol::Reason;
 use crate::units::{fmt_dur, human_bytes};
+use crate::vocabulary::Reason;
 
 /// An offence in words, against the triggers it tripped (the instance's or a child's).
 pub fn describe(offence: &Offence, triggers: &Triggers) -> String {

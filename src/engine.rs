@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::policy::{MemoryTrigger, PressureTrigger, RestartPolicy};
-use crate::protocol::Reason;
+use crate::vocabulary::Reason;
 
 /// Why an instance should be restarted, with the numbers that crossed the line.
 #[derive(Clone, Debug, PartialEq)]

@@ -80,7 +80,7 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Reason;
+    use crate::vocabulary::Reason;
 
     fn event(i: usize) -> EventRecord {
         EventRecord {

@@ -17,12 +17,13 @@ use crate::deadline::sleep_until_opt;
 use crate::describe::describe;
 use crate::engine::{Offence, Tracker};
 use crate::events::{now_ms, EventLog};
-use crate::policy::{ChildrenPolicy, Mode, Policy};
-use crate::protocol::{Ending, InstanceState, Reason};
+use crate::policy::{ChildrenPolicy, Policy};
 use crate::psi::PsiTrigger;
 use crate::shutdown::Proc;
 use crate::spawn::{self, Identity};
 use crate::units::fmt_dur;
+use crate::vocabulary::Mode;
+use crate::vocabulary::{Ending, InstanceState, Reason};
 use crate::watch::{FileWatch, PidFd};
 use children::next_child_event;
 

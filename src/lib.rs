@@ -48,4 +48,5 @@ pub mod table;
 #[doc(hidden)]
 pub mod testing;
 pub mod units;
+pub mod vocabulary;
 pub mod watch;

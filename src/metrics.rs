@@ -9,7 +9,9 @@ use std::fmt::Write;
 
 mod children;
 
-use crate::protocol::{InstanceState, InstanceStatus, Reason, StatusReport};
+use crate::protocol::{InstanceStatus, StatusReport};
+
+use crate::vocabulary::{InstanceState, Reason};
 
 const ALL_REASONS: [Reason; 7] = [
     Reason::Pressure,
@@ -301,8 +303,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::policy::Mode;
     use crate::protocol::{DaemonInfo, PolicyStatus};
+    use crate::vocabulary::Mode;
 
     pub(super) fn instance(id: &str) -> InstanceStatus {
         InstanceStatus {

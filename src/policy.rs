@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::units::Limit;
+use crate::vocabulary::Mode;
 
 mod bounds;
 mod children;
@@ -131,15 +132,6 @@ pub enum ChildScope {
     /// The whole instance, gracefully, with the instance's `restart:` (frameworks whose children
     /// have no graceful way out of their own).
     Instance,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Decide and act.
-    Enforce,
-    /// Decide and report what would have been done; never signal, never change limits.
-    Observe,
 }
 
 #[derive(Clone, Debug, PartialEq)]

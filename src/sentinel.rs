@@ -9,8 +9,8 @@ use tracing::{debug, warn};
 use crate::cgroupfs::{CgroupError, Group};
 use crate::engine::boundary::{Boundary, Figures, Reading, Verdict};
 use crate::engine::Offence;
-use crate::protocol::Reason;
 use crate::units::{human_bytes, Limit};
+use crate::vocabulary::Reason;
 
 /// The offence a boundary crossing makes.
 pub fn offence(figures: Figures) -> Offence {

@@ -3,10 +3,9 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::policy::Mode;
-use crate::protocol::{
-    ChildStatus, Ending, EventRecord, InstanceState, InstanceStatus, StatusReport,
-};
+use crate::protocol::{ChildStatus, EventRecord, InstanceStatus, StatusReport};
+use crate::vocabulary::Mode;
+use crate::vocabulary::{Ending, InstanceState};
 
 /// The status table: a header line about the daemon, then one aligned line per instance, then
 /// notes for anything that needs an operator (observe mode, failed instances).
@@ -272,7 +271,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::protocol::{DaemonInfo, PolicyStatus, Reason};
+    use crate::protocol::{DaemonInfo, PolicyStatus};
+    use crate::vocabulary::Reason;
 
     const NOW: u64 = 1_700_000_000;
 
@@ -309,7 +309,7 @@ mod tests {
         pf.children = vec![crate::protocol::ChildStatus {
             pid: 4243,
             leaf: "child-4243".into(),
-            state: crate::protocol::ChildState::Recycling,
+            state: crate::vocabulary::ChildState::Recycling,
             memory_current: Some(44 << 20),
             memory_high: None,
             boundary: None,

@@ -9,8 +9,8 @@ mod fake_tree;
 
 use std::path::Path;
 
-use oomguard::protocol::{InstanceState, Reason};
 use oomguard::supervisor::SavedState;
+use oomguard::vocabulary::{InstanceState, Reason};
 
 use fake_tree::*;
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use fake_tree::*;
 use oomguard::cgroupfs::{CGROUP_PROCS, SUBTREE_CONTROL};
-use oomguard::protocol::{Ending, InstanceState, Reason};
 use oomguard::supervisor::SavedState;
+use oomguard::vocabulary::{Ending, InstanceState, Reason};
 
 const CHILDREN: &str = "children:\n  memory: {high: 32M, max: 64M}\n  triggers: {memory: {above: 40M}}\n  restart: {grace: 2s}\n";
 

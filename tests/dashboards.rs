@@ -10,8 +10,8 @@ mod fake_tree;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use oomguard::protocol::InstanceState;
 use oomguard::supervisor::SavedState;
+use oomguard::vocabulary::InstanceState;
 use serde_json::Value;
 
 use fake_tree::*;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use oomguard::cgroupfs::CGROUP_PROCS;
 
-use oomguard::protocol::{Ending, InstanceState, Reason};
 use oomguard::supervisor::SavedState;
+use oomguard::vocabulary::{Ending, InstanceState, Reason};
 
 use fake_tree::*;
 

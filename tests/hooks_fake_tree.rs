@@ -9,8 +9,8 @@ mod fake_tree;
 use std::path::Path;
 use std::time::Duration;
 
-use oomguard::protocol::InstanceState;
 use oomguard::supervisor::{Fleet, SavedState};
+use oomguard::vocabulary::InstanceState;
 
 use fake_tree::*;
 

@@ -11,8 +11,8 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use oomguard::cgroupfs::{Group, CGROUP_PROCS, SUBTREE_CONTROL};
-use oomguard::protocol::InstanceState;
 use oomguard::supervisor::SavedState;
+use oomguard::vocabulary::InstanceState;
 
 use fake_tree::*;
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oomguard::cgroupfs::{Group, CGROUP_EVENTS, CGROUP_KILL, CGROUP_PROCS};
-use oomguard::protocol::{Ending, InstanceState};
 use oomguard::shutdown::{wait_empty, Emptiness};
 use oomguard::supervisor::SavedState;
+use oomguard::vocabulary::{Ending, InstanceState};
 
 use fake_tree::*;
 

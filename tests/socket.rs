@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oomguard::client::{self, ClientError, StreamItem};
-use oomguard::policy::Mode;
 use oomguard::protocol::{
-    DaemonInfo, ErrorCode, EventRecord, InstanceState, InstanceStatus, PolicyStatus, Reason,
-    Request, Response, RestartReply, StatusReport,
+    DaemonInfo, ErrorCode, EventRecord, InstanceStatus, PolicyStatus, Request, Response,
+    RestartReply, StatusReport,
 };
 use oomguard::server::{self, Access, Api, ApiError, Limits, ReloadReport};
+use oomguard::vocabulary::Mode;
+use oomguard::vocabulary::{InstanceState, Reason};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;

@@ -9,9 +9,10 @@ use crate::cgroupfs::Group;
 use crate::describe::describe;
 use crate::engine::Offence;
 use crate::policy::ChildrenPolicy;
-use crate::protocol::{Ending, EventRecord, Reason};
+use crate::protocol::EventRecord;
 use crate::units::fmt_dur;
 use crate::units::human_bytes;
+use crate::vocabulary::{Ending, Reason};
 
 /// A decision about one child, with the numbers read when it was made.
 pub(super) struct Decision {

@@ -9,7 +9,9 @@
 
 use tracing::Level;
 
-use crate::protocol::{Ending, EventRecord};
+use crate::protocol::EventRecord;
+
+use crate::vocabulary::Ending;
 
 /// The target of an event's plain-text line.
 pub const PLAIN_TARGET: &str = "oomguard::event";
@@ -133,7 +135,7 @@ pub(crate) mod tests {
     use tracing_subscriber::Layer;
 
     use super::*;
-    use crate::protocol::Reason;
+    use crate::vocabulary::Reason;
 
     #[test]
     fn message_ids_are_distinct_128_bit_hex() {

@@ -52,7 +52,7 @@ impl Instance {
                 let e = format!("{e} (memory.high stays {})", human_bytes(high));
                 self.unarmed(
                     super::UNARMED_BOUNDARY,
-                    crate::protocol::Reason::Boundary,
+                    crate::vocabulary::Reason::Boundary,
                     e,
                 );
                 self.boundary.disarm();

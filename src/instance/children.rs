@@ -5,8 +5,8 @@ use tracing::{info, warn};
 
 use super::{Instance, Worker};
 use crate::children::{ChildEvent, ChildSet};
-use crate::protocol::Reason;
 use crate::shutdown::Proc;
+use crate::vocabulary::Reason;
 
 impl Instance {
     /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.

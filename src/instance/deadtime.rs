@@ -49,7 +49,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::protocol::Reason;
+    use crate::vocabulary::Reason;
 
     #[test]
     fn plain_dead_time_is_exit_to_exec_and_overlap_has_none() {

@@ -7,8 +7,8 @@ use tracing::info;
 
 use super::{Command, Instance};
 use crate::engine::AfterExit;
-use crate::protocol::{InstanceState, Reason};
 use crate::units::fmt_dur;
+use crate::vocabulary::{InstanceState, Reason};
 
 impl Instance {
     /// Backoff or failed after an unplanned exit. Returns false when the task should end.

@@ -9,7 +9,8 @@ use super::serve::Served;
 use super::{Instance, Worker};
 use crate::cgroupfs::MEMORY_CURRENT;
 use crate::hooks::{self, Context, When};
-use crate::protocol::{HookRecord, Reason};
+use crate::protocol::HookRecord;
+use crate::vocabulary::Reason;
 
 /// The running `after` hook: aborted when dropped (the instance stopped or went away), which
 /// kills the hook with its process group (`crate::hooks`).

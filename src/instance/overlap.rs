@@ -13,9 +13,9 @@ use super::report::ms;
 use super::serve::Served;
 use super::{Instance, Worker};
 use crate::cgroupfs::Group;
-use crate::protocol::{InstanceState, Reason};
 use crate::shutdown::{self, Proc};
 use crate::units::Limit;
+use crate::vocabulary::{InstanceState, Reason};
 
 /// The two generation leaves of an instance's group with `restart.overlap`.
 pub const GENERATIONS: [&str; 2] = ["gen-a", "gen-b"];

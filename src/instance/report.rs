@@ -7,7 +7,8 @@ use nix::sys::signal::Signal;
 
 use super::{Instance, Worker};
 use crate::cgroupfs::{MEMORY_CURRENT, MEMORY_PEAK};
-use crate::protocol::{Ending, EventRecord, Reason};
+use crate::protocol::EventRecord;
+use crate::vocabulary::{Ending, Reason};
 
 /// The numbers recorded with a decision.
 pub(super) struct Numbers {

@@ -12,9 +12,9 @@ use super::{Instance, Worker};
 use crate::cgroupfs::{Group, MEMORY_EVENTS};
 use crate::describe::describe;
 use crate::engine::{Offence, Stall};
-use crate::protocol::{Ending, InstanceState, Reason};
 use crate::shutdown::{self, Emptiness, Proc, Report, Sequence};
 use crate::units::{human_bytes, Limit};
+use crate::vocabulary::{Ending, InstanceState, Reason};
 
 /// What a restart leaves for the instance's task.
 pub(super) enum Handover {

@@ -5,7 +5,7 @@
 use tracing::debug;
 
 use super::Instance;
-use crate::protocol::Reason;
+use crate::vocabulary::Reason;
 
 impl Instance {
     /// `what` could not be armed on the running worker: an `unarmed` event the first time (or

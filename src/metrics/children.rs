@@ -3,7 +3,8 @@
 //! without `children:` renders as before.
 
 use super::{family, sample};
-use crate::protocol::{ChildState, ChildStatus, InstanceStatus};
+use crate::protocol::{ChildStatus, InstanceStatus};
+use crate::vocabulary::ChildState;
 
 type ChildSample = fn(&ChildStatus) -> Option<f64>;
 
@@ -80,7 +81,8 @@ pub(super) fn render(out: &mut String, instances: &[(&str, &str, &InstanceStatus
 
 #[cfg(test)]
 mod tests {
-    use crate::protocol::{ChildState, ChildStatus};
+    use crate::protocol::ChildStatus;
+    use crate::vocabulary::ChildState;
 
     #[test]
     fn each_child_is_a_series_and_fleets_without_children_render_nothing() {

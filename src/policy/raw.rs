@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
-use crate::policy::Mode;
 use crate::units::{ByteSize, Dur, Limit};
+use crate::vocabulary::Mode;
 
 /// A leaf value: parsed, or the reason it could not be. The type's own `Deserialize` does the
 /// parsing, so the units' validated newtypes remain the single source of truth.

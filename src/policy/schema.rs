@@ -13,8 +13,8 @@ use std::borrow::Cow;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
 use super::raw::{Field, RawPolicy};
-use super::Mode;
 use crate::units::{ByteSize, Dur, Limit};
+use crate::vocabulary::Mode;
 
 /// A byte size as `units` parses it: digits with an optional binary suffix, either case.
 const SIZE_PATTERN: &str = "^[0-9]+[KMGTkmgt]?$";

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use super::raw::{Field, RawPolicy};
 use super::yaml::yaml_error;
-use crate::policy::{Mode, Policy, PolicyError};
+use crate::policy::{Policy, PolicyError};
+use crate::vocabulary::Mode;
 
 /// Parses and validates one policy file's text. `path` is used for messages and, when the file has
 /// no `name:`, for the name (its stem). Touches no files; looks up `run.user`/`run.group`.

@@ -101,7 +101,7 @@ mod tests {
     fn readers_do_not_see_hook_output() {
         let mut ev = EventRecord::blank(
             "web/0",
-            crate::protocol::Reason::Manual,
+            crate::vocabulary::Reason::Manual,
             "restart",
             "m".into(),
         );

@@ -12,7 +12,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use oomguard::protocol::{EventRecord, Reason};
+use oomguard::protocol::EventRecord;
+use oomguard::vocabulary::Reason;
 
 use crate::harness::*;
 

@@ -11,7 +11,8 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use oomguard::protocol::{Ending, EventRecord, InstanceStatus, Reason};
+use oomguard::protocol::{EventRecord, InstanceStatus};
+use oomguard::vocabulary::{Ending, Reason};
 
 use crate::harness::*;
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use oomguard::daemon::DEFAULT_SOCKET;
-use oomguard::protocol::{Ending, EventRecord};
+use oomguard::protocol::EventRecord;
+use oomguard::vocabulary::Ending;
 
 use crate::harness::*;
 

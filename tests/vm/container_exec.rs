@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use oomguard::protocol::Ending;
+use oomguard::vocabulary::Ending;
 
 use crate::container::{ctr_events, graceful, make_container, CTR, CTR_MAX, ENVELOPE};
 use crate::harness::*;

@@ -10,7 +10,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use oomguard::protocol::InstanceState;
+use oomguard::vocabulary::InstanceState;
 
 use crate::harness::*;
 

@@ -8,7 +8,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use oomguard::protocol::InstanceState;
+use oomguard::vocabulary::InstanceState;
 
 use crate::crasher_policy;
 use crate::harness::*;

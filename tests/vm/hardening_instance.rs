@@ -10,7 +10,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use oomguard::protocol::{EventRecord, InstanceState};
+use oomguard::protocol::EventRecord;
+use oomguard::vocabulary::InstanceState;
 
 use crate::harness::*;
 use crate::GUARDS;

@@ -12,7 +12,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use oomguard::protocol::{EventRecord, InstanceState, InstanceStatus, Reason, StatusReport};
+use oomguard::protocol::{EventRecord, InstanceStatus, StatusReport};
+use oomguard::vocabulary::{InstanceState, Reason};
 
 pub const OOMGUARD: &str = "/bin/oomguard";
 pub const TESTWORKER: &str = "/bin/testworker";
@@ -212,7 +213,7 @@ impl Daemon {
             ids.iter()
                 .map(|id| {
                     let inst = instance(report, id)?;
-                    let running = inst.state == oomguard::protocol::InstanceState::Running;
+                    let running = inst.state == oomguard::vocabulary::InstanceState::Running;
                     Some((id.to_string(), *inst.pids.first().filter(|_| running)?))
                 })
                 .collect()

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use oomguard::protocol::{EventRecord, InstanceState, Reason};
+use oomguard::protocol::EventRecord;
+use oomguard::vocabulary::{InstanceState, Reason};
 
 use crate::harness::*;
 

@@ -7,7 +7,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use oomguard::protocol::Reason;
+use oomguard::vocabulary::Reason;
 
 use crate::harness::*;
 use crate::{healthy_policy, leaky_policy};

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use oomguard::protocol::{EventRecord, Reason};
+use oomguard::protocol::EventRecord;
+use oomguard::vocabulary::Reason;
 
 use crate::harness::*;
 

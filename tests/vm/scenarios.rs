@@ -32,7 +32,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use oomguard::protocol::{InstanceState, Reason};
+use oomguard::vocabulary::{InstanceState, Reason};
 
 use harness::*;
 
@@ -1059,7 +1059,7 @@ fn grace_kill() -> Result<()> {
     ensure!(
         matches!(
             restart.ending,
-            Some(oomguard::protocol::Ending::KilledAfterGrace { .. })
+            Some(oomguard::vocabulary::Ending::KilledAfterGrace { .. })
         ),
         "the event says the worker ended {:?}, want killed_after_grace",
         restart.ending
