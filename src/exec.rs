@@ -232,14 +232,17 @@ pub const EXEC_DIR: &str = "exec";
 /// The PATH a bare COMMAND is looked up in when the entrypoint has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The container's memory.max, when we are in a container that has one.
-fn container_limit() -> Option<u64> {
+/// The container's memory.max, when we are in a container that has one. A container that
+/// cannot be guarded (cgroup v1, no memory controller) is refused here with `run`'s words: the
+/// limits cannot be derived from it, and "no memory limit" would send the operator to the
+/// wrong setting.
+fn container_limit() -> Result<Option<u64>, String> {
     let mount = Path::new(crate::layout::CGROUP_MOUNT);
     let probe = crate::container::detect::Probe::read(mount);
-    crate::container::detect::detect(mount, &probe, |_| false)
-        .ok()
-        .flatten()
-        .and_then(|c| c.memory_max.bytes())
+    let found = crate::container::detect::detect(mount, &probe, |_| false);
+    Ok(found
+        .map_err(|e| e.to_string())?
+        .and_then(|c| c.memory_max.bytes()))
 }
 
 /// [`build`] here: the program looked up in PATH, the limits from this container.
@@ -251,7 +254,7 @@ fn build_here(flags: &Flags) -> Result<Built, String> {
             .to_string_lossy()
             .into_owned();
     }
-    build(&flags, container_limit())
+    build(&flags, container_limit()?)
 }
 
 fn policy_path(dir: &Path, b: &Built) -> PathBuf {
