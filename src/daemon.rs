@@ -104,8 +104,8 @@ pub async fn run(opts: Options) -> anyhow::Result<u8> {
 
     if policies.iter().any(|p| p.children.is_some()) {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if let Some(note) = hostcheck::favordynmods_note(&mountinfo, mount, release.trim()) {
+        let release = crate::procfs::kernel_release();
+        if let Some(note) = hostcheck::favordynmods_note(&mountinfo, mount, &release) {
             info!("{note}");
         }
     }

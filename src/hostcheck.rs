@@ -77,8 +77,7 @@ pub fn check_host(mount: &Path, parent: &Path) -> Result<(), HostError> {
     }
     check_group(parent)?;
     probe_pidfd()?;
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    for note in degraded_features(release.trim()) {
+    for note in degraded_features(&crate::procfs::kernel_release()) {
         tracing::warn!("{note}");
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! What oomguard reads of /proc about a process. The one place that parses /proc/<pid> files,
 //! so the supervisor (finding a main pid, the younger generation) and the children (who forked
-//! whom, verifying a move) share it instead of importing each other.
+//! whom, verifying a move) share it instead of importing each other; and the kernel's release,
+//! which start-up checks and the proc connector both ask for.
 
 /// Field `n` of /proc/<pid>/stat, counted as proc(5) does (1 is the pid, 3 the state); None
 /// once the process is gone. Only fields from 3 on: the command name (2) may contain spaces
@@ -26,6 +27,14 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 /// A process's state letter (field 3): `R`, `S`, `Z` (a zombie not yet reaped), ...
 pub fn state(pid: u32) -> Option<char> {
     stat_field(pid, 3)?.chars().next()
+}
+
+/// The running kernel's release ("6.1.0-57-cloud-amd64"); empty when /proc cannot say, which
+/// every caller treats as "unknown version".
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -215,9 +215,9 @@ fn open() -> std::io::Result<(AsyncFd<OwnedFd>, OwnedFd)> {
     // Port id 0: the kernel picks a unique one.
     let addr = nix::sys::socket::NetlinkAddr::new(0, CN_IDX_PROC);
     nix::sys::socket::bind(fd.as_raw_fd(), &addr).map_err(std::io::Error::from)?;
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = crate::procfs::kernel_release();
     let forks_only =
-        crate::hostcheck::kernel_version(release.trim()).is_some_and(|v| v >= EVENT_FILTER_SINCE);
+        crate::hostcheck::kernel_version(&release).is_some_and(|v| v >= EVENT_FILTER_SINCE);
     let listen = subscribe_message(forks_only);
     nix::sys::socket::send(fd.as_raw_fd(), &listen, nix::sys::socket::MsgFlags::empty())
         .map_err(std::io::Error::from)?;
