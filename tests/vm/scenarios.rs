@@ -9,6 +9,7 @@ mod children;
 mod children_cap;
 mod container;
 mod container_exec;
+mod container_readonly;
 mod faults;
 mod goodput;
 mod hardening_daemon;
@@ -73,6 +74,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 120,
         vm_mb: 512,
         run: container_exec::container_exec,
+    },
+    Scenario {
+        name: "container_readonly",
+        demo: false,
+        kernel_args: "",
+        budget_s: 150,
+        vm_mb: 512,
+        run: container_readonly::container_readonly,
     },
     Scenario {
         name: "smoke",
