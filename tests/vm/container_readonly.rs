@@ -4,13 +4,14 @@
 //! - control, without oomguard: the container's own OOM kill fires (so the check can fail);
 //! - `oomguard exec --children` as the entrypoint: it starts (before the read-only mode it
 //!   exited 1 with a refusal), status says read-only and why, the leaking children are recycled
-//!   one at a time by their signal, the main worker stays, and the container's oom_kill stays.
+//!   one at a time by their signal, the main worker stays, and the container's oom_kill stays;
+//! - `container_readonly_restart`: a worker without children is restarted whole, gracefully.
 
 use std::fs;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use oomguard::protocol::{EventRecord, Reason};
+use oomguard::protocol::{EventRecord, InstanceState, Reason};
 
 use crate::container::{container_info, ctr_events, graceful, make_container, CTR, CTR_MAX};
 use crate::harness::*;
@@ -161,6 +162,72 @@ pub fn container_readonly() -> Result<()> {
             "child {pid} did not run its SIGTERM handler"
         );
     }
+    let status = daemon.stop()?;
+    evidence("daemon exit", status);
+    ensure!(status.success(), "the daemon exited {status}");
+    Ok(())
+}
+
+/// A plain worker (no `children:`) leaking 16 MB/s in the read-only container: restarted whole,
+/// gracefully (its SIGTERM, its job finished, a clean exit), respawned with a new pid, and the
+/// container's OOM kill never fires.
+pub fn container_readonly_restart() -> Result<()> {
+    make_ledger_dir()?;
+    make_container()?;
+    let ledger = ledger_path("ro");
+    let exec: Vec<String> = [
+        OOMGUARD,
+        "exec",
+        "--socket",
+        SOCKET,
+        "--grace",
+        "10s",
+        "--",
+        TESTWORKER,
+        "--ledger",
+        &ledger,
+        "--leak-mb-per-s",
+        "16",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut daemon = Daemon::start_command(in_ro_container(&exec))?;
+    let id = "testworker/0";
+    let first = daemon.wait_running(&[id], Duration::from_secs(30))?[id];
+    let restart = wait_until(
+        "a whole-worker restart by the read-only mode",
+        Duration::from_secs(60),
+        || {
+            recent_events().ok()?.into_iter().find(|e| {
+                e.action == "restart" && e.reason == Reason::ContainerLimit && e.ending.is_some()
+            })
+        },
+    )?;
+    evidence("restart", &restart.message);
+    ensure!(graceful(&restart), "the worker ended {:?}", restart.ending);
+    let second = wait_until("the respawned worker", Duration::from_secs(20), || {
+        let report = status_json().ok()?;
+        let inst = instance(&report, id)?;
+        (inst.state == InstanceState::Running && inst.restarts >= 1)
+            .then(|| inst.pids.first().copied())?
+            .filter(|&p| p != first)
+    })?;
+    evidence("pids", format!("{first} -> {second}"));
+    let events = ctr_events()?;
+    evidence("container memory.events", format!("{events:?}"));
+    ensure!(
+        events.get("oom_kill") == Some(&0),
+        "the container's own OOM fired: {events:?}"
+    );
+    let running: std::collections::BTreeSet<u32> = [second].into();
+    let l = Ledger::read(&ledger)?;
+    evidence("ledger", l.summary());
+    ensure!(
+        l.lost_jobs(&running).is_empty() && l.unclean_exits(&running).is_empty(),
+        "lost jobs {:?}, unclean exits {:?}",
+        l.lost_jobs(&running),
+        l.unclean_exits(&running)
+    );
     let status = daemon.stop()?;
     evidence("daemon exit", status);
     ensure!(status.success(), "the daemon exited {status}");
