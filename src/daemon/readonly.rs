@@ -93,8 +93,11 @@ pub async fn run(c: Container, policies: Vec<Policy>, opts: &Options) -> anyhow:
         let _ = server_stopped.await;
     }));
     info!(root = %r.root.path().display(), socket = %opts.socket.display(), mode = %setup::summary(&r.info), "oomguard {} running", env!("CARGO_PKG_VERSION"));
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // Unhandled, either would end the daemon and leave the workers unguarded.
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -103,6 +106,8 @@ pub async fn run(c: Container, policies: Vec<Policy>, opts: &Options) -> anyhow:
             Some(done) = done_rx.recv() => r.finished(done),
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => warn!("SIGHUP: reload is not available in the read-only mode; the policies stay as they are (restart the container to change them)"),
+            _ = usr2.recv() => warn!("SIGUSR2: leaving the workers for a next daemon is not available in the read-only mode (nothing could adopt them); ignored"),
         }
         status_tx.send_replace(r.status());
     }

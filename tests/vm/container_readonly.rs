@@ -5,7 +5,8 @@
 //! - `oomguard exec --children` as the entrypoint: it starts (before the read-only mode it
 //!   exited 1 with a refusal), status says read-only and why, the leaking children are recycled
 //!   one at a time by their signal, the main worker stays, and the container's oom_kill stays;
-//! - `container_readonly_restart`: a worker without children is restarted whole, gracefully.
+//! - `container_readonly_restart`: a worker without children is restarted whole, gracefully;
+//!   `container_readonly_kill`: one that ignores its signal is SIGKILLed after the grace.
 
 use std::fs;
 use std::time::Duration;
@@ -175,22 +176,54 @@ pub fn container_readonly_restart() -> Result<()> {
     make_ledger_dir()?;
     make_container()?;
     let ledger = ledger_path("ro");
-    let exec: Vec<String> = [
-        OOMGUARD,
-        "exec",
-        "--socket",
-        SOCKET,
-        "--grace",
-        "10s",
-        "--",
-        TESTWORKER,
-        "--ledger",
-        &ledger,
-        "--leak-mb-per-s",
-        "16",
-    ]
-    .map(String::from)
-    .to_vec();
+    let worker = ["--ledger", &ledger, "--leak-mb-per-s", "16"];
+    let (mut daemon, restart, second) = restarted_once("10s", &worker)?;
+    ensure!(graceful(&restart), "the worker ended {:?}", restart.ending);
+    let id = "testworker/0";
+    let events = ctr_events()?;
+    evidence("container memory.events", format!("{events:?}"));
+    ensure!(
+        events.get("oom_kill") == Some(&0),
+        "the container's own OOM fired: {events:?}"
+    );
+    // A reload signal (passed on by the init) is declined and said, not fatal.
+    daemon.signal(libc::SIGHUP)?;
+    wait_until("the SIGHUP to be declined", Duration::from_secs(10), || {
+        fs::read_to_string(DAEMON_LOG)
+            .ok()?
+            .contains("SIGHUP: reload is not available")
+            .then_some(())
+    })?;
+    daemon.ensure_alive()?;
+    ensure!(
+        require_instance(&daemon.status()?, id)?.pids.first() == Some(&second),
+        "the worker changed after SIGHUP"
+    );
+    let running: std::collections::BTreeSet<u32> = [second].into();
+    let l = Ledger::read(&ledger)?;
+    evidence("ledger", l.summary());
+    ensure!(
+        l.lost_jobs(&running).is_empty() && l.unclean_exits(&running).is_empty(),
+        "lost jobs {:?}, unclean exits {:?}",
+        l.lost_jobs(&running),
+        l.unclean_exits(&running)
+    );
+    let status = daemon.stop()?;
+    evidence("daemon exit", status);
+    ensure!(status.success(), "the daemon exited {status}");
+    Ok(())
+}
+
+/// `oomguard exec --grace GRACE -- testworker WORKER...` in the read-only container, until its
+/// first whole-worker restart has ended and the respawned worker runs: the daemon, the restart
+/// event and the new pid.
+fn restarted_once(grace: &str, worker: &[&str]) -> Result<(Daemon, EventRecord, u32)> {
+    let exec: Vec<String> = [OOMGUARD, "exec", "--socket", SOCKET, "--grace", grace, "--"]
+        .iter()
+        .chain(&[TESTWORKER])
+        .chain(worker)
+        .map(|s| s.to_string())
+        .collect();
     let mut daemon = Daemon::start_command(in_ro_container(&exec))?;
     let id = "testworker/0";
     let first = daemon.wait_running(&[id], Duration::from_secs(30))?[id];
@@ -204,7 +237,6 @@ pub fn container_readonly_restart() -> Result<()> {
         },
     )?;
     evidence("restart", &restart.message);
-    ensure!(graceful(&restart), "the worker ended {:?}", restart.ending);
     let second = wait_until("the respawned worker", Duration::from_secs(20), || {
         let report = status_json().ok()?;
         let inst = instance(&report, id)?;
@@ -213,20 +245,31 @@ pub fn container_readonly_restart() -> Result<()> {
             .filter(|&p| p != first)
     })?;
     evidence("pids", format!("{first} -> {second}"));
+    Ok((daemon, restart, second))
+}
+
+/// A worker that ignores its SIGTERM, leaking 8 MB/s, `--grace 2s`: SIGKILLed after the grace
+/// (its process group, as there is no cgroup.kill), respawned, and the kill came before the
+/// kernel's: the container's oom_kill stays 0.
+pub fn container_readonly_kill() -> Result<()> {
+    make_ledger_dir()?;
+    make_container()?;
+    let worker = ["--ignore-sigterm", "--leak-mb-per-s", "8"];
+    let (daemon, restart, second) = restarted_once("2s", &worker)?;
+    ensure!(
+        matches!(
+            restart.ending,
+            Some(oomguard::protocol::Ending::KilledAfterGrace { .. })
+        ),
+        "the worker that ignores SIGTERM ended {:?}",
+        restart.ending
+    );
+    ensure!(pid_alive(second), "the respawned worker {second} is gone");
     let events = ctr_events()?;
     evidence("container memory.events", format!("{events:?}"));
     ensure!(
         events.get("oom_kill") == Some(&0),
         "the container's own OOM fired: {events:?}"
-    );
-    let running: std::collections::BTreeSet<u32> = [second].into();
-    let l = Ledger::read(&ledger)?;
-    evidence("ledger", l.summary());
-    ensure!(
-        l.lost_jobs(&running).is_empty() && l.unclean_exits(&running).is_empty(),
-        "lost jobs {:?}, unclean exits {:?}",
-        l.lost_jobs(&running),
-        l.unclean_exits(&running)
     );
     let status = daemon.stop()?;
     evidence("daemon exit", status);

@@ -72,16 +72,14 @@ pub async fn stop_worker(
 }
 
 /// SIGKILL to every descendant of `pid` and to `pid`, each by a pidfd opened while its parent
-/// is still the one /proc named (a pid that ended and was reused is left alone).
+/// is still one /proc named in the tree (a pid that ended and was reused is left alone).
 fn kill_tree(pid: u32) {
-    let table = ProcTable::read(std::path::Path::new("/proc"));
-    for p in table.tree(pid).into_iter().rev() {
-        if let Ok(fd) = PidFd::open(p) {
-            if p == pid
-                || crate::procfs::parent_pid(p).is_some_and(|pp| table.tree(pid).contains(&pp))
-            {
-                let _ = fd.signal(Signal::SIGKILL);
-            }
+    let tree = ProcTable::read(std::path::Path::new("/proc")).tree(pid);
+    for &p in tree.iter().rev() {
+        let Ok(fd) = PidFd::open(p) else { continue };
+        let ours = p == pid || crate::procfs::parent_pid(p).is_some_and(|pp| tree.contains(&pp));
+        if ours {
+            let _ = fd.signal(Signal::SIGKILL);
         }
     }
 }
