@@ -5,6 +5,7 @@
 mod coalesce;
 mod lock;
 mod observed;
+mod readonly;
 mod reload;
 mod runtime;
 
@@ -126,6 +127,14 @@ pub async fn run(opts: Options) -> anyhow::Result<u8> {
     }
     let runtime_dir = opts.socket.parent().unwrap_or(Path::new("/run"));
     let runtime = RuntimeDir::open(runtime_dir)?;
+    if let Some(c) = container.as_ref().filter(|c| !c.writable) {
+        readonly::note_modes(&policies);
+        let opts = Options {
+            stop_timeout,
+            ..opts
+        };
+        return readonly::run(c.clone(), policies, &opts).await;
+    }
     let (root, container) = match container {
         None => (prepare_root(mount, &root)?, None),
         Some(c) => {
@@ -138,12 +147,7 @@ pub async fn run(opts: Options) -> anyhow::Result<u8> {
     // are not ours to touch.
     let _root_lock = lock::lock_root(root.path())?;
     // Before any worker starts: a port that cannot be had refuses the start, not half of it.
-    let metrics_listener = match opts.metrics_listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("--metrics-listen {addr}: cannot listen there (a port in use, or an address this host does not have): pick another or drop the flag")
-        })?),
-        None => None,
-    };
+    let metrics_listener = bind_metrics(&opts).await?;
     let saved = runtime.load_state();
     let mut fleet = Fleet::new(root, Arc::new(EventLog::new()));
     if let Some(info) = &container {
@@ -184,24 +188,7 @@ pub async fn run(opts: Options) -> anyhow::Result<u8> {
         dry_run: opts.dry_run,
     });
     let access = Access::new(opts.socket_group.as_deref(), opts.admin_uids.clone());
-    let metrics_server = metrics_listener.map(|listener| {
-        let addr = listener
-            .local_addr()
-            .map_or_else(|e| e.to_string(), |a| a.to_string());
-        info!(listen = %addr, "metrics over HTTP: GET http://{addr}/metrics");
-        let api = api.clone();
-        let render = move || {
-            api.status(None)
-                .map(|s| crate::metrics::render(&s))
-                .map_err(|e| e.message)
-        };
-        tokio::spawn(server::serve_metrics(
-            listener,
-            render,
-            server::HttpLimits::default(),
-            std::future::pending(),
-        ))
-    });
+    let metrics_server = metrics_listener.map(|l| serve_metrics(l, api.clone()));
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, api, access, async move {
         let _ = server_stopped.await;
@@ -258,6 +245,39 @@ pub async fn run(opts: Options) -> anyhow::Result<u8> {
     }
     let _ = server.await;
     Ok(code)
+}
+
+/// Before any worker starts: a port that cannot be had refuses the start, not half of it.
+async fn bind_metrics(opts: &Options) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = opts.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("--metrics-listen {addr}: cannot listen there (a port in use, or an address this host does not have): pick another or drop the flag")
+    })?;
+    Ok(Some(listener))
+}
+
+/// `oomguard metrics`' text over HTTP, from the socket API's status.
+fn serve_metrics<A: Api>(
+    listener: tokio::net::TcpListener,
+    api: Arc<A>,
+) -> tokio::task::JoinHandle<()> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    info!(listen = %addr, "metrics over HTTP: GET http://{addr}/metrics");
+    let render = move || {
+        api.status(None)
+            .map(|s| crate::metrics::render(&s))
+            .map_err(|e| e.message)
+    };
+    tokio::spawn(server::serve_metrics(
+        listener,
+        render,
+        server::HttpLimits::default(),
+        std::future::pending(),
+    ))
 }
 
 /// `run` and `exec` create cgroups and start workers as other users.

@@ -523,8 +523,13 @@ impl Instance {
             }
         };
         let events_at_start = self.group.memory_events().unwrap_or_default();
-        let mut child = spawn::spawn(&self.policy.run, self.identity.as_ref(), &place, &self.id)
-            .map_err(|e| e.to_string())?;
+        let mut child = spawn::spawn(
+            &self.policy.run,
+            self.identity.as_ref(),
+            Some(&place),
+            &self.id,
+        )
+        .map_err(|e| e.to_string())?;
         // Not reaped yet, so the pid is still this child's: the pidfd cannot name another process.
         let pid = child
             .id()

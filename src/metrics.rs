@@ -13,7 +13,7 @@ use crate::protocol::{InstanceStatus, StatusReport};
 
 use crate::vocabulary::{InstanceState, Reason};
 
-const ALL_REASONS: [Reason; 7] = [
+const ALL_REASONS: [Reason; 8] = [
     Reason::Pressure,
     Reason::Memory,
     Reason::Manual,
@@ -21,6 +21,7 @@ const ALL_REASONS: [Reason; 7] = [
     Reason::OomKilled,
     Reason::Child,
     Reason::Boundary,
+    Reason::ContainerLimit,
 ];
 
 const ALL_STATES: [InstanceState; 6] = [
@@ -41,7 +42,8 @@ const _: fn(Reason) = |r| match r {
     | Reason::Exited
     | Reason::OomKilled
     | Reason::Child
-    | Reason::Boundary => {}
+    | Reason::Boundary
+    | Reason::ContainerLimit => {}
 };
 const _: fn(InstanceState) = |s| match s {
     InstanceState::Starting
@@ -414,6 +416,7 @@ oomguard_restarts_total{policy="celery",index="0",reason="exited"} 0
 oomguard_restarts_total{policy="celery",index="0",reason="oom_killed"} 0
 oomguard_restarts_total{policy="celery",index="0",reason="child"} 0
 oomguard_restarts_total{policy="celery",index="0",reason="boundary"} 0
+oomguard_restarts_total{policy="celery",index="0",reason="container_limit"} 0
 oomguard_restarts_total{policy="web",index="0",reason="pressure"} 0
 oomguard_restarts_total{policy="web",index="0",reason="memory"} 0
 oomguard_restarts_total{policy="web",index="0",reason="manual"} 0
@@ -421,6 +424,7 @@ oomguard_restarts_total{policy="web",index="0",reason="exited"} 0
 oomguard_restarts_total{policy="web",index="0",reason="oom_killed"} 0
 oomguard_restarts_total{policy="web",index="0",reason="child"} 0
 oomguard_restarts_total{policy="web",index="0",reason="boundary"} 0
+oomguard_restarts_total{policy="web",index="0",reason="container_limit"} 0
 # HELP oomguard_oom_kills_total Kernel OOM kills in the instance's cgroup.
 # TYPE oomguard_oom_kills_total counter
 oomguard_oom_kills_total{policy="celery",index="0"} 1
@@ -480,9 +484,9 @@ oomguard_instance_state{policy="web",index="0",state="stopped"} 0
                 samples += 1;
             }
         }
-        // daemon 3; gauges: celery all 9, web 5 (no current/high/boundary/max); restarts 2x7;
+        // daemon 3; gauges: celery all 9, web 5 (no current/high/boundary/max); restarts 2x8;
         // ooms 2; unarmed 2; states 2x6.
-        assert_eq!(samples, 3 + 9 + 5 + 14 + 2 + 2 + 12);
+        assert_eq!(samples, 3 + 9 + 5 + 16 + 2 + 2 + 12);
     }
 
     fn valid_name(s: &str) -> bool {

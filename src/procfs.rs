@@ -8,10 +8,13 @@
 /// and parentheses, so fields resume after the last ')'.
 fn stat_field(pid: u32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    field_of(&stat, n).map(str::to_owned)
+}
+
+/// Field `n` (from 3 on) of the text of a /proc/<pid>/stat read elsewhere.
+pub fn field_of(stat: &str, n: usize) -> Option<&str> {
     let rest = stat.get(stat.rfind(')')? + 1..)?;
-    rest.split_whitespace()
-        .nth(n.checked_sub(3)?)
-        .map(str::to_owned)
+    rest.split_whitespace().nth(n.checked_sub(3)?)
 }
 
 /// A process's parent pid (field 4); None once it is gone.

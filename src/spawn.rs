@@ -132,25 +132,33 @@ pub fn resolve_identity(run: &Run) -> Result<Option<Identity>, SpawnError> {
     }))
 }
 
-/// Builds and starts the worker inside `group`. `instance` ("celery/0") is passed in the
-/// environment as OOMGUARD_INSTANCE so a worker can log which instance it is.
+/// Builds and starts the worker inside `group` (None: in the daemon's own group, the read-only
+/// container mode). `instance` ("celery/0") is passed in the environment as OOMGUARD_INSTANCE so
+/// a worker can log which instance it is.
 pub fn spawn(
     run: &Run,
     identity: Option<&Identity>,
-    group: &Group,
+    group: Option<&Group>,
     instance: &str,
 ) -> Result<tokio::process::Child, SpawnError> {
-    let procs_path = group.file(CGROUP_PROCS);
     // Opened in the parent: the child only write()s to it. CLOEXEC closes it at exec.
-    let procs: OwnedFd = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&procs_path)
-        .map_err(|source| SpawnError::OpenProcs {
-            path: procs_path.clone(),
-            source,
-        })?
-        .into();
+    let procs: Option<OwnedFd> = match group {
+        Some(g) => {
+            let procs_path = g.file(CGROUP_PROCS);
+            Some(
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&procs_path)
+                    .map_err(|source| SpawnError::OpenProcs {
+                        path: procs_path.clone(),
+                        source,
+                    })?
+                    .into(),
+            )
+        }
+        None => None,
+    };
 
     // A worker that keeps root's uid runs a program root's policy files' rules allow, checked
     // again now and executed from the checked descriptor (crate::policy::program).
@@ -196,7 +204,7 @@ pub fn spawn(
         None => None,
     };
 
-    let fd = procs.as_raw_fd();
+    let fd = procs.as_ref().map(|p| p.as_raw_fd());
     let creds = identity.map(|id| (id.uid, id.gid, id.groups.clone()));
     let journal = crate::logging::to_journal()
         .then(|| stream::JournalStream::new(instance))
@@ -208,8 +216,10 @@ pub fn spawn(
             // Own session: a Ctrl-C at the daemon's terminal is not the workers'.
             libc::setsid();
             let zero = b"0";
-            if libc::write(fd, zero.as_ptr().cast(), zero.len()) != zero.len() as isize {
-                return Err(std::io::Error::last_os_error());
+            if let Some(fd) = fd {
+                if libc::write(fd, zero.as_ptr().cast(), zero.len()) != zero.len() as isize {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // The daemon runs with OOMScoreAdjust=-900 so the kernel spares it; its workers must
             // not inherit that shield from the system-wide OOM killer.

@@ -34,6 +34,9 @@ pub enum Reason {
     /// No memory trigger: what the worker owns (memory.stat) reached the sentinel a margin
     /// under memory.high (docs/policy.md, "The memory.high boundary").
     Boundary,
+    /// Read-only container mode: the container's usage reached its memory.max minus the
+    /// reserve and this was the biggest worker or child (docs/containers.md).
+    ContainerLimit,
 }
 
 impl Reason {
@@ -46,6 +49,7 @@ impl Reason {
             Reason::OomKilled => "oom_killed",
             Reason::Child => "child",
             Reason::Boundary => "boundary",
+            Reason::ContainerLimit => "container_limit",
         }
     }
 }

@@ -22,12 +22,6 @@ pub enum SetupError {
     #[error(transparent)]
     Detect(#[from] ContainerError),
     #[error(
-        "inside a container ({root}, memory.max {max}) whose cgroup mount is read-only: oomguard \
-         needs a writable one to give each worker its own limit (the read-only, signals-only mode \
-         is not built yet). Make it writable: {WRITABLE_SETTINGS}"
-    )]
-    ReadOnly { root: PathBuf, max: Limit },
-    #[error(
         "--cgroup-root {0} is not used inside a container: the workers go under the container's \
          own {ENVELOPE} group, whose memory.max keeps them under the container's limit; drop the flag"
     )]
@@ -44,8 +38,8 @@ pub enum SetupError {
     },
 }
 
-/// Ok(None) on a host; a writable container otherwise. Refuses a read-only container (not
-/// built yet) and `--cgroup-root` inside one, before anything is touched.
+/// Ok(None) on a host; a container (writable or read-only) otherwise. Refuses `--cgroup-root`
+/// inside one, before anything is touched.
 pub fn detect_here(
     mount: &Path,
     explicit_root: Option<&Path>,
@@ -55,12 +49,6 @@ pub fn detect_here(
     };
     if let Some(root) = explicit_root {
         return Err(SetupError::ExplicitRoot(root.into()));
-    }
-    if !c.writable {
-        return Err(SetupError::ReadOnly {
-            root: c.root,
-            max: c.memory_max,
-        });
     }
     Ok(Some(c))
 }
@@ -80,6 +68,7 @@ pub fn enter(c: &Container, policies: &[Policy]) -> Result<(Group, ContainerInfo
         memory_max: c.memory_max.bytes(),
         envelope,
         reserve,
+        recycle_at: None,
         why: format!(
             "{} is a cgroup namespace root (the container's group) mounted read-write: the daemon \
              runs in {DAEMON_LEAF}, the workers under {}",
@@ -90,9 +79,41 @@ pub fn enter(c: &Container, policies: &[Policy]) -> Result<(Group, ContainerInfo
     Ok((workers, info))
 }
 
+/// A read-only mount: no groups, signals only (docs/containers.md). The line the biggest
+/// offender is recycled at is the limit minus the writable mode's reserve, so both modes stop
+/// the workers at the same place.
+pub fn read_only(c: &Container) -> ContainerInfo {
+    let reserve = fit::DEFAULT_RESERVE;
+    let max = c.memory_max.bytes();
+    ContainerInfo {
+        mode: "read-only".into(),
+        memory_max: max,
+        envelope: None,
+        reserve,
+        recycle_at: super::signals::threshold(max, reserve),
+        why: format!(
+            "{} is a cgroup namespace root (the container's group) mounted read-only: no group \
+             can be made, so the workers run in the container's group without limits of their \
+             own and the biggest is recycled by signal before the container's memory.max. For \
+             per-worker and per-child limits make the mount writable: {WRITABLE_SETTINGS}",
+            c.root.display()
+        ),
+    }
+}
+
 /// One line for the log and the status header.
 pub fn summary(info: &ContainerInfo) -> String {
     let max = info.memory_max.map_or("max".into(), human_bytes);
+    if info.envelope.is_none() && info.mode == "read-only" {
+        let at = info
+            .recycle_at
+            .map_or("never (no limit)".into(), human_bytes);
+        return format!(
+            "inside a container (read-only cgroups, signals only): container memory.max {max}, \
+             the biggest worker or child recycled at {at} (reserve {})",
+            human_bytes(info.reserve)
+        );
+    }
     let envelope = info.envelope.map_or("max".into(), human_bytes);
     format!(
         "inside a container ({} cgroups): container memory.max {max}, workers' envelope {envelope} \
@@ -135,6 +156,7 @@ mod tests {
             memory_max: Some(192 << 20),
             envelope: Some(168 << 20),
             reserve: 24 << 20,
+            recycle_at: None,
             why: String::new(),
         };
         let s = summary(&info);
@@ -143,5 +165,22 @@ mod tests {
             "{s}"
         );
         assert!(refit(&info, &[accepts(BASE)]).is_err());
+    }
+
+    #[test]
+    fn a_read_only_container_recycles_at_the_limit_minus_the_reserve_and_says_how_to_get_limits() {
+        let c = Container {
+            root: "/sys/fs/cgroup".into(),
+            writable: false,
+            memory_max: Limit::Bytes(192 << 20),
+        };
+        let info = read_only(&c);
+        assert_eq!(info.recycle_at, Some(168 << 20));
+        assert!(info.why.contains(WRITABLE_SETTINGS), "{}", info.why);
+        let s = summary(&info);
+        assert!(
+            s.contains("read-only") && s.contains("168M") && s.contains("192M"),
+            "{s}"
+        );
     }
 }

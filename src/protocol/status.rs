@@ -100,7 +100,8 @@ pub struct DaemonInfo {
 /// How the daemon guards inside a container, and why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerInfo {
-    /// "writable": per-worker groups under the workers' envelope.
+    /// "writable": per-worker groups under the workers' envelope; "read-only": no groups, the
+    /// workers recycled by signal (docs/containers.md).
     pub mode: String,
     /// The container's memory.max in bytes; null when "max".
     pub memory_max: Option<u64>,
@@ -108,6 +109,10 @@ pub struct ContainerInfo {
     pub envelope: Option<u64>,
     /// What the envelope leaves for the daemon, in bytes.
     pub reserve: u64,
+    /// Read-only mode: the container usage (memory.current less droppable page cache) at which
+    /// the biggest worker or child is recycled, memory_max - reserve; null otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle_at: Option<u64>,
     /// What was detected, in a sentence.
     pub why: String,
 }

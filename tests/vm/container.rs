@@ -77,6 +77,17 @@ fn policies() -> Result<()> {
     Ok(())
 }
 
+/// What `status --json` says of the container (shown as evidence).
+pub fn container_info(daemon: &mut Daemon) -> Result<oomguard::protocol::ContainerInfo> {
+    let info = daemon
+        .status()?
+        .daemon
+        .container
+        .context("status does not say it runs in a container")?;
+    evidence("status container", format!("{info:?}"));
+    Ok(info)
+}
+
 pub fn graceful(e: &EventRecord) -> bool {
     matches!(e.ending, Some(Ending::Exited { .. }))
 }
@@ -115,13 +126,7 @@ pub fn container_writable() -> Result<()> {
     let cmd = entrypoint_command(&["run", "--policies", POLICY_DIR, "--socket", SOCKET]);
     let mut daemon = Daemon::start_command(cmd)?;
     daemon.wait_running(&["leaky/0", "pf/0"], Duration::from_secs(30))?;
-    let report = daemon.status()?;
-    let info = report
-        .daemon
-        .container
-        .clone()
-        .context("status does not say it runs in a container")?;
-    evidence("status container", format!("{info:?}"));
+    let info = container_info(&mut daemon)?;
     ensure!(
         info.mode == "writable"
             && info.memory_max == Some(CTR_MAX)

@@ -3,6 +3,9 @@
 //! /proc/self/cgroup reads `0::/`), mounts cgroup2 afresh on /sys/fs/cgroup (its root is then DIR)
 //! and execs COMMAND. Busybox's `unshare` has no -C.
 //!
+//! `--ro` (before `--`): the cgroup2 mount is read-only (MS_RDONLY), as Docker and Kubernetes
+//! mount it by default.
+//!
 //! `--enter-container DIR --pid-ns -- COMMAND...`: COMMAND is PID 1 of a new pid namespace too,
 //! with a /proc of its own, as a runtime starts a container's entrypoint. This process stays
 //! outside (in its own cgroup, as runc's parent does), passes SIGTERM and SIGINT on to it and
@@ -20,7 +23,7 @@ fn check(what: &str, rc: libc::c_int) -> Result<(), String> {
     }
 }
 
-fn enter(dir: &str) -> Result<(), String> {
+fn enter(dir: &str, ro: bool) -> Result<(), String> {
     let procs = format!("{dir}/cgroup.procs");
     std::fs::write(&procs, std::process::id().to_string())
         .map_err(|e| format!("moving into {procs}: {e}"))?;
@@ -55,7 +58,7 @@ fn enter(dir: &str) -> Result<(), String> {
                 none.as_ptr(),
                 target.as_ptr(),
                 fstype.as_ptr(),
-                0,
+                if ro { libc::MS_RDONLY } else { 0 },
                 std::ptr::null(),
             ),
         )?;
@@ -79,7 +82,7 @@ fn enter(dir: &str) -> Result<(), String> {
 
 /// Forks PID 1 of a new pid namespace, which enters the container and execs `cmd`; this
 /// process passes SIGTERM/SIGINT on and exits with PID 1's status.
-fn pid_namespace(dir: &str, cmd: &[String]) -> ExitCode {
+fn pid_namespace(dir: &str, ro: bool, cmd: &[String]) -> ExitCode {
     // SAFETY: plain syscalls; this process has one thread, so the child may run anything.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -99,7 +102,7 @@ fn pid_namespace(dir: &str, cmd: &[String]) -> ExitCode {
         let child = libc::fork();
         if child == 0 {
             libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            if let Err(e) = enter(dir) {
+            if let Err(e) = enter(dir, ro) {
                 eprintln!("testworker --enter-container: {e}");
                 libc::_exit(1);
             }
@@ -134,24 +137,29 @@ fn pid_namespace(dir: &str, cmd: &[String]) -> ExitCode {
     }
 }
 
-/// `args`: DIR, `--`, COMMAND... (after `--enter-container`).
+/// `args`: DIR, [`--pid-ns`] [`--ro`], `--`, COMMAND... (after `--enter-container`).
 pub fn run(args: &[String]) -> ExitCode {
-    let pid_ns = args.get(1).map(String::as_str) == Some("--pid-ns");
-    let args: Vec<String> = if pid_ns {
-        [&args[..1], &args[2..]].concat()
-    } else {
-        args.to_vec()
-    };
+    let flag = |f: &str| args.iter().take_while(|a| *a != "--").any(|a| a == f);
+    let (pid_ns, ro) = (flag("--pid-ns"), flag("--ro"));
+    let args: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            let before_cmd = args.iter().take(*i).all(|b| b != "--");
+            !(before_cmd && (*a == "--pid-ns" || *a == "--ro"))
+        })
+        .map(|(_, a)| a.clone())
+        .collect();
     let (Some(dir), Some("--"), Some(cmd)) =
         (args.first(), args.get(1).map(String::as_str), args.get(2))
     else {
-        eprintln!("testworker: usage: --enter-container DIR [--pid-ns] -- COMMAND...");
+        eprintln!("testworker: usage: --enter-container DIR [--pid-ns] [--ro] -- COMMAND...");
         return ExitCode::from(2);
     };
     if pid_ns {
-        return pid_namespace(dir, &args[2..]);
+        return pid_namespace(dir, ro, &args[2..]);
     }
-    if let Err(e) = enter(dir) {
+    if let Err(e) = enter(dir, ro) {
         eprintln!("testworker --enter-container: {e}");
         return ExitCode::from(1);
     }

@@ -9,6 +9,7 @@ mod children;
 mod children_cap;
 mod container;
 mod container_exec;
+mod container_readonly;
 mod container_refusals;
 mod faults;
 mod goodput;
@@ -82,6 +83,30 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: container_refusals::container_refusals,
+    },
+    Scenario {
+        name: "container_readonly",
+        demo: false,
+        kernel_args: "",
+        budget_s: 150,
+        vm_mb: 512,
+        run: container_readonly::container_readonly,
+    },
+    Scenario {
+        name: "container_readonly_restart",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: container_readonly::container_readonly_restart,
+    },
+    Scenario {
+        name: "container_readonly_kill",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: container_readonly::container_readonly_kill,
     },
     Scenario {
         name: "smoke",
