@@ -211,7 +211,7 @@ dump_when_frozen() { # <name> <log> <at>
 
 # The real-apps VM (tests/vm/apps/run.sh): its own Debian rootfs, default kernel only.
 APPS_TESTS=(apps_gunicorn apps_celery)
-APPS_OTHERS=(apps_facts apps_client_cost apps_celery_warm apps_rabbitmq apps_rabbitmq_guard bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery bench_celery_rabbitmq bench_celery_redis)
+APPS_OTHERS=(bench_runc apps_runc apps_facts apps_client_cost apps_celery_warm apps_rabbitmq apps_rabbitmq_guard bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery bench_celery_rabbitmq bench_celery_redis)
 is_apps() { [[ " ${APPS_TESTS[*]} ${APPS_OTHERS[*]} " == *" $1 "* ]]; }
 
 run_apps() { # <name>: sets verdict and reason; its own run.sh shows the console tail on failure
