@@ -164,7 +164,12 @@ class Container:
         the loop does not restart it. Returns runc run's last exit status."""
         with self.lock:
             self.stopping = True
-        subprocess.run(["runc", "kill", self.id, "TERM"], capture_output=True)
+        # Once: a second SIGTERM makes oomguard exit at once. Until runc has created the
+        # container (the loop may have just restarted it) `runc kill` fails: try again.
+        end = time.time() + limit
+        while (subprocess.run(["runc", "kill", self.id, "TERM"], capture_output=True).returncode
+               and self.proc.poll() is None and time.time() < end):
+            time.sleep(0.2)
         try:
             self.proc.wait(limit)
         except subprocess.TimeoutExpired:
