@@ -86,6 +86,8 @@ struct Kid {
     boundary_seen: Option<u64>,
     /// Its leaf's memory.current `EARLY` after placement (its size at birth), once read.
     early: Option<u64>,
+    /// The offence it was told to wait with (`at_once`), decided again when a slot frees.
+    waiting: Option<Offence>,
 }
 
 /// The children of one running worker.
@@ -422,6 +424,7 @@ impl ChildSet {
                 boundary,
                 boundary_seen,
                 early: None,
+                waiting: None,
             },
         );
         self.changed = true;
@@ -445,18 +448,19 @@ impl ChildSet {
             }
             KidNote::Exited(pid) => {
                 self.left(pid);
-                if let Some(kid) = self.kids.remove(&pid) {
-                    if kid.order.is_none() {
-                        // It ended by itself just as its recycle was ordered: the order was
-                        // never carried out, but it held an `at_once` slot.
-                        self.planner.recycle_ended();
-                    }
-                    if crate::shutdown::emptiness(&kid.leaf).is_empty() {
-                        let _ = kid.leaf.remove();
-                    }
-                    self.changed = true;
+                self.planner.forget(pid);
+                let kid = self.kids.remove(&pid)?;
+                if crate::shutdown::emptiness(&kid.leaf).is_empty() {
+                    let _ = kid.leaf.remove();
                 }
-                None
+                self.changed = true;
+                if kid.order.is_some() {
+                    return None;
+                }
+                // It ended by itself just as its recycle was ordered: the order was never
+                // carried out, but it held an `at_once` slot.
+                self.planner.recycle_ended();
+                self.retry_waiting()
             }
             KidNote::Recycled(pid, report) => {
                 self.left(pid);
@@ -469,7 +473,7 @@ impl ChildSet {
                 self.changed = true;
                 let ev = words::recycled(&self.id, pid, kid.recycle, &report, &self.cfg);
                 self.events.push(ev);
-                None
+                self.retry_waiting()
             }
         }
     }
@@ -547,6 +551,17 @@ impl ChildSet {
         None
     }
 
+    /// A recycle ended: the child that waited longest is decided again with the offence it
+    /// waited with.
+    fn retry_waiting(&mut self) -> Option<String> {
+        while let Some(pid) = self.planner.next_waiting() {
+            if let Some(offence) = self.kids.get_mut(&pid).and_then(|k| k.waiting.take()) {
+                return self.offence(pid, offence, Instant::now());
+            }
+        }
+        None
+    }
+
     /// A child tripped its triggers: recycle it, wait (at_once), report it (observe), or
     /// escalate to an instance restart.
     fn offence(&mut self, pid: u32, offence: Offence, woke: Instant) -> Option<String> {
@@ -569,6 +584,8 @@ impl ChildSet {
                 let kid = self.kids.get_mut(&pid)?;
                 info!(instance = %self.id, pid, reason = offence.reason.as_str(), "recycling child: {}", d.what);
                 let order = kid.order.take()?;
+                kid.waiting = None;
+                self.planner.forget(pid);
                 let sent = order.send(Order {
                     signal: r.signal,
                     grace: r.grace,
@@ -586,6 +603,10 @@ impl ChildSet {
             }
             ChildDecision::Wait { recycling } => {
                 debug!(instance = %self.id, pid, "child over its triggers, waiting: {recycling} already recycling (at_once {})", r.at_once);
+                if let Some(kid) = self.kids.get_mut(&pid) {
+                    kid.waiting = Some(offence);
+                    self.planner.wait(pid);
+                }
                 None
             }
             ChildDecision::Report => {

@@ -12,6 +12,7 @@
 //! trips young, and restarting its whole server for that refuses connections and fixes nothing
 //! (the new server's workers leak as fast).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::policy::ChildScope;
@@ -61,6 +62,10 @@ pub enum Escalation {
 pub struct ChildPlanner {
     recycling: u32,
     young_in_a_row: u32,
+    /// Children told to [`ChildDecision::Wait`], first come first: decided again when a
+    /// recycle ends. A boundary crossing is said once, so without this a waiting child sits
+    /// throttled at its memory.high until its PSI trigger fires.
+    waiting: VecDeque<u32>,
 }
 
 impl ChildPlanner {
@@ -113,6 +118,23 @@ impl ChildPlanner {
 
     pub fn recycling(&self) -> u32 {
         self.recycling
+    }
+
+    /// `pid` was told to wait: it is decided again after a recycle ends ([`Self::next_waiting`]).
+    pub fn wait(&mut self, pid: u32) {
+        if !self.waiting.contains(&pid) {
+            self.waiting.push_back(pid);
+        }
+    }
+
+    /// `pid` no longer waits: recycled after all, or gone.
+    pub fn forget(&mut self, pid: u32) {
+        self.waiting.retain(|&p| p != pid);
+    }
+
+    /// The child that has waited longest, to decide again now that a slot is free.
+    pub fn next_waiting(&mut self) -> Option<u32> {
+        self.waiting.pop_front()
     }
 }
 
@@ -174,6 +196,27 @@ mod tests {
             ChildDecision::Recycle
         );
         assert_eq!(p.recycling(), 2);
+    }
+
+    #[test]
+    fn a_child_that_waited_is_decided_again_when_a_slot_frees() {
+        let t0 = Instant::now();
+        let now = t0 + ms(60_000);
+        let mut p = ChildPlanner::new();
+        let offence =
+            |p: &mut ChildPlanner| p.on_offence(now, t0, false, 1, ChildScope::Child, true);
+        assert_eq!(offence(&mut p), ChildDecision::Recycle);
+        // Two wait behind it; one of them is said twice (its PSI trigger fired again).
+        assert_eq!(offence(&mut p), ChildDecision::Wait { recycling: 1 });
+        p.wait(11);
+        p.wait(12);
+        p.wait(11);
+        assert_eq!(p.next_waiting(), Some(11), "the first to wait comes first");
+        p.recycle_ended();
+        assert_eq!(offence(&mut p), ChildDecision::Recycle);
+        // 12 ended by itself meanwhile: nobody is left to decide.
+        p.forget(12);
+        assert_eq!(p.next_waiting(), None);
     }
 
     #[test]

@@ -41,6 +41,9 @@ def main():
         elif name in ("bench_celery_rabbitmq", "bench_celery_redis"):
             import brokers
             getattr(brokers, name)()
+        elif name in ("bench_runc", "apps_runc"):
+            import runc_bench
+            getattr(runc_bench, name)()
         elif name in ("apps_gunicorn", "apps_celery"):
             import suite
             getattr(suite, name)()
