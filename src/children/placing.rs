@@ -2,8 +2,11 @@
 //! cgroup.procs write take 12-25 ms each on 6.x (more under TCG), and on the daemon's one
 //! runtime thread that was time the socket, PSI and the watchdog waited, for every fork.
 //!
-//! One placement per instance at a time, on tokio's blocking pool, in the order the children
-//! were seen; the others wait in a queue that `children.max` bounds (the caller counts them).
+//! One placement per instance at a time, in the order the children were seen; the others wait
+//! in a queue that `children.max` bounds (the caller counts them). And one at a time across the
+//! daemon, on tokio's blocking pool, as when they ran on the runtime thread: every move takes
+//! the kernel's cgroup_threadgroup_rwsem for writing, so moves in parallel only queue there, and
+//! every fork and exit on the machine (the daemon's own worker starts too) waits behind them.
 //! The result comes back on a channel, so `ChildSet::next` stays cancel-safe: a dropped wait
 //! loses nothing. A set that is dropped (the worker ended) cancels what has not moved yet.
 
@@ -12,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::debug;
 
 use crate::cgroupfs::{Group, CGROUP_PROCS};
@@ -45,6 +48,9 @@ pub(super) struct Done {
     pub job: Job,
     pub outcome: Outcome,
 }
+
+/// The daemon's one move at a time.
+static MOVES: Semaphore = Semaphore::const_new(1);
 
 pub(super) struct Placer {
     queue: VecDeque<Job>,
@@ -111,10 +117,16 @@ impl Placer {
         };
         self.busy = Some(job.pid);
         let (tx, cancelled) = (self.tx.clone(), self.cancelled.clone());
-        tokio::task::spawn_blocking(move || {
-            let outcome = place(&job, &cancelled);
-            // The set is gone when this fails: nothing left to tell.
-            let _ = tx.send(Done { job, outcome });
+        tokio::spawn(async move {
+            let Ok(_one_at_a_time) = MOVES.acquire().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                let outcome = place(&job, &cancelled);
+                // The set is gone when this fails: nothing left to tell.
+                let _ = tx.send(Done { job, outcome });
+            })
+            .await;
         });
     }
 }

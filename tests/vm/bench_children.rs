@@ -1,9 +1,10 @@
-//! bench_scale's `children:` rows: instances x 8 prefork children (testworker, sleeping jobs),
-//! each child of slots 1-7 ending after its jobs and forked again, so fork and exit events keep
-//! coming. METRIC lines: status p50/p99, the daemon's CPU per child forked and ended, its RSS and
-//! descriptors. Fails only when something is broken (a child never gets its leaf), never on a
-//! timing.
+//! bench_scale's `children:` rows: instances x 8 prefork children (testworker, sleeping jobs).
+//! Once they are in their leaves, the scenario kills children at a fixed rate, whatever the
+//! scale, and the mains fork them again: the daemon's CPU per child ended and forked again, and
+//! status p50/p99 during that churn, its RSS and descriptors. METRIC lines; fails only when
+//! something is broken, never on a timing (a placement slower than the wait is a figure).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -14,9 +15,9 @@ use crate::bench::{cpu_ticks, rss_kib, status_latency};
 use crate::harness::*;
 
 const CHILDREN: usize = 8;
-/// A churned child's life: this many 1 s jobs (200 x 7 churned children: 47 forks a second).
-const JOBS: u32 = 30;
 const LOG: &str = "/tmp/scale-children.log";
+/// The churn: one child killed this often (the main forks another at once).
+const KILL_EVERY: Duration = Duration::from_millis(500);
 /// How long the daemon's CPU is counted against the forks made meanwhile.
 const WINDOW: Duration = Duration::from_secs(30);
 
@@ -29,22 +30,38 @@ fn forks() -> usize {
         .count()
 }
 
-pub fn children_row(instances: u32) -> Result<()> {
+/// Every child pid status lists, and how many instances have all 8 in leaves.
+fn children_seen(r: &oomguard::protocol::StatusReport) -> (Vec<u32>, usize) {
+    let instances = r.policies.iter().flat_map(|p| &p.instances);
+    let full = instances
+        .clone()
+        .filter(|i| i.children.len() == CHILDREN)
+        .count();
+    let pids = instances.flat_map(|i| i.children.iter().map(|c| c.pid));
+    (pids.collect(), full)
+}
+
+/// The rows: the daemon's work per event must not grow from 20 x 8 children to 200 x 8.
+pub fn bench_scale_children() -> Result<()> {
+    for instances in [20, 200] {
+        children_row(instances)?;
+    }
+    Ok(())
+}
+
+fn children_row(instances: u32) -> Result<()> {
     // A child takes three descriptors (pidfd, PSI trigger, memory.events).
     unit_nofile_limit()?;
     let _ = fs::remove_file(LOG);
     let dir = format!("/tmp/scale-children-{instances}");
     let policies = instances.div_ceil(20);
     let per = instances / policies;
-    let jobs = JOBS.to_string();
     let args = [
         "--prefork",
         "8",
         "--job-sleep",
         "--job-ms",
         "1000",
-        "--child-exit-after-jobs",
-        &jobs,
         "--children-log",
         LOG,
     ];
@@ -61,40 +78,50 @@ pub fn children_row(instances: u32) -> Result<()> {
     }
     let total = (per * policies) as usize;
     let name = format!("scale_children{total}x{CHILDREN}");
-    let mut daemon = Daemon::start(&dir)?;
+    // Not Daemon::start's 20 s: while the workers start and fork, the first answer can take
+    // longer on a loaded host (a figure of its own).
+    let mut run = std::process::Command::new(OOMGUARD);
+    run.args(run_args(&dir));
+    let mut daemon = Daemon::spawn_command(run)?;
     let started = Instant::now();
-    // Children end and are forked again meanwhile: every instance seen with all 8 in leaves
-    // once is enough.
-    let mut full = std::collections::BTreeSet::new();
-    daemon.wait_status("every child in its leaf", Duration::from_secs(900), |r| {
-        for p in &r.policies {
-            for i in p.instances.iter().filter(|i| i.children.len() == CHILDREN) {
-                full.insert(i.id.clone());
-            }
-        }
-        (full.len() == total).then_some(())
+    daemon.wait_status("a first status answer", Duration::from_secs(600), |_| {
+        Some(())
     })?;
     println!(
-        "METRIC {name}.start_seconds {:.1}",
+        "METRIC {name}.first_status_seconds {:.1}",
         started.elapsed().as_secs_f64()
     );
+    let mut full = 0;
+    let placing = Instant::now();
+    let _ = wait_until("every child in its leaf", Duration::from_secs(420), || {
+        full = children_seen(&status_json().ok()?).1;
+        (full == total).then_some(())
+    });
+    println!("METRIC {name}.instances_with_8_leaves {full}");
+    println!(
+        "METRIC {name}.placing_seconds {:.1}",
+        placing.elapsed().as_secs_f64()
+    );
     let pid = daemon.pid();
-    // Until the first children have ended: the churn's steady state.
-    sleep(Duration::from_secs(u64::from(JOBS) + 5).saturating_sub(started.elapsed()));
+    let mut victims = children_seen(&daemon.status()?).0.into_iter();
     let (cpu0, forks0, t0) = (cpu_ticks(pid)?, forks(), Instant::now());
-    sleep(WINDOW);
+    let mut killed = BTreeSet::new();
+    while t0.elapsed() < WINDOW {
+        if let Some(v) = victims.next() {
+            if signal(v, libc::SIGKILL).is_ok() {
+                killed.insert(v);
+            }
+        }
+        sleep(KILL_EVERY);
+    }
     let (cpu, churned) = (cpu_ticks(pid)? - cpu0, forks() - forks0);
     let secs = t0.elapsed().as_secs_f64();
-    println!("METRIC {name}.forks_per_s {:.1}", churned as f64 / secs);
-    println!(
-        "METRIC {name}.daemon_cpu_percent {:.2}",
-        cpu as f64 / secs // ticks of 10 ms per second = percent
-    );
-    ensure!(
-        churned > 0,
-        "no child ended and was forked again in {secs:.0} s"
-    );
-    // Each churned child: one fork event read and placed, one exit seen through its pidfd.
+    println!("METRIC {name}.children_killed {}", killed.len());
+    println!("METRIC {name}.forks_per_s {:.2}", churned as f64 / secs);
+    // Ticks of 10 ms per second: percent of one CPU.
+    println!("METRIC {name}.daemon_cpu_percent {:.2}", cpu as f64 / secs);
+    ensure!(churned > 0, "no child was forked again in {secs:.0} s");
+    // Each churned child: its exit seen through its pidfd, a fork event read and placed.
     println!(
         "METRIC {name}.daemon_cpu_ms_per_fork_exit {:.2}",
         cpu as f64 * 10.0 / churned as f64

@@ -362,6 +362,15 @@ const SCENARIOS: &[Scenario] = &[
         run: bench::bench_scale,
     },
     Scenario {
+        name: "bench_scale_children",
+        demo: true,
+        kernel_args: "",
+        // bench_scale's children rows alone: 20 and 200 instances x 8 children.
+        budget_s: 1200,
+        vm_mb: 3072,
+        run: bench_children::bench_scale_children,
+    },
+    Scenario {
         name: "demo",
         demo: true,
         kernel_args: "",
