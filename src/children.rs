@@ -40,6 +40,7 @@ mod edge;
 mod kid;
 mod layout;
 mod limits;
+mod placing;
 mod verify;
 mod words;
 
@@ -111,6 +112,10 @@ pub struct ChildSet {
     shortfall: Shortfall,
     /// Children recycled, for the instance's counter.
     pub recycled: u32,
+    /// Children being moved to their leaves, off the runtime thread.
+    placer: placing::Placer,
+    /// A rescan found a grandchild whose parent was still being placed: rescan once it is.
+    rescan_when_placed: bool,
 }
 
 impl Drop for ChildSet {
@@ -152,6 +157,8 @@ impl ChildSet {
             changed: true,
             shortfall: Shortfall::default(),
             recycled: 0,
+            placer: placing::Placer::new(),
+            rescan_when_placed: false,
         };
         set.readopt();
         set.rescan();
@@ -225,6 +232,7 @@ impl ChildSet {
                     Some(connector::Note::Rescan) => self.rescan(),
                     None => self.forks = None,
                 },
+                Some(done) = self.placer.rx.recv() => self.placed(done),
                 Some(note) = self.rx.recv() => {
                     if let Some(why) = self.on_note(note) {
                         return ChildEvent::Escalate(why);
@@ -268,6 +276,7 @@ impl ChildSet {
                     self.place(owner, None);
                 }
                 let Some(k) = self.kids.get(&owner) else {
+                    self.rescan_when_placed |= self.placer.has(owner);
                     continue;
                 };
                 // Read by number from cgroup.procs: still the same process, still under its
@@ -282,17 +291,21 @@ impl ChildSet {
                 }
             }
         }
-        sweep(&self.group, &self.kids);
+        // A leaf being made is empty until its child moves in: not one to sweep.
+        let placing: Vec<u32> = self.placer.pids().collect();
+        sweep(&self.group, |pid| {
+            self.kids.contains_key(&pid) || placing.contains(&pid)
+        });
     }
 
-    /// Moves a new child of the main process into a leaf of its own. `forked`: when its fork
-    /// event was read. A process that is gone, or not the main process's child (a pid reused
-    /// since the event or the rescan), is left alone (`verify`).
+    /// Queues a new child of the main process for a leaf of its own (`placing`). `forked`: when
+    /// its fork event was read. A process that is gone, or not the main process's child (a pid
+    /// reused since the event or the rescan), is left alone (`verify`).
     fn place(&mut self, pid: u32, forked: Option<Instant>) {
-        if self.kids.contains_key(&pid) {
+        if self.kids.contains_key(&pid) || self.placer.has(pid) {
             return;
         }
-        if self.kids.len() >= self.cfg.max as usize {
+        if self.kids.len() + self.placer.len() >= self.cfg.max as usize {
             return self.leave_in_main(pid, Unplaced::Cap, None);
         }
         // Its pidfd, then the leaf's watches: only while the reserve stays free.
@@ -305,42 +318,34 @@ impl ChildSet {
             return;
         };
         let leaf = self.group.child(&format!("{LEAF_PREFIX}{pid}"));
-        let t0 = Instant::now();
-        let mut t1 = t0;
-        let mut t2 = t0;
-        let placed = leaf
-            .create()
-            .and_then(|()| {
-                t1 = Instant::now();
-                let m = self.cfg.memory;
-                leaf.set_limits(m.high, m.max, m.swap_max)
-            })
-            .and_then(|()| {
-                t2 = Instant::now();
-                // The leaf took time: once more, just before the write by number.
-                if !pidfd.alive() {
-                    return Ok(false);
+        self.placer.push(placing::Job {
+            pid,
+            leaf,
+            pidfd,
+            memory: self.cfg.memory,
+            forked,
+        });
+    }
+
+    /// A placement came back from the blocking pool.
+    fn placed(&mut self, done: placing::Done) {
+        self.placer.finished();
+        let placing::Job {
+            pid, leaf, pidfd, ..
+        } = done.job;
+        match done.outcome {
+            placing::Outcome::Placed => {
+                self.changed |= self.shortfall.placed(pid);
+                self.track(pid, leaf, pidfd);
+                if std::mem::take(&mut self.rescan_when_placed) {
+                    self.next_rescan = Instant::now();
                 }
-                leaf.write(CGROUP_PROCS, &pid.to_string()).map(|()| true)
-            });
-        debug!(instance = %self.id, pid, "placing a child: fork event to placement {:?}, mkdir {:?}, limits {:?}, move {:?}", forked.map(|a| t0.duration_since(a)), t1 - t0, t2 - t1, t2.elapsed());
-        match placed {
-            Ok(true) => {}
-            Ok(false) => {
-                let _ = leaf.remove();
-                return;
             }
-            Err(e) => {
-                // ESRCH (it ended meanwhile) reads as a failed write: not worth a warning then.
-                if pidfd.alive() {
-                    warn!(instance = %self.id, pid, "cannot place the child in its leaf {}: {e}", leaf.path().display());
-                }
-                let _ = leaf.remove();
-                return;
+            placing::Outcome::Gone => {}
+            placing::Outcome::Failed(e) => {
+                warn!(instance = %self.id, pid, "cannot place the child in its leaf {}: {e}", leaf.path().display());
             }
         }
-        self.changed |= self.shortfall.placed(pid);
-        self.track(pid, leaf, pidfd);
     }
 
     /// `pid` gets no leaf: said once (a warning, then the status line via `cap_note` and

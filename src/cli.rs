@@ -337,12 +337,19 @@ pub fn write_man_pages(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Threads for blocking cgroupfs work (`children::placing`) and the group-membership check.
+const BLOCKING_THREADS: usize = 4;
+
 /// One thread, polling for I/O after every task: starting an instance is synchronous work
 /// (mkdir, limits, fork), and with the default interval of 61 tasks a socket request waited
-/// behind ~60 of them per step (status timed out at 1,000 instances in the VM).
+/// behind ~60 of them per step (status timed out at 1,000 instances in the VM). Children's
+/// placements (one per instance at a time) run on the blocking pool: a few threads are enough
+/// to keep the kernel busy, and 512 (tokio's default) would cost an instance fleet's worth of
+/// stacks in a fork storm.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .event_interval(1)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
 }

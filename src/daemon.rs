@@ -12,7 +12,7 @@ mod runtime;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sd_notify::NotifyState;
@@ -459,11 +459,10 @@ async fn main_loop(
             _ = usr2.recv() => return Ok(Exit::Detach),
             _ = hup.recv() => reloads.signal(),
             // Every decision changes counters worth keeping across a daemon restart.
-            _ = events.recv() => state.changed(Instant::now()),
-            _ = crate::deadline::sleep_until_opt(state.due()) => {
+            _ = state.next_write(&mut events) => {
                 save_state(runtime, fleet);
                 save_observations(state_dir, fleet);
-                state.written(Instant::now());
+                state.written(tokio::time::Instant::now());
             }
             _ = watchdog.tick() => {
                 notify(&[NotifyState::Watchdog]);

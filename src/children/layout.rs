@@ -1,8 +1,6 @@
 //! The `children:` layout of an instance's group: the `main` leaf, the `child-<pid>` leaves, and
 //! going back to one flat group.
 
-use std::collections::BTreeMap;
-
 use tracing::debug;
 
 use super::{LEAF_PREFIX, MAIN_LEAF};
@@ -16,7 +14,7 @@ pub fn prepare(group: &Group) -> Result<Group, String> {
         .map_err(|e| e.to_string())?;
     let main = group.child(MAIN_LEAF);
     main.create().map_err(|e| e.to_string())?;
-    sweep(group, &BTreeMap::<u32, ()>::new());
+    sweep(group, |_| false);
     Ok(main)
 }
 
@@ -59,11 +57,11 @@ pub fn has_layout(group: &Group) -> bool {
     group.child(MAIN_LEAF).exists()
 }
 
-/// Removes the empty `child-*` leaves no child is tracked in. A leaf that still holds processes
-/// (orphaned grandchildren) is left: it is the instance's, killed with it.
-pub(super) fn sweep<T>(group: &Group, tracked: &BTreeMap<u32, T>) {
+/// Removes the empty `child-*` leaves of children not `tracked`. A leaf that still holds
+/// processes (orphaned grandchildren) is left: it is the instance's, killed with it.
+pub(super) fn sweep(group: &Group, tracked: impl Fn(u32) -> bool) {
     for (pid, leaf) in child_leaves(group) {
-        if tracked.contains_key(&pid) {
+        if tracked(pid) {
             continue;
         }
         if crate::shutdown::emptiness(&leaf).is_empty() {

@@ -13,7 +13,8 @@ use oomguard::protocol::Request;
 use crate::harness::*;
 
 /// Daemon RSS and CPU with 100 instances, then status latency (p50/p99 over 200 requests through
-/// the library client) and RSS with 1,000 instances.
+/// the library client) and RSS with 1,000 instances; then the `children:` rows
+/// (bench_children.rs): 20 and 200 instances x 8 children, also alone as `bench_scale_children`.
 pub fn bench_scale() -> Result<()> {
     for (instances, policies) in [(100u32, 1u32), (1000, 10)] {
         let dir = format!("/tmp/scale-{instances}");
@@ -62,11 +63,11 @@ pub fn bench_scale() -> Result<()> {
             stopping.elapsed().as_secs_f64()
         );
     }
-    Ok(())
+    crate::bench_children::bench_scale_children()
 }
 
 /// Status requests one after the other over the socket, timed in-process (no CLI start-up).
-fn status_latency(n: usize) -> Result<(f64, f64)> {
+pub fn status_latency(n: usize) -> Result<(f64, f64)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

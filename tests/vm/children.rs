@@ -592,6 +592,10 @@ fn flood_checks(daemon: &mut Daemon, since_ms: u64) -> Result<()> {
         "METRIC comm_flood.status_p99_ms {:.0}",
         percentile(&took, 0.99)
     );
+    // The daemon's part alone: the request over the socket from this process, no CLI start-up.
+    let (p50, p99) = crate::bench::status_latency(100)?;
+    println!("METRIC comm_flood.status_socket_p50_ms {p50:.1}");
+    println!("METRIC comm_flood.status_socket_p99_ms {p99:.1}");
     let ev = wait_until("a child_recycle event", Duration::from_secs(60), || {
         recent_events()
             .ok()?

@@ -269,17 +269,7 @@ pub fn spawn_hardening() -> Result<()> {
         "limits",
         &format!("run:\n  command: {cmd}\n  instances: 1\n  user: worker\n{GUARDS}"),
     )?;
-    // As under systemd's LimitNOFILE=65536: the daemon starts with soft = hard = 65536.
-    let lim = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    ensure!(
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0,
-        "setrlimit: {}",
-        std::io::Error::last_os_error()
-    );
+    unit_nofile_limit()?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
     let pid = daemon.wait_running(&["limits/0"], Duration::from_secs(20))?["limits/0"];
     let limits = fs::read_to_string(format!("/proc/{pid}/limits"))?;

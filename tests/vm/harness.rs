@@ -273,6 +273,22 @@ impl Drop for Daemon {
     }
 }
 
+/// As under systemd's LimitNOFILE=65536 (systemd/oomguard.service): a daemon started after this
+/// starts with soft = hard = 65536.
+pub fn unit_nofile_limit() -> Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    ensure!(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0,
+        "setrlimit: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 pub fn signal(pid: u32, sig: i32) -> Result<()> {
     // SAFETY: kill(2) has no memory-safety preconditions.
     if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {

@@ -30,6 +30,8 @@ pub struct Prefork {
     /// Slot 0 forks a grandchild that lives as long as it does.
     pub grandchild: bool,
     pub job_ms: u64,
+    /// `--job-sleep`: a job sleeps instead of computing (idle children for the scale bench).
+    pub job_sleep: bool,
 }
 
 fn monotonic_us() -> u64 {
@@ -180,6 +182,10 @@ fn child(slot: usize, t0: u64, o: &Prefork, log: &mut Ledger) -> i32 {
         }
         job += 1;
         leak.catch_up(|| TERM_REQUESTED.load(Ordering::SeqCst) && !o.ignore_sigterm);
-        do_job(job, o.job_ms);
+        if o.job_sleep {
+            std::thread::sleep(Duration::from_millis(o.job_ms));
+        } else {
+            do_job(job, o.job_ms);
+        }
     }
 }

@@ -76,6 +76,7 @@ fn parse_args() -> Result<Options, String> {
         ignore_sigterm: false,
         grandchild: false,
         job_ms: 100,
+        job_sleep: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -126,6 +127,7 @@ fn parse_args() -> Result<Options, String> {
     if pf.children > 0 {
         pf.leak_mb_per_s = opts.leak_mb_per_s;
         pf.job_ms = opts.job_ms;
+        pf.job_sleep = opts.job_sleep;
         opts.prefork = Some(pf);
     }
     Ok(opts)
