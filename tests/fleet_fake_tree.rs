@@ -290,9 +290,15 @@ async fn a_reload_during_a_restart_respawns_with_the_new_user() {
     }
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["midway"]);
-    // Drains for 2 s after its SIGTERM: the reload arrives during the restart's grace.
-    let slow = r#"["/bin/sh", "-c", "trap 'sleep 2; exit 0' TERM; while :; do sleep 0.05; done"]"#;
-    let base = policy("midway", slow, "restart:\n  grace: 20s\n");
+    // After its SIGTERM it drains until the test says so, once the reload is answered: the
+    // reload lands during the restart's grace however slow the machine (a 2 s drain was not
+    // enough under load, and the respawn then ran before the reload, as root).
+    let drained = dir.path().join("drained");
+    let slow = format!(
+        r#"["/bin/sh", "-c", "trap 'while [ ! -e {} ]; do sleep 0.05; done; exit 0' TERM; while :; do sleep 0.05; done"]"#,
+        drained.display()
+    );
+    let base = policy("midway", &slow, "restart:\n  grace: 20s\n");
     let first = running_as_root(&fleet, base.clone()).await;
     let restart = {
         let fleet = fleet.clone();
@@ -306,6 +312,7 @@ async fn a_reload_during_a_restart_respawns_with_the_new_user() {
     as_nobody.run.user = Some("nobody".into());
     let summary = fleet.reload(vec![as_nobody]).await.unwrap();
     assert_eq!(summary.changed, vec!["midway".to_string()]);
+    std::fs::write(&drained, "").unwrap();
     restart.await.unwrap().unwrap();
     let second = wait_for(&fleet, "midway/0", "respawned", |s| {
         s.state == InstanceState::Running && s.pids.first().is_some_and(|p| *p != first)
