@@ -282,6 +282,31 @@ async fn a_reload_changes_who_the_next_worker_runs_as() {
     fleet.stop_all().await;
 }
 
+/// A worker that, after its SIGTERM, drains until `file` exists: the test decides when the
+/// restart's wait ends, however slow the machine.
+fn drains_until(file: &Path) -> String {
+    format!(
+        r#"["/bin/sh", "-c", "trap 'while [ ! -e {} ]; do sleep 0.05; done; exit 0' TERM; while :; do sleep 0.05; done"]"#,
+        file.display()
+    )
+}
+
+/// Starts a restart of `id` and returns once the instance is in it (its worker signalled).
+async fn restart_in_flight(
+    fleet: &std::sync::Arc<oomguard::supervisor::Fleet>,
+    id: &'static str,
+) -> tokio::task::JoinHandle<Result<String, oomguard::supervisor::FleetError>> {
+    let restart = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.restart(id).await })
+    };
+    wait_for(fleet, id, "restarting", |s| {
+        s.state == InstanceState::Restarting
+    })
+    .await;
+    restart
+}
+
 #[tokio::test]
 async fn a_reload_during_a_restart_respawns_with_the_new_user() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -294,20 +319,10 @@ async fn a_reload_during_a_restart_respawns_with_the_new_user() {
     // reload lands during the restart's grace however slow the machine (a 2 s drain was not
     // enough under load, and the respawn then ran before the reload, as root).
     let drained = dir.path().join("drained");
-    let slow = format!(
-        r#"["/bin/sh", "-c", "trap 'while [ ! -e {} ]; do sleep 0.05; done; exit 0' TERM; while :; do sleep 0.05; done"]"#,
-        drained.display()
-    );
+    let slow = drains_until(&drained);
     let base = policy("midway", &slow, "restart:\n  grace: 20s\n");
     let first = running_as_root(&fleet, base.clone()).await;
-    let restart = {
-        let fleet = fleet.clone();
-        tokio::spawn(async move { fleet.restart("midway/0").await })
-    };
-    wait_for(&fleet, "midway/0", "restarting", |s| {
-        s.state == InstanceState::Restarting
-    })
-    .await;
+    let restart = restart_in_flight(&fleet, "midway/0").await;
     let mut as_nobody = base.clone();
     as_nobody.run.user = Some("nobody".into());
     let summary = fleet.reload(vec![as_nobody]).await.unwrap();
@@ -642,4 +657,69 @@ async fn what_cannot_be_armed_is_said_in_status_and_events() {
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(said.iter().all(|m| m.contains("not armed: ")), "{said:?}");
     fleet.stop_all().await;
+}
+
+/// The log lines written on this thread, for a test that checks what an operator reads.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_stop_during_a_restart_says_the_worker_stopped() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["midway"]);
+    // Drains after its SIGTERM until the test says so: the stop arrives during the restart.
+    let drained = dir.path().join("drained");
+    let slow = drains_until(&drained);
+    fleet
+        .start_policy(
+            policy("midway", &slow, "restart:\n  grace: 20s\n"),
+            &SavedState::new(),
+        )
+        .unwrap();
+    wait_for(&fleet, "midway/0", "running", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
+    let restart = restart_in_flight(&fleet, "midway/0").await;
+    let stop = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.stop_all().await })
+    };
+    // The stop reaches the instance while the old worker drains (the restart's wait serves it).
+    // Nothing outside says when it was taken in: a stop later than this pause meets the respawned
+    // worker and passes by the ordinary stop line, so a slow machine can hide the defect here but
+    // never fail a correct build. (Without the fix this failed on every run tried.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&drained, "").unwrap();
+    stop.await.unwrap();
+    let _ = restart.await;
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("midway/0") && l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no stop line for midway/0 in:\n{text}"));
+    assert!(line.contains("after SIGTERM"), "{line}");
 }

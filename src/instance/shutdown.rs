@@ -165,11 +165,17 @@ impl Instance {
                         self.stop_generations(&mut w, Some(signalled), &mut o.replacement)
                             .await
                     }
-                    // The old worker keeps its grace; no replacement starts.
+                    // The old worker keeps its grace; no replacement starts. Said like any
+                    // stop: without it a stop that met a restart left no line for the worker.
                     None => {
                         let seq = plan.sequence();
-                        seq.finish(std::slice::from_mut(&mut w.main), signalled)
+                        let report = seq
+                            .finish(std::slice::from_mut(&mut w.main), signalled)
                             .await;
+                        let ending = self.ending_of(&mut w, &report);
+                        info!(instance = %self.id, pid = w.main.pid(), "stopped: during a restart ({}), {}{}",
+                            reason.as_str(), describe_ending(&ending, signal_name),
+                            report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
                     }
                 }
                 return Handover::Stopped;
