@@ -83,29 +83,7 @@ mod tests {
     use crate::vocabulary::Reason;
 
     fn event(i: usize) -> EventRecord {
-        EventRecord {
-            seq: 0,
-            time_ms: 0,
-            instance: format!("p/{i}"),
-            reason: Reason::Exited,
-            action: "respawn".into(),
-            memory_current: None,
-            memory_peak: None,
-            memory_events_delta: Default::default(),
-            psi_some_avg10: None,
-            psi_full_avg10: None,
-            ending: None,
-            trigger_to_signal_us: None,
-            signal_to_exit_ms: None,
-            exit_to_exec_ms: None,
-            overlap_ms: None,
-            dead_time_ms: None,
-            replacement_pid: None,
-            message: String::new(),
-            child_pid: None,
-            child_leaf: None,
-            hooks: Vec::new(),
-        }
+        EventRecord::blank(&format!("p/{i}"), Reason::Exited, "respawn", String::new())
     }
 
     #[test]

@@ -129,25 +129,14 @@ fn event(seq: u64) -> EventRecord {
     EventRecord {
         seq,
         time_ms: 1_700_000_000_000 + seq,
-        instance: "celery/0".into(),
-        reason: Reason::Pressure,
-        action: "restart".into(),
         memory_current: Some(1 << 30),
-        memory_peak: None,
-        memory_events_delta: BTreeMap::new(),
         psi_some_avg10: Some(40.0),
-        psi_full_avg10: None,
-        ending: None,
-        trigger_to_signal_us: None,
-        signal_to_exit_ms: None,
-        exit_to_exec_ms: None,
-        overlap_ms: None,
-        dead_time_ms: None,
-        replacement_pid: None,
-        message: format!("event {seq}"),
-        child_pid: None,
-        child_leaf: None,
-        hooks: Vec::new(),
+        ..EventRecord::blank(
+            "celery/0",
+            Reason::Pressure,
+            "restart",
+            format!("event {seq}"),
+        )
     }
 }
 
