@@ -173,9 +173,8 @@ impl Instance {
                             .finish(std::slice::from_mut(&mut w.main), signalled)
                             .await;
                         let ending = self.ending_of(&mut w, &report);
-                        info!(instance = %self.id, pid = w.main.pid(), "stopped: during a restart ({}), {}{}",
-                            reason.as_str(), describe_ending(&ending, signal_name),
-                            report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
+                        let during = format!("during a restart ({}), ", reason.as_str());
+                        self.say_stopped(&w, &during, &ending, &report);
                     }
                 }
                 return Handover::Stopped;
@@ -220,8 +219,14 @@ impl Instance {
         let kills = w.oom_kills_seen;
         self.observed.ended(&self.id, "stopped", kills, &self.group);
         let (ending, report) = self.await_exit(&mut w, signalled).await;
-        info!(instance = %self.id, pid = w.main.pid(), "stopped: {}{}", describe_ending(&ending, self.policy.restart.signal),
-            report.notes.iter().map(|n| format!("; {n}")).collect::<String>());
+        self.say_stopped(&w, "", &ending, &report);
+    }
+
+    /// The one line an operator reads for a worker that a stop ended, however the stop met it.
+    fn say_stopped(&self, w: &Worker, during: &str, ending: &Ending, report: &Report) {
+        let notes: String = report.notes.iter().map(|n| format!("; {n}")).collect();
+        let how = describe_ending(ending, self.policy.restart.signal);
+        info!(instance = %self.id, pid = w.main.pid(), "stopped: {during}{how}{notes}");
     }
 
     /// A stop during an overlapping restart: both generations get their signal (the old one
