@@ -677,17 +677,33 @@ impl Captured {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+
+    /// Captures this thread's lines until the guard drops. tracing caches whether a log line is
+    /// wanted once per line, process-wide, asked of the thread that reaches it first: a sibling
+    /// test with no subscriber made the stop line "never wanted" and this capture came back
+    /// without it (CI, stop 25). A discarding subscriber for the whole process, installed first,
+    /// means every thread answers "wanted" and the cache never says never.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        static EVERY_THREAD: std::sync::Once = std::sync::Once::new();
+        EVERY_THREAD.call_once(|| {
+            let discard = tracing_subscriber::fmt()
+                .with_writer(std::io::sink)
+                .finish();
+            tracing::subscriber::set_global_default(discard).expect("no other global subscriber");
+        });
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
 }
 
 #[tokio::test]
 async fn a_stop_during_a_restart_says_the_worker_stopped() {
     let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = log.install();
     let dir = tempfile::tempdir().unwrap();
     let fleet = fleet(dir.path(), &["midway"]);
     // Drains after its SIGTERM until the test says so: the stop arrives during the restart.
