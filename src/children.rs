@@ -437,10 +437,11 @@ impl ChildSet {
 
     fn on_note(&mut self, note: KidNote) -> Option<String> {
         match note {
-            KidNote::Pressure(pid, woke) => {
+            KidNote::Pressure(pid, woke, stall) => {
                 let t = self.cfg.triggers.pressure?;
                 let kid = self.kids.get_mut(&pid)?;
-                let offence = kid.tracker.on_pressure(woke, &t)?;
+                let mut offence = kid.tracker.on_pressure(woke, &t)?;
+                offence.stall = stall;
                 if self.pressure_from_page_cache(pid, woke) {
                     return None;
                 }

@@ -7,13 +7,16 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroupfs::Group;
+use crate::engine::Stall;
 use crate::psi::PsiTrigger;
 use crate::shutdown::{Proc, Report, Sequence};
 use crate::watch::{FileWatch, PidFd};
 
 /// What a child's task tells the set.
 pub(super) enum KidNote {
-    Pressure(u32, Instant),
+    /// The trigger fired at the instant, with the stall it measured since its previous event
+    /// (what the recycle line reports; None when the leaf's memory.pressure was unreadable).
+    Pressure(u32, Instant, Option<Stall>),
     /// The leaf's memory.events changed (the boundary's sentinel may have been crossed).
     MemoryEvents(u32),
     PsiStopped(u32, String),
@@ -60,7 +63,11 @@ pub(super) async fn watch(
             },
             fired = wait_psi(&mut psi) => match fired {
                 Ok(()) => {
-                    let _ = tx.send(KidNote::Pressure(pid, Instant::now()));
+                    // Read at every event (one small file), so each measures from the last;
+                    // only this task holds the trigger.
+                    let woke = Instant::now();
+                    let stall = psi.as_mut().and_then(|p| p.measure(woke));
+                    let _ = tx.send(KidNote::Pressure(pid, woke, stall));
                 }
                 Err(e) => {
                     let _ = tx.send(KidNote::PsiStopped(pid, e.to_string()));

@@ -8,6 +8,7 @@ mod bench_children;
 mod boundary;
 mod children;
 mod children_cap;
+mod children_pressure;
 mod container;
 mod container_exec;
 mod container_readonly;
@@ -435,6 +436,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 180,
         vm_mb: 512,
         run: children::children_recycle,
+    },
+    Scenario {
+        name: "children_pressure",
+        demo: false,
+        kernel_args: "",
+        budget_s: 150,
+        vm_mb: 512,
+        run: children_pressure::children_pressure,
     },
     Scenario {
         name: "children_at_once",
