@@ -117,8 +117,12 @@ pub struct Snapshot {
     pub candidates: Vec<Candidate>,
     /// A recycle is in flight: one action at a time.
     pub busy: bool,
-    /// Since the last recycle ended (or a would-recycle was reported); None: never.
+    /// Since the last recycle ended; None: never.
     pub since_last: Option<Duration>,
+    /// The target of the last would-recycle report (observe mode) while usage stays above the
+    /// line: said once per episode, not at every poll after the cooldown (the daemon clears it
+    /// once usage is back under the line).
+    pub reported: Option<(String, Unit)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +135,8 @@ pub enum Decision {
     Cooling { left: Duration },
     /// Above the line and nothing that could be recycled holds any anonymous memory.
     NoOffender { usage: u64, threshold: u64 },
+    /// Observe mode: the biggest offender is the one already reported in this episode.
+    Reported,
     /// Recycle this one (or, in observe mode, report that it would be).
     Recycle {
         target: Candidate,
@@ -163,6 +169,9 @@ pub fn decide(s: &Snapshot, threshold: Option<u64>, cooldown: Duration) -> Decis
             _ => Some(c),
         });
     match best {
+        Some(c) if c.observe && s.reported.as_ref() == Some(&(c.instance.clone(), c.unit)) => {
+            Decision::Reported
+        }
         Some(c) => Decision::Recycle {
             target: c.clone(),
             usage,
@@ -237,6 +246,7 @@ mod tests {
             candidates: candidates(inst),
             busy: false,
             since_last: None,
+            reported: None,
         }
     }
 
@@ -336,5 +346,33 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
+    }
+
+    #[test]
+    fn observe_mode_reports_an_offender_once_per_episode() {
+        let mut s = snap(170 * M, 0, &[pf(true)]);
+        let Decision::Recycle { target, .. } = decide(&s, line(), COOLDOWN) else {
+            panic!("no report")
+        };
+        s.reported = Some((target.instance.clone(), target.unit));
+        // Still above the line, long after any cooldown: nothing new to say.
+        s.since_last = Some(Duration::from_secs(3600));
+        assert_eq!(decide(&s, line(), COOLDOWN), Decision::Reported);
+        // Another offender grows bigger: that one is reported.
+        let mut other = pf(true);
+        other.id = "other/0".into();
+        other.children = vec![(40, 120 * M)];
+        s.candidates = candidates(&[pf(true), other]);
+        match decide(&s, line(), COOLDOWN) {
+            Decision::Recycle { target, .. } => assert_eq!(target.unit, Unit::Child(40)),
+            d => panic!("{d:?}"),
+        }
+        // An enforcing policy is never silenced by a report.
+        s.candidates = candidates(&[pf(false)]);
+        s.reported = Some(("pf/0".into(), Unit::Child(12)));
+        assert!(matches!(
+            decide(&s, line(), COOLDOWN),
+            Decision::Recycle { .. }
+        ));
     }
 }

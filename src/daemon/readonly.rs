@@ -53,6 +53,8 @@ struct Runner {
     oom_kill: Option<u64>,
     /// Above the line with nothing to recycle: said once per crossing.
     said_no_offender: bool,
+    /// Observe mode's last would-recycle target, until usage is back under the line.
+    reported: Option<(String, Unit)>,
     totals: Totals,
 }
 
@@ -76,6 +78,7 @@ pub async fn run(c: Container, policies: Vec<Policy>, opts: &Options) -> anyhow:
         last_end: None,
         oom_kill: None,
         said_no_offender: false,
+        reported: None,
         totals: Totals::default(),
     };
     for i in 0..r.workers.len() {
@@ -188,10 +191,14 @@ impl Runner {
             candidates: signals::candidates(&samples),
             busy: self.busy,
             since_last: self.last_end.map(|t| now - t),
+            reported: self.reported.clone(),
         };
         match signals::decide(&snapshot, self.info.recycle_at, COOLDOWN) {
-            Decision::Calm => self.said_no_offender = false,
-            Decision::Busy | Decision::Cooling { .. } => {}
+            Decision::Calm => {
+                self.said_no_offender = false;
+                self.reported = None;
+            }
+            Decision::Busy | Decision::Cooling { .. } | Decision::Reported => {}
             Decision::NoOffender { usage, threshold } => {
                 if !std::mem::replace(&mut self.said_no_offender, true) {
                     warn!("container memory {usage} bytes reached {threshold} but no worker holds anonymous memory to recycle");
@@ -223,9 +230,12 @@ impl Runner {
         ev.memory_current = Some(self.totals.current);
         ev.child_pid = child_pid;
         if observe {
-            ev.message.push_str(" (observe mode: nothing signalled)");
+            ev.message.push_str(
+                " (observe mode: nothing signalled; said again only if another worker or child \
+                 becomes the biggest or usage drops under the line first)",
+            );
             self.events.push(ev);
-            self.last_end = Some(Instant::now());
+            self.reported = Some((w.id.clone(), unit));
             return;
         }
         let tx = self.done_tx.clone();

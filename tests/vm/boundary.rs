@@ -442,12 +442,7 @@ pub fn boundary_child() -> Result<()> {
         child.memory_high == Some(HIGH) && child.boundary.is_some_and(|b| b < HIGH),
         "a child's status must show the configured memory.high and the sentinel apart: {child:?}"
     );
-    let ev = wait_until("a child_recycle event", Duration::from_secs(60), || {
-        recent_events()
-            .ok()?
-            .into_iter()
-            .find(|e| e.action == "child_recycle")
-    })?;
+    let ev = wait_event("child_recycle", Duration::from_secs(60))?;
     evidence("child_recycle", &ev.message);
     ensure!(ev.reason == Reason::Boundary, "reason {:?}", ev.reason);
     let at = ev.memory_current.context("no memory figure")?;

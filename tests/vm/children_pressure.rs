@@ -12,18 +12,8 @@ use crate::harness::*;
 
 /// One leaking child of two, throttled at its leaf's memory.high 40M until its PSI trigger fires.
 fn policy() -> String {
-    let args = [
-        "--children-log",
-        LOG,
-        "--job-ms",
-        "50",
-        "--prefork",
-        "2",
-        "--leak-slots",
-        "1",
-        "--leak-mb-per-s",
-        "8",
-    ];
+    let mut args = vec!["--children-log", LOG];
+    args.extend_from_slice(&PREFORK_ONE_LEAKING);
     format!(
         "name: pf\nrun:\n  command: {}\nmemory: {{high: 256M, max: 320M}}\n\
          triggers: {{pressure: {{some: 200ms, window: 1s, for: 2s}}}}\nrestart: {{grace: 5s}}\n\
@@ -40,12 +30,7 @@ pub fn children_pressure() -> Result<()> {
     write_policy(POLICY_DIR, "pf", &policy())?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
     daemon.wait_running(&["pf/0"], Duration::from_secs(20))?;
-    let ev = wait_until("a child_recycle event", Duration::from_secs(90), || {
-        recent_events()
-            .ok()?
-            .into_iter()
-            .find(|e| e.action == "child_recycle")
-    })?;
+    let ev = wait_event("child_recycle", Duration::from_secs(90))?;
     evidence("child_recycle", &ev.message);
     ensure!(ev.reason == Reason::Pressure, "reason {:?}", ev.reason);
     // Before the fix the child's task never read memory.pressure: "stall not measured".

@@ -356,6 +356,16 @@ pub fn recent_events() -> Result<Vec<EventRecord>> {
         .collect())
 }
 
+/// The first event of `action` in the daemon's history, waited for up to `timeout`.
+pub fn wait_event(action: &str, timeout: Duration) -> Result<EventRecord> {
+    wait_until(&format!("a {action} event"), timeout, || {
+        recent_events()
+            .ok()?
+            .into_iter()
+            .find(|e| e.action == action)
+    })
+}
+
 /// Polls `f` every 200 ms until it returns a value or the timeout passes.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;

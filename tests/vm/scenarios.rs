@@ -103,6 +103,14 @@ const SCENARIOS: &[Scenario] = &[
         run: container_readonly::container_readonly_restart,
     },
     Scenario {
+        name: "container_readonly_observe",
+        demo: false,
+        kernel_args: "",
+        budget_s: 120,
+        vm_mb: 512,
+        run: container_readonly::container_readonly_observe,
+    },
+    Scenario {
         name: "container_readonly_kill",
         demo: false,
         kernel_args: "",
