@@ -48,6 +48,20 @@ fn oom_kills() -> Result<u64> {
     Ok(ctr_events()?.get("oom_kill").copied().unwrap_or(0))
 }
 
+/// Live processes named `name`.
+fn named(name: &str) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            pid_alive(pid)
+                && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
 /// The slot each child was forked into, from the children log (`child <pid> <slot>`).
 fn slot_of(pid: u32) -> Option<u32> {
     let log = fs::read_to_string(CHILDREN_LOG).ok()?;
@@ -179,9 +193,30 @@ pub fn container_readonly_restart() -> Result<()> {
     make_ledger_dir()?;
     make_container()?;
     let ledger = ledger_path("ro");
-    let worker = ["--ledger", &ledger, "--leak-mb-per-s", "16"];
+    let worker = [
+        "--ledger",
+        &ledger,
+        "--leak-mb-per-s",
+        "16",
+        "--detached-child",
+    ];
     let (mut daemon, restart, second) = restarted_once("10s", &worker)?;
     ensure!(graceful(&restart), "the worker ended {:?}", restart.ending);
+    // The first worker's child in a session of its own is killed with it (before, it outlived
+    // the graceful exit, re-parented to the init); the respawned worker's own is left running.
+    let detached = wait_until(
+        "the old worker's detached child gone",
+        Duration::from_secs(10),
+        || {
+            let d = named("detached");
+            (d.len() == 1).then_some(d)
+        },
+    )?;
+    let parent = oomguard::procfs::parent_pid(detached[0]);
+    ensure!(
+        parent == Some(second),
+        "the detached child left is {detached:?}, parent {parent:?}, not the new worker {second}'s"
+    );
     let id = "testworker/0";
     let events = ctr_events()?;
     evidence("container memory.events", format!("{events:?}"));

@@ -49,6 +49,8 @@ struct Options {
     children_log: Option<String>,
     /// `--orphan`: leave an orphan at start (see make_orphan).
     orphan: bool,
+    /// `--detached-child`: fork a child in a session of its own that sleeps (make_detached).
+    detached: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Options, String> {
         prefork: None,
         children_log: None,
         orphan: false,
+        detached: false,
     };
     let mut pf = prefork::Prefork {
         children: 0,
@@ -121,6 +124,7 @@ fn parse_args() -> Result<Options, String> {
             "--flood-comm" => flood_comm(),
             "--children-log" => opts.children_log = Some(value("--children-log")?),
             "--orphan" => opts.orphan = true,
+            "--detached-child" => opts.detached = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -327,6 +331,21 @@ fn make_orphan() {
     }
 }
 
+/// A child named `detached` in a session (and process group) of its own, sleeping until it is
+/// killed: a worker's SIGTERM and a kill of its process group never reach it.
+fn make_detached() {
+    // SAFETY: fork at start (one thread); the child only calls async-signal-safe functions.
+    unsafe {
+        if libc::fork() == 0 {
+            libc::setsid();
+            libc::prctl(libc::PR_SET_NAME, c"detached".as_ptr());
+            loop {
+                libc::pause();
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--enter-container") {
@@ -350,6 +369,9 @@ fn main() -> ExitCode {
     }
     if opts.orphan {
         make_orphan();
+    }
+    if opts.detached {
+        make_detached();
     }
     if let Some(dir) = &opts.escape_to {
         let procs = format!("{dir}/cgroup.procs");

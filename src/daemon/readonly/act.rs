@@ -38,9 +38,12 @@ pub async fn recycle_child(pidfd: PidFd, signal: Option<i32>, grace: Duration) -
 }
 
 /// Stops a whole worker: `signal`, up to `grace` for the main process to exit, then SIGKILL of
-/// every descendant (by pidfd, while the main is alive and they are still its) and of its
-/// process group (spawn made it a session leader, so the group id is its pid, held by the
-/// unreaped main). Reaps the main and returns how it ended.
+/// its process group (spawn made it a session leader, so the group id is its pid, held by the
+/// unreaped main) and of every descendant it had when signalled or at the grace's end. Those are
+/// held by pidfds opened while they were still the main's: a descendant in a session of its
+/// own (setsid) outlives the main's exit, re-parented to the init, and would otherwise be left
+/// running with no worker to own it (on a host, cgroup.kill of the group ends it). Reaps the
+/// main and returns how it ended.
 pub async fn stop_worker(
     mut child: tokio::process::Child,
     pidfd: PidFd,
@@ -49,12 +52,19 @@ pub async fn stop_worker(
 ) -> Ending {
     let t0 = Instant::now();
     let pid = pidfd.pid();
+    let mut tree = descendants(pid);
     let _ = pidfd.signal(signal_of(signal));
     let exited = tokio::time::timeout(grace, pidfd.exited()).await.is_ok();
     if !exited {
-        kill_tree(pid);
+        // Read while the main is alive: once it dies its children are the init's.
+        tree.extend(descendants(pid));
     }
-    // The main is a zombie or still dying: its process group id cannot have been reused.
+    for fd in &tree {
+        // One that already ended (or was reaped) answers ESRCH: nothing to do.
+        let _ = fd.signal(Signal::SIGKILL);
+    }
+    let _ = pidfd.signal(Signal::SIGKILL);
+    // The main is a zombie or dying: its process group id cannot have been reused.
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
     let status = tokio::time::timeout(MAIN_KILL_WAIT, child.wait()).await;
     let after_ms = t0.elapsed().as_millis() as u64;
@@ -71,15 +81,17 @@ pub async fn stop_worker(
     }
 }
 
-/// SIGKILL to every descendant of `pid` and to `pid`, each by a pidfd opened while its parent
-/// is still one /proc named in the tree (a pid that ended and was reused is left alone).
-fn kill_tree(pid: u32) {
+/// A pidfd for every descendant of `pid` (not `pid` itself), each opened while its parent is
+/// still one /proc named in the tree: a pid that ended and was reused is left out.
+fn descendants(pid: u32) -> Vec<PidFd> {
     let tree = ProcTable::read(std::path::Path::new("/proc")).tree(pid);
-    for &p in tree.iter().rev() {
-        let Ok(fd) = PidFd::open(p) else { continue };
-        let ours = p == pid || crate::procfs::parent_pid(p).is_some_and(|pp| tree.contains(&pp));
-        if ours {
-            let _ = fd.signal(Signal::SIGKILL);
-        }
-    }
+    tree.iter()
+        .filter(|&&p| p != pid)
+        .filter_map(|&p| {
+            let fd = PidFd::open(p).ok()?;
+            crate::procfs::parent_pid(p)
+                .is_some_and(|pp| tree.contains(&pp))
+                .then_some(fd)
+        })
+        .collect()
 }
