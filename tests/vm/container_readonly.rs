@@ -6,7 +6,9 @@
 //!   exited 1 with a refusal), status says read-only and why, the leaking children are recycled
 //!   one at a time by their signal, the main worker stays, and the container's oom_kill stays;
 //! - `container_readonly_restart`: a worker without children is restarted whole, gracefully;
-//!   `container_readonly_kill`: one that ignores its signal is SIGKILLed after the grace.
+//!   `container_readonly_kill`: one that ignores its signal is SIGKILLed after the grace, then
+//!   `--metrics-listen` answers and `--stop-timeout` cuts a stop short (exit 4);
+//!   `container_readonly_observe`: `--dry-run` reports an offender once per episode.
 
 use std::fs;
 use std::time::Duration;
@@ -312,6 +314,66 @@ pub fn container_readonly_kill() -> Result<()> {
     let status = daemon.stop()?;
     evidence("daemon exit", status);
     ensure!(status.success(), "the daemon exited {status}");
+    stop_timeout_and_metrics()
+}
+
+/// Where the read-only daemon serves `--metrics-listen` (the VM's one network namespace).
+const METRICS: &str = "127.0.0.1:9102";
+
+/// The read-only mode's `--metrics-listen` answers /metrics, and `--stop-timeout 3s` cuts the
+/// stop of a worker that ignores SIGTERM with a 60 s grace short: killed, exit status 4.
+fn stop_timeout_and_metrics() -> Result<()> {
+    run_cmd(
+        "/bin/busybox",
+        &["ip", "link", "set", "lo", "up"],
+        Duration::from_secs(5),
+    )?;
+    let exec: Vec<String> = [
+        OOMGUARD,
+        "exec",
+        "--socket",
+        SOCKET,
+        "--grace",
+        "60s",
+        "--stop-timeout",
+        "3s",
+        "--metrics-listen",
+        METRICS,
+        "--",
+        TESTWORKER,
+        "--ignore-sigterm",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut daemon = Daemon::start_command(in_ro_container(&exec))?;
+    let id = "testworker/0";
+    let pid = daemon.wait_running(&[id], Duration::from_secs(30))?[id];
+    let (code, body) = http_get(METRICS, "/metrics")?;
+    let line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("oomguard_instance_state{policy=\"testworker\"")
+                && l.contains("state=\"running\"")
+        })
+        .map(str::to_string);
+    evidence("GET /metrics", format!("{code}: {line:?}"));
+    ensure!(
+        code == 200 && line.as_deref().is_some_and(|l| l.ends_with(" 1")),
+        "{id} not running by the metrics over HTTP:\n{body}"
+    );
+    let t0 = std::time::Instant::now();
+    let status = daemon.signal_and_wait_for(libc::SIGTERM, Duration::from_secs(30))?;
+    let took = t0.elapsed();
+    evidence(
+        "stop past --stop-timeout 3s",
+        format!("{status} after {} ms", took.as_millis()),
+    );
+    ensure!(status.code() == Some(4), "exit {status}, not 4");
+    ensure!(
+        took >= Duration::from_secs(3),
+        "stopped after {took:?}, before the 3 s budget"
+    );
+    ensure!(!pid_alive(pid), "the worker {pid} outlived the stop");
     Ok(())
 }
 
