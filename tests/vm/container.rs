@@ -21,6 +21,44 @@ pub const CTR_MAX: u64 = 192 << 20;
 /// 192M minus the daemon's 24M reserve.
 pub const ENVELOPE: u64 = 168 << 20;
 
+/// `oomguard exec` with a 60 s grace and a 3 s `--stop-timeout`: before `--` and the command,
+/// `extra` flags (a stop of a worker that ignores SIGTERM is then cut short: `stop_cut_short`).
+pub fn exec_with_stop_timeout(extra: &[&str]) -> Vec<String> {
+    let head = [
+        OOMGUARD,
+        "exec",
+        "--socket",
+        SOCKET,
+        "--grace",
+        "60s",
+        "--stop-timeout",
+        "3s",
+    ];
+    head.iter()
+        .chain(extra)
+        .chain(&["--", TESTWORKER, "--ignore-sigterm"])
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// SIGTERM to a daemon started from `exec_with_stop_timeout`: its worker is killed when the 3 s
+/// budget runs out (not before), and the exit status says so (4).
+pub fn stop_cut_short(daemon: &mut Daemon) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let status = daemon.signal_and_wait_for(libc::SIGTERM, Duration::from_secs(30))?;
+    let took = t0.elapsed();
+    evidence(
+        "stop past --stop-timeout 3s",
+        format!("{status} after {} ms", took.as_millis()),
+    );
+    ensure!(status.code() == Some(4), "exit {status}, not 4");
+    ensure!(
+        took >= Duration::from_secs(3),
+        "stopped after {took:?}, before the 3 s budget"
+    );
+    Ok(())
+}
+
 pub fn make_container() -> Result<()> {
     fs::create_dir_all(CTR).context("creating the container's group")?;
     fs::write(format!("{CTR}/memory.max"), CTR_MAX.to_string())?;

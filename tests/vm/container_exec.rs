@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use oomguard::vocabulary::Ending;
 
-use crate::container::{ctr_events, graceful, make_container, CTR, CTR_MAX, ENVELOPE};
+use crate::container::{
+    ctr_events, exec_with_stop_timeout, graceful, make_container, stop_cut_short, CTR, CTR_MAX,
+    ENVELOPE,
+};
 use crate::harness::*;
 
 /// exec names the policy after the program.
@@ -282,33 +285,12 @@ pub fn container_exec() -> Result<()> {
     // --stop-timeout: a worker that ignores SIGTERM with a 60 s grace is killed when the 3 s
     // budget runs out, and the exit status says so.
     reset_container()?;
-    let exec = [
-        OOMGUARD,
-        "exec",
-        "--socket",
-        SOCKET,
-        "--grace",
-        "60s",
-        "--stop-timeout",
-        "3s",
-        "--",
-    ];
-    let stubborn = [TESTWORKER, "--ignore-sigterm"];
-    let mut daemon = Daemon::start_command(pid1(&[&exec[..], &stubborn[..]].concat()))?;
+    let exec = exec_with_stop_timeout(&[]);
+    let argv: Vec<&str> = exec.iter().map(String::as_str).collect();
+    let mut daemon = Daemon::start_command(pid1(&argv))?;
     daemon.wait_running(&["testworker/0"], Duration::from_secs(30))?;
     // One worker doing its jobs, nothing to decide.
     footprint("idle", daemon.pid(), Duration::from_secs(4))?;
-    let t0 = Instant::now();
-    let status = daemon.signal_and_wait_for(libc::SIGTERM, Duration::from_secs(30))?;
-    let took = t0.elapsed();
-    evidence(
-        "stop past --stop-timeout 3s",
-        format!("{status} after {} ms", took.as_millis()),
-    );
-    ensure!(status.code() == Some(4), "exit {status}, not 4");
-    ensure!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
-        "the stop took {took:?}"
-    );
+    stop_cut_short(&mut daemon)?;
     Ok(())
 }
