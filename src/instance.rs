@@ -497,6 +497,9 @@ impl Instance {
             Some(_) => {
                 let envelope = crate::policy::overlap_envelope(self.policy.memory.max)
                     .ok_or("restart.overlap without a sized memory.max (refused at load)")?;
+                // A flat `children:` layout a reload turned into overlap: its empty leaves go
+                // (each generation gets its own, inside its leaf).
+                crate::children::flatten(&self.home)?;
                 overlap::prepare(&self.home, envelope)?;
                 self.group = crate::placement::other_generation(&self.home, &self.home);
                 // An empty leaf a drain could not remove: the next overlap's place.
