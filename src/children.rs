@@ -51,7 +51,7 @@ use kid::{KidNote, Order};
 use limits::{Shortfall, Unplaced};
 
 /// The main process's leaf.
-pub const MAIN_LEAF: &str = "main";
+pub use crate::placement::MAIN_LEAF;
 /// Child leaves are named `child-<pid>`.
 pub const LEAF_PREFIX: &str = "child-";
 /// How often `main` is rescanned while fork events come (a safety net: an event the kernel did

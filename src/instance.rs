@@ -41,7 +41,6 @@ mod unarmed;
 mod wait;
 
 pub use boundary::BoundaryView;
-pub use overlap::{has_layout as overlap_layout, GENERATIONS};
 use report::{delta, describe_avg10, exit_signal, fill_numbers, ms};
 use serve::{Inbox, Served};
 use shutdown::{Cause, Handover};
@@ -419,6 +418,9 @@ impl Instance {
                     if self.retune {
                         self.retune(&mut w);
                     }
+                    // Its children were placed during the overlap (`tend_children`), where
+                    // their changes were not published: status shows them from here on.
+                    self.publish_children(&mut w);
                     next = Some(*w);
                 }
                 Handover::Respawn => {}
@@ -495,10 +497,13 @@ impl Instance {
             Some(_) => {
                 let envelope = crate::policy::overlap_envelope(self.policy.memory.max)
                     .ok_or("restart.overlap without a sized memory.max (refused at load)")?;
+                // A flat `children:` layout a reload turned into overlap: its empty leaves go
+                // (each generation gets its own, inside its leaf).
+                crate::children::flatten(&self.home)?;
                 overlap::prepare(&self.home, envelope)?;
-                self.group = overlap::other(&self.home, &self.home);
+                self.group = crate::placement::other_generation(&self.home, &self.home);
                 // An empty leaf a drain could not remove: the next overlap's place.
-                let _ = overlap::other(&self.home, &self.group).remove();
+                let _ = crate::placement::other_generation(&self.home, &self.group).remove();
             }
             None => {
                 overlap::flatten(&self.home)?;

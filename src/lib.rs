@@ -33,6 +33,7 @@ pub mod layout;
 pub mod logging;
 pub mod metrics;
 pub mod observations;
+pub mod placement;
 pub mod policy;
 pub mod procfs;
 pub mod protocol;

@@ -527,25 +527,21 @@ fn find_main_pid(group: &Group, saved: Option<u32>) -> Option<u32> {
     if crate::shutdown::emptiness(group).is_empty() {
         return None;
     }
-    if crate::instance::overlap_layout(group) {
+    if crate::placement::has_generations(group) {
         return youngest_generation(group, saved);
     }
-    let home = if crate::children::has_layout(group) {
-        group.child(crate::children::MAIN_LEAF)
-    } else {
-        group.clone()
-    };
-    main_of(&home, saved)
+    main_of(&crate::placement::main_home(group), saved)
 }
 
 /// A daemon restarted mid-overlap finds a worker in each generation leaf: the younger one (the
 /// replacement) is adopted, and the instance drains the other (`drain_other_generation`), so
 /// the worker is neither lost nor doubled. Started-at comes from /proc (field 22), not from
-/// state.json, which may predate the replacement.
+/// state.json, which may predate the replacement. A generation of a prefork server
+/// (`children:`) has its main process in its own `main` leaf.
 fn youngest_generation(group: &Group, saved: Option<u32>) -> Option<u32> {
-    crate::instance::GENERATIONS
+    crate::placement::generations(group)
         .iter()
-        .filter_map(|g| main_of(&group.child(g), saved))
+        .filter_map(|g| main_of(&crate::placement::main_home(g), saved))
         .max_by_key(|pid| start_ticks(*pid).unwrap_or(0))
 }
 

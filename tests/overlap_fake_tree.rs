@@ -248,3 +248,46 @@ async fn a_daemon_restarted_mid_overlap_adopts_the_younger_and_drains_the_older(
     let _ = younger.kill();
     let _ = younger.wait();
 }
+
+/// A prefork server's generations (`children:` with overlap): each main process in its
+/// generation's own `main` leaf. The daemon finds both, adopts the younger main from its `main`
+/// leaf and drains the older generation (before issue 18 an inner generation's empty
+/// cgroup.procs hid the worker).
+#[tokio::test]
+async fn a_prefork_generation_is_adopted_from_its_main_leaf() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fleet = fleet(d, &["q"]);
+    let home = Group::new(d.join("oomguard/q/0"));
+    home.write(SUBTREE_CONTROL, "memory pids").unwrap();
+    home.write(oomguard::cgroupfs::CGROUP_EVENTS, "populated 1\n")
+        .unwrap();
+    for gen in ["gen-a", "gen-b"] {
+        home.child(gen).create().unwrap();
+        home.child(gen)
+            .write(SUBTREE_CONTROL, "memory pids")
+            .unwrap();
+        home.child(gen).write(CGROUP_PROCS, "").unwrap();
+    }
+    let mut older = placed(&home.child("gen-b").child("main"));
+    std::thread::sleep(Duration::from_millis(50));
+    let mut younger = placed(&home.child("gen-a").child("main"));
+    let _guards = (Killer(older.id()), Killer(younger.id()));
+    let p = policy(
+        "q",
+        r#"["/bin/sleep", "1000"]"#,
+        "restart:\n  grace: 5s\n  overlap: true\nchildren:\n  memory: {high: 32M, max: 64M}\n  triggers: {memory: {above: 40M}}\n",
+    );
+    fleet.start_policy(p, &SavedState::new()).unwrap();
+    let st = wait_for(&fleet, "q/0", "one worker", |s| {
+        s.state == InstanceState::Running && s.draining_pid.is_none()
+    })
+    .await;
+    assert_eq!(st.pids[0], younger.id(), "the younger main is kept");
+    let status = tokio::task::spawn_blocking(move || older.wait()).await;
+    assert!(status.unwrap().is_ok(), "the older generation was drained");
+    assert!(alive(younger.id()));
+    fleet.stop_all().await;
+    let _ = younger.kill();
+    let _ = younger.wait();
+}

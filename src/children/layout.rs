@@ -54,7 +54,7 @@ pub fn controllers_off(group: &Group) -> Result<(), String> {
 /// Whether `group` has the `children:` layout (a `main` leaf): decides how a worker of a
 /// previous daemon is adopted.
 pub fn has_layout(group: &Group) -> bool {
-    group.child(MAIN_LEAF).exists()
+    crate::placement::has_children(group)
 }
 
 /// Removes the empty `child-*` leaves of children not `tracked`. A leaf that still holds

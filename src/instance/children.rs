@@ -14,14 +14,12 @@ impl Instance {
     /// children's leaves are taken over; a layout that does not match the policy any more (a
     /// reload added or removed `children:`) is adopted as it is and changes at the next start.
     pub(super) fn adopt(&mut self, pid: u32) -> Result<Worker, String> {
-        // With the overlap layout the worker is in one of the generation leaves.
-        self.group = super::overlap::leaf_of(&self.home, pid).unwrap_or_else(|| self.home.clone());
+        // With the overlap layout the worker is in one of the generation leaves (its `main`
+        // leaf with `children:`).
+        self.group =
+            crate::placement::generation_of(&self.home, pid).unwrap_or_else(|| self.home.clone());
         let layout = crate::children::has_layout(&self.group);
-        let home = if layout {
-            self.group.child(crate::children::MAIN_LEAF)
-        } else {
-            self.group.clone()
-        };
+        let home = crate::placement::main_home(&self.group);
         let main = Proc::adopt(pid, &home)?;
         self.apply_limits()?;
         let events_at_start = self.group.memory_events().unwrap_or_default();
@@ -47,7 +45,11 @@ impl Instance {
         let Some(set) = w.children.as_ref() else {
             return;
         };
+        // Named from the instance's group, as status reads them (`gen-b/child-42` with overlap).
         self.view.children = set.view();
+        for c in &mut self.view.children {
+            c.leaf = crate::placement::leaf_name(&self.home, &self.group, &c.leaf);
+        }
         let (cap, unarmed) = (set.cap_note(), set.unarmed_note());
         match cap {
             Some(e) => self.unarmed(super::UNARMED_CHILD_LEAVES, Reason::Child, e),
@@ -60,6 +62,18 @@ impl Instance {
         self.view.child_recycles += set.recycled.saturating_sub(w.recycles_seen);
         w.recycles_seen = set.recycled;
         self.view_tx.send_replace(self.view.clone());
+    }
+}
+
+/// While a replacement generation waits beside the old one (`restart.ready`, the old one's
+/// drain): its children are placed in their leaves as they are forked, not only once it takes
+/// over. What they would ask of the instance meanwhile (an escalation) waits for the watch,
+/// which publishes the set first thing.
+pub(super) async fn tend_children(set: &mut Option<ChildSet>) {
+    loop {
+        if let ChildEvent::Escalate(why) = next_child_event(set).await {
+            warn!("a child of the replacement asked for an escalation during the overlap (not acted on before it takes over): {why}");
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! before the old worker is signalled, and the old leaf is drained with the normal sequence
 //! (signal, grace, cgroup.kill) and removed. The instance group is the envelope: memory.max
 //! twice the policy's, each leaf the policy's limits. A daemon that restarts mid-overlap adopts
-//! the younger generation and drains the older one (`drain_other_generation`).
+//! the younger generation and drains the older one (`drain_other_generation`). With `children:`
+//! each generation leaf is a prefork server's inner group (its own `main` and `child-<pid>`
+//! leaves, its own `ChildSet`): the replacement's children are placed while the old generation
+//! still runs (`tend_children`). Which leaf is which: `crate::placement`.
 
 use std::time::Instant;
 
@@ -17,23 +20,7 @@ use crate::shutdown::{self, Proc};
 use crate::units::Limit;
 use crate::vocabulary::{InstanceState, Reason};
 
-/// The two generation leaves of an instance's group with `restart.overlap`.
-pub const GENERATIONS: [&str; 2] = ["gen-a", "gen-b"];
-
-/// Whether `home` has the overlap layout (any generation leaf).
-pub fn has_layout(home: &Group) -> bool {
-    GENERATIONS.iter().any(|g| home.child(g).exists())
-}
-
-/// The generation leaf that is not `current`.
-pub fn other(home: &Group, current: &Group) -> Group {
-    let a = home.child(GENERATIONS[0]);
-    if *current == a {
-        home.child(GENERATIONS[1])
-    } else {
-        a
-    }
-}
+use crate::placement::{has_generations as has_layout, other_generation as other, GENERATIONS};
 
 /// Makes `home` (empty or already in the layout) an inner group for generations: controllers
 /// on, memory.max the envelope, memory.high lifted (each leaf carries the policy's own).
@@ -57,14 +44,6 @@ pub fn flatten(home: &Group) -> Result<(), String> {
         }
     }
     crate::children::controllers_off(home)
-}
-
-/// The generation leaf that holds `pid`, if `home` has the layout.
-pub fn leaf_of(home: &Group, pid: u32) -> Option<Group> {
-    GENERATIONS
-        .iter()
-        .map(|g| home.child(g))
-        .find(|leaf| leaf.procs().is_ok_and(|p| p.contains(&pid)))
 }
 
 /// What a restart with overlap left for its event.
@@ -133,6 +112,7 @@ impl Instance {
             return Served::Done(());
         }
         let main = &mut o.replacement.main;
+        let children = &mut o.replacement.children;
         let pid = main.pid();
         let id = self.id.clone();
         self.serve(async move {
@@ -140,6 +120,7 @@ impl Instance {
                 _ = tokio::time::sleep(ready) => {}
                 // Its exit is seen again by the watch once the old one is drained.
                 _ = main.wait() => warn!(instance = %id, pid, "the replacement exited before restart.ready; draining the old worker anyway"),
+                _ = super::children::tend_children(children) => {}
             }
         })
         .await
@@ -194,41 +175,19 @@ mod tests {
     use crate::cgroupfs::SUBTREE_CONTROL;
 
     #[test]
-    fn generations_alternate_and_flatten_undoes_the_layout() {
+    fn flatten_undoes_the_layout() {
+        // Which generation comes next: placement's tests.
         let dir = tempfile::tempdir().unwrap();
         let home = Group::new(dir.path().join("0"));
         home.create().unwrap();
         home.write(SUBTREE_CONTROL, "").unwrap();
         assert!(!has_layout(&home));
         let a = home.child(GENERATIONS[0]);
-        let b = home.child(GENERATIONS[1]);
-        assert_eq!(
-            other(&home, &home),
-            a,
-            "the first generation starts in gen-a"
-        );
-        assert_eq!(other(&home, &a), b);
-        assert_eq!(other(&home, &b), a);
         a.create().unwrap();
         assert!(has_layout(&home));
         home.write(SUBTREE_CONTROL, "memory pids").unwrap();
         flatten(&home).unwrap();
         assert!(!has_layout(&home) && !a.exists());
         assert_eq!(home.read(SUBTREE_CONTROL).unwrap(), "-memory -pids");
-    }
-
-    #[test]
-    fn the_leaf_of_a_pid_is_the_one_listing_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Group::new(dir.path().join("0"));
-        home.create().unwrap();
-        for (g, pids) in [(GENERATIONS[0], "10\n"), (GENERATIONS[1], "20\n21\n")] {
-            let leaf = home.child(g);
-            leaf.create().unwrap();
-            leaf.write(crate::cgroupfs::CGROUP_PROCS, pids).unwrap();
-        }
-        assert_eq!(leaf_of(&home, 21), Some(home.child(GENERATIONS[1])));
-        assert_eq!(leaf_of(&home, 10), Some(home.child(GENERATIONS[0])));
-        assert_eq!(leaf_of(&home, 99), None);
     }
 }

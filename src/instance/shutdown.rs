@@ -151,11 +151,22 @@ impl Instance {
             self.set_state(InstanceState::Restarting, Some(w.main.pid()));
         }
         let plan = self.plan();
+        let seq = plan.sequence();
+        let finish = seq.finish(std::slice::from_mut(&mut w.main), signalled);
+        // A replacement's children get their leaves while the old generation drains.
+        let tend = async {
+            match overlapped.as_mut() {
+                Some(o) => super::children::tend_children(&mut o.replacement.children).await,
+                None => std::future::pending().await,
+            }
+        };
         let exit = self
-            .serve(
-                plan.sequence()
-                    .finish(std::slice::from_mut(&mut w.main), signalled),
-            )
+            .serve(async {
+                tokio::select! {
+                    report = finish => report,
+                    _ = tend => unreachable!("tending children never ends"),
+                }
+            })
             .await;
         let report = match exit {
             Served::Done(report) => report,
@@ -245,7 +256,7 @@ impl Instance {
         };
         let old_plan = self.plan();
         let mut new_plan = self.plan();
-        new_plan.group = super::overlap::other(&self.home, &self.group);
+        new_plan.group = crate::placement::other_generation(&self.home, &self.group);
         new.psi = None;
         new.children = None;
         let new_at = new_plan.sequence().begin(std::slice::from_ref(&new.main));
@@ -262,8 +273,8 @@ impl Instance {
     /// After a stop: the worker's group, the generation leaves, then the instance's group.
     pub(super) fn remove_groups(&self) {
         let _ = self.group.remove();
-        for leaf in super::GENERATIONS {
-            let _ = self.home.child(leaf).remove();
+        for leaf in crate::placement::generations(&self.home) {
+            let _ = leaf.remove();
         }
         let _ = self.home.remove();
     }

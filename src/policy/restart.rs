@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use super::bounds;
 use super::raw::RawRestart;
 use super::validate::Check;
-use crate::policy::{ChildrenPolicy, MemoryLimits, Overlap, RestartPolicy};
+use crate::policy::{MemoryLimits, Overlap, RestartPolicy};
 use crate::units::Dur;
 use crate::units::Limit;
 
@@ -164,23 +164,16 @@ impl Check<'_> {
 impl Check<'_> {
     /// `restart.overlap` runs two generations of a worker at once, each under the policy's
     /// limits, in an instance group whose memory.max is twice memory.max (the envelope): so
-    /// memory.max must be a size, and a prefork server's leaves cannot also hold two
-    /// generations (`children:` recycles its children one at a time already, without a gap).
+    /// memory.max must be a size. With `children:` a generation is the whole prefork server
+    /// (its main process and every child's leaf), so the same rule holds: memory.max bounds
+    /// one generation, children's limits bound each leaf inside it, the envelope two of them.
     pub(super) fn overlap_fits(
         &mut self,
         restart: Option<&RestartPolicy>,
         memory: Option<&MemoryLimits>,
-        children: Option<&Option<ChildrenPolicy>>,
     ) {
         if restart.and_then(|r| r.overlap).is_none() {
             return;
-        }
-        if let Some(Some(_)) = children {
-            self.fail(
-                "restart.overlap",
-                "cannot be used with `children:`: a prefork server's children already restart \
-                 one at a time beside the running master; remove `restart.overlap` or `children:`",
-            );
         }
         if let Some(m) = memory {
             if overlap_envelope(m.max).is_none() {
@@ -371,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn overlap_needs_a_sized_memory_max_and_no_children() {
+    fn overlap_needs_a_sized_memory_max_and_takes_children() {
         let unbounded = BASE.replace("max: 2G", "max: max");
         rejects(
             &format!("{unbounded}restart:\n  overlap: true\n"),
@@ -381,11 +374,9 @@ mod tests {
         let prefork = format!(
             "{BASE}restart:\n  overlap: true\nchildren:\n  memory: {{high: 100M, max: 200M}}\n  triggers:\n    pressure: {{some: 150ms, window: 1s}}\n"
         );
-        rejects(
-            &prefork,
-            "restart.overlap",
-            "cannot be used with `children:`",
-        );
+        // A prefork server's whole generation overlaps (gunicorn --reuse-port, uWSGI, Puma).
+        let r = accepts(&prefork);
+        assert!(r.restart.overlap.is_some() && r.children.is_some());
         assert_eq!(
             super::overlap_envelope(crate::units::Limit::Bytes(2 << 30)),
             Some(4 << 30)

@@ -38,7 +38,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, Vec<PolicyError>> {
     let triggers = c.triggers(raw.triggers, max);
     let restart = c.restart(raw.restart);
     let children = c.children(raw.children, memory.as_ref());
-    c.overlap_fits(restart.as_ref(), memory.as_ref(), children.as_ref());
+    c.overlap_fits(restart.as_ref(), memory.as_ref());
     match (name, mode, run, memory, triggers, restart, children) {
         (
             Some(name),

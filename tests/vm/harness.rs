@@ -476,6 +476,16 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// `oomguard restart <id>` in the background: with `restart.ready` its answer waits for the
+/// replacement's ready, while the caller looks at the overlap. Kill or wait for it.
+pub fn restart_in_background(id: &str) -> Result<std::process::Child> {
+    Ok(std::process::Command::new(OOMGUARD)
+        .args(["restart", id, "--socket", SOCKET])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}
+
 /// After `oomguard restart <id>`: waits for a new running pid (not `old`), then checks that the
 /// last restart's reason is manual. Returns the new pid.
 pub fn wait_manual_replacement(daemon: &mut Daemon, id: &str, old: u32) -> Result<u32> {

@@ -352,11 +352,7 @@ fn stop_during_ready() -> Result<()> {
     let mut daemon = Daemon::start(POLICY_DIR)?;
     let old = daemon.wait_running(&[SLOW], Duration::from_secs(20))?[SLOW];
     // Its answer waits for the replacement's ready: in the background, killed at the end.
-    let mut restart = std::process::Command::new(OOMGUARD)
-        .args(["restart", SLOW, "--socket", SOCKET])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut restart = restart_in_background(SLOW)?;
     let new = daemon.wait_status(
         "the replacement beside the old worker",
         Duration::from_secs(30),

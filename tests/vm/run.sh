@@ -13,7 +13,7 @@
 #   tests/vm/run.sh systemd         the real-systemd VM (tests/vm/systemd/run.sh; in the default suite)
 #   tests/vm/run.sh apps_gunicorn apps_celery apps_runc   Debian's gunicorn and Celery under
 #                                   oomguard, gunicorn in a runc container under `oomguard exec`
-#                                   (tests/vm/apps/run.sh; in the default suite; also bench_runc, apps_facts,
+#                                   (tests/vm/apps/run.sh; in the default suite; also apps_gunicorn_overlap, bench_runc, apps_facts,
 #                                   apps_client_cost, bench_apps_gunicorn, bench_apps_celery,
 #                                   bench_celery_brokers: bench_celery_rabbitmq + bench_celery_redis)
 #   tests/vm/run.sh --kernel 5.10 [SCENARIO...]   on Debian bullseye's 5.10 (or 6.1, the default, or 6.12)
@@ -212,7 +212,7 @@ dump_when_frozen() { # <name> <log> <at>
 
 # The real-apps VM (tests/vm/apps/run.sh): its own Debian rootfs, default kernel only.
 APPS_TESTS=(apps_gunicorn apps_celery apps_runc)
-APPS_OTHERS=(bench_runc apps_facts apps_client_cost apps_celery_warm apps_rabbitmq apps_rabbitmq_guard bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery bench_celery_rabbitmq bench_celery_redis)
+APPS_OTHERS=(apps_gunicorn_overlap bench_runc apps_facts apps_client_cost apps_celery_warm apps_rabbitmq apps_rabbitmq_guard bench_apps_gunicorn bench_apps_gunicorn_x2 bench_apps_celery bench_celery_rabbitmq bench_celery_redis)
 is_apps() { [[ " ${APPS_TESTS[*]} ${APPS_OTHERS[*]} " == *" $1 "* ]]; }
 
 run_apps() { # <name>: sets verdict and reason; its own run.sh shows the console tail on failure

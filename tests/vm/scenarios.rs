@@ -8,6 +8,7 @@ mod bench_children;
 mod boundary;
 mod children;
 mod children_cap;
+mod children_overlap;
 mod children_pressure;
 mod container;
 mod container_exec;
@@ -428,6 +429,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 120,
         vm_mb: 512,
         run: children::children_leaves,
+    },
+    Scenario {
+        name: "children_overlap",
+        demo: false,
+        kernel_args: "",
+        budget_s: 180,
+        vm_mb: 512,
+        run: children_overlap::children_overlap,
     },
     Scenario {
         name: "children_cap",

@@ -38,6 +38,25 @@ def gunicorn_children(leak_kb=256, x2=False):
 """
 
 
+def gunicorn_reuse_port(port, overlap, ready="15s"):
+    """apps_gunicorn_overlap: gunicorn -w 2 --reuse-port with `children:` (each worker its own
+    leaf, as gunicorn_children, leaking little: no recycle during the load), and with `overlap`
+    the whole server restarted make-before-break (`ready` covers gunicorn's boot under TCG)."""
+    text = _head(["/usr/bin/gunicorn", "-w", "2", "--reuse-port", "-b", "127.0.0.1:%d" % port,
+                  "--chdir", "/apps", "leakweb:app"], [("LEAK_KB", 16), ("PYTHONPATH", "/apps")],
+                 GUNICORN_ENVELOPE, INSTANCE_PRESSURE, "30s")
+    if overlap:
+        text += "  overlap: true\n  ready: %s\n" % ready
+    return text + """\
+children:
+  memory: {high: 128M, max: 144M}
+  triggers:
+    memory: {above: 80M}
+    pressure: {some: 100ms, window: 1s}
+  restart: {signal: SIGTERM, grace: 30s, at_once: 1}
+"""
+
+
 # Debian's python3-celery has no /usr/bin/celery (that is the `celery` package): the module.
 CELERY = ["/usr/bin/python3", "-m", "celery"]
 CELERY_ARGS = ["-A", "leaktasks", "worker", "-c", "2", "-P", "prefork", "--loglevel=INFO",

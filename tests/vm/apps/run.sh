@@ -33,7 +33,7 @@ declare -A BUDGET=(
   [bench_apps_gunicorn]=1800 [bench_apps_celery]=2400 [apps_client_cost]=300 [apps_celery_warm]=1200 [bench_apps_gunicorn_x2]=1800
   [apps_rabbitmq]=600 [apps_rabbitmq_guard]=1200
   [bench_celery_rabbitmq]=2400 [bench_celery_redis]=2400
-  [apps_runc]=240 [bench_runc]=1800
+  [apps_runc]=240 [bench_runc]=1800 [apps_gunicorn_overlap]=480
 )
 known() { [ -n "${BUDGET[$1]:-}" ]; }
 

@@ -44,7 +44,7 @@ def main():
         elif name in ("bench_runc", "apps_runc"):
             import runc_bench
             getattr(runc_bench, name)()
-        elif name in ("apps_gunicorn", "apps_celery"):
+        elif name in ("apps_gunicorn", "apps_celery", "apps_gunicorn_overlap"):
             import suite
             getattr(suite, name)()
         elif name in ("bench_apps_gunicorn", "bench_apps_gunicorn_x2", "bench_apps_celery",

@@ -17,7 +17,7 @@ import sys
 import time
 
 from common import (APPS, CGROOT, Daemon, Fail, LeafWatcher, ensure, evidence, http_get,
-                    memory_events, read, redis, start_redis, vmstat_oom_kill, wait_until,
+                    memory_events, read, redis, start_redis, vmstat_oom_kill, wait_until, write,
                     write_policy)
 import policies
 
@@ -96,6 +96,84 @@ def apps_gunicorn():
     finally:
         daemon.stop()
         print(daemon.tail(40))
+
+
+OVERLAP_LOAD_S = 40
+RESTART_AT_S = 8
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def apps_gunicorn_overlap():
+    """Issue 18 item 4: gunicorn -w 2 --reuse-port with `children:`, the whole server restarted
+    by `oomguard restart` under load, with `restart.overlap` (a new generation of arbiter and
+    workers binds the same port beside the old one, which drains after restart.ready) and,
+    in the same run, the same restart without overlap (the port is closed between the old
+    server's exit and the new one's boot: refused requests). Counts, not timings."""
+    write_policy("ovl", policies.gunicorn_reuse_port(8001, overlap=True))
+    write_policy("plain", policies.gunicorn_reuse_port(8002, overlap=False))
+    daemon = Daemon()
+    try:
+        for port in (8001, 8002):
+            wait_until(120, "port %d to answer HTTP" % port, lambda: _http_ok(port), every=0.5)
+        vm0 = vmstat_oom_kill()
+        before = daemon.instance("ovl/0") or {}
+        evidence("ovl/0 before", {"pids": before.get("pids"),
+                                  "leaves": [c.get("leaf") for c in before.get("children") or []]})
+        # tcp_migrate_req (5.14+): a closing listener's queued connections move to another
+        # listener of the reuseport group instead of being reset; the third phase shows what
+        # overlap costs without it.
+        phases = [("overlap", "ovl", 8001, "1"), ("plain", "plain", 8002, "1"),
+                  ("overlap_no_migrate", "ovl", 8001, "0")]
+        results = {}
+        for label, policy, port, migrate in phases:
+            write(MIGRATE_REQ, migrate + "\n")
+            results[label] = _restart_under_load(daemon, policy + "/0", port)
+            wait_until(120, "port %d to answer HTTP" % port, lambda: _http_ok(port), every=0.5)
+        write(MIGRATE_REQ, "0\n")
+        inst = daemon.instance("ovl/0") or {}
+        leaves = [c.get("leaf") for c in inst.get("children") or []]
+        evidence("ovl/0 after", {"pids": inst.get("pids"), "leaves": leaves,
+                                 "restarts": inst.get("restarts")})
+        vm_oom = vmstat_oom_kill() - vm0
+        for label, r in results.items():
+            print("RESULT apps_gunicorn_overlap %s served=%d failed=%d refused=%d "
+                  "restart_rc=%d" % (label, r["served"], r["failed"], r["refused"], r["rc"]),
+                  flush=True)
+        ov, plain = results["overlap"], results["plain"]
+        ensure(ov["rc"] == 0 and plain["rc"] == 0, "a restart was refused: %r" % results)
+        ensure(ov["served"] > 0 and plain["served"] > 0, "no request served")
+        ensure(ov["failed"] + ov["refused"] == 0,
+               "%d failed and %d refused requests across the overlapping restart"
+               % (ov["failed"], ov["refused"]))
+        # The comparison: the same restart without overlap leaves the port closed a while.
+        ensure(plain["failed"] + plain["refused"] > 0,
+               "the restart without overlap lost no request: the comparison shows nothing")
+        ensure(inst.get("restarts") == 2, "ovl/0 restarts %r, want 2" % inst.get("restarts"))
+        ensure(len(leaves) == 2 and all(l and l.startswith("gen-") for l in leaves),
+               "ovl/0's workers are not in a generation's leaves: %r" % leaves)
+        ensure(vm_oom == 0, "/proc/vmstat oom_kill rose by %d" % vm_oom)
+    finally:
+        daemon.stop()
+        print(daemon.tail(40))
+
+
+def _restart_under_load(daemon, ident, port):
+    """OVERLAP_LOAD_S of paced load on `port`, `oomguard restart ident` RESTART_AT_S in: the
+    load's counts and the restart's exit code."""
+    load = subprocess.Popen(["apps-load", "--threads", "4", "--rate", str(RATE), "--seconds",
+                             str(OVERLAP_LOAD_S), "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(RESTART_AT_S)
+    before = (daemon.instance(ident) or {}).get("pids")
+    r = daemon.client("restart", ident, timeout=180)
+    evidence("%s restart" % ident, "rc %d %s%s" % (r.returncode, r.stdout.strip(), r.stderr.strip()))
+    out, _ = load.communicate(timeout=OVERLAP_LOAD_S + 120)
+    print(out, end="")
+    counts = _parse(out)
+    after = (daemon.instance(ident) or {}).get("pids")
+    evidence("%s pids" % ident, "%s -> %s" % (before, after))
+    counts["rc"] = r.returncode
+    return counts
 
 
 def apps_celery():
