@@ -120,6 +120,15 @@ impl Instance {
         debug!(instance = %self.id, "{}", describe_boundary(&figures));
         // Observe mode reports once and leaves the configured memory.high for the rest of
         // this worker's life.
-        self.offence(offence(figures), woke)
+        self.offence(w, offence(figures), woke)
+    }
+
+    /// A child recycled at the instance's boundary has ended: the sentinel again, if the
+    /// boundary applies and nothing else re-armed it.
+    pub(super) fn rearm_boundary(&mut self, w: &mut Worker) {
+        if w.memory_events.is_none() || self.boundary.sentinel().is_some() {
+            return;
+        }
+        w.boundary_seen = self.arm_boundary();
     }
 }
