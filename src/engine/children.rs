@@ -216,17 +216,19 @@ impl Envelope {
             self.awaiting = None;
             return EnvelopeCall::Restart(Whole::NotBroughtBack { misses });
         }
+        // Before the main leaf is weighed: the child recycling may be the biggest of all (its
+        // memory.high lifted while it drains) and its replacement still small, so the main
+        // leaf would look the biggest for as long as the drain lasts.
+        if recycling > 0 && enforce {
+            return self.wait(line);
+        }
         // The oldest (lowest pid) of equals: it has had the longest to leak.
         let biggest = kids
             .iter()
             .copied()
             .max_by(|a, b| a.owned.cmp(&b.owned).then(b.pid.cmp(&a.pid)));
         let Some(biggest) = biggest else {
-            return if recycling > 0 && enforce {
-                self.wait(line)
-            } else {
-                EnvelopeCall::Restart(Whole::NoLeaves)
-            };
+            return EnvelopeCall::Restart(Whole::NoLeaves);
         };
         if main >= biggest.owned {
             return EnvelopeCall::Restart(Whole::MainBiggest {
@@ -236,9 +238,6 @@ impl Envelope {
         }
         if !enforce {
             return EnvelopeCall::Report(biggest);
-        }
-        if recycling > 0 {
-            return self.wait(line);
         }
         self.awaiting = Some(Await {
             line,
@@ -505,8 +504,10 @@ mod tests {
                 false,
                 EnvelopeCall::Restart(Whole::NoLeaves),
             ),
-            // A child recycling already: its end frees memory.
+            // A child recycling already: its end frees memory, even where its replacement is
+            // still smaller than the main leaf.
             (30 * M, &[(11, 48 * M)], 1, true, EnvelopeCall::Wait),
+            (30 * M, &[(13, 16 * M)], 1, true, EnvelopeCall::Wait),
             (30 * M, &[], 1, true, EnvelopeCall::Wait),
             // Observe mode reports the child it would recycle; the main-biggest restart is the
             // instance's own would_restart.

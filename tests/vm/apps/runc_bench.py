@@ -81,10 +81,13 @@ def oomguard_counts(c):
 
 
 def decisions(c, most=12):
-    """The daemon's restart and recycle lines from the container's log (its stderr)."""
-    keys = ("restart (", "recycle", "escalat", "WARN", "ERROR")
+    """The daemon's restart and recycle lines from the container's log (its stderr): the first
+    `most`, and every whole-instance restart after them."""
+    keys = ("restart (", "recycle", "escalat", "WARN", "ERROR", "whole instance")
+    whole = ("restart (", "whole instance", "escalat")
     lines = [l for l in (read(c.log, "") or "").splitlines() if any(k in l for k in keys)]
-    return [l[:600] for l in lines[:most]]
+    late = [l for l in lines[most:] if any(k in l for k in whole)]
+    return [l[:600] for l in lines[:most] + late]
 
 
 def refused(name, c):
