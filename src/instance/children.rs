@@ -77,7 +77,10 @@ impl Instance {
         if answer == AtInstance::Handled {
             // The trigger counts anew: a sustained offence fires again only after its `for`.
             match self.policy.mode {
-                Mode::Enforce => self.tracker.started(),
+                Mode::Enforce => {
+                    self.tracker.started();
+                    self.lift_for_drain();
+                }
                 _ => self.tracker.reported(woke, super::OBSERVE_COOLDOWN),
             }
         }
