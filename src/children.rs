@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::cgroupfs::{Group, CGROUP_PROCS, MEMORY_CURRENT, MEMORY_PEAK, MEMORY_PRESSURE};
 use crate::engine::boundary::Boundary;
 use crate::engine::children::{
-    born_big, placements, ChildDecision, ChildPlanner, Escalation, EARLY, YOUNG,
+    born_big, placements, ChildDecision, ChildPlanner, Envelope, Escalation, EARLY, YOUNG,
 };
 use crate::engine::{Offence, Tracker};
 use crate::events::EventLog;
@@ -37,6 +37,7 @@ use crate::watch::PidFd;
 
 pub mod connector;
 mod edge;
+mod envelope;
 mod kid;
 mod layout;
 mod limits;
@@ -44,6 +45,7 @@ mod placing;
 mod verify;
 mod words;
 
+pub use envelope::AtInstance;
 use layout::{child_leaves, sweep};
 pub use layout::{controllers_off, flatten, has_layout, prepare};
 
@@ -69,6 +71,8 @@ pub enum ChildEvent {
     Changed,
     /// Restart the instance instead (the `child_escalation` event is recorded): why, in words.
     Escalate(String),
+    /// A recycle the instance waited for at its own offence ended: re-arm its sentinel.
+    Rearm,
 }
 
 struct Kid {
@@ -104,6 +108,10 @@ pub struct ChildSet {
     tx: mpsc::UnboundedSender<KidNote>,
     rx: mpsc::UnboundedReceiver<KidNote>,
     planner: ChildPlanner,
+    /// The instance's offences, answered child first (`envelope`).
+    envelope: Envelope,
+    /// A recycle the envelope waited for ended: the instance re-arms (`ChildEvent::Rearm`).
+    rearm: bool,
     next_rescan: Instant,
     next_memory: Option<Instant>,
     events: Arc<EventLog>,
@@ -151,6 +159,8 @@ impl ChildSet {
             tx,
             rx,
             planner: ChildPlanner::new(),
+            envelope: Envelope::new(),
+            rearm: false,
             next_rescan: Instant::now(),
             next_memory: None,
             events,
@@ -221,6 +231,9 @@ impl ChildSet {
     /// or a timer, and state changes only after one returned.
     pub async fn next(&mut self) -> ChildEvent {
         loop {
+            if std::mem::take(&mut self.rearm) {
+                return ChildEvent::Rearm;
+            }
             if std::mem::take(&mut self.changed) {
                 return ChildEvent::Changed;
             }
@@ -466,6 +479,7 @@ impl ChildSet {
                 // It ended by itself just as its recycle was ordered: the order was never
                 // carried out, but it held an `at_once` slot.
                 self.planner.recycle_ended();
+                self.envelope_recycle_ended(pid);
                 self.retry_waiting()
             }
             KidNote::Recycled(pid, report) => {
@@ -479,6 +493,7 @@ impl ChildSet {
                 self.changed = true;
                 let ev = words::recycled(&self.id, pid, kid.recycle, &report, &self.cfg);
                 self.events.push(ev);
+                self.envelope_recycle_ended(pid);
                 self.retry_waiting()
             }
         }
@@ -585,10 +600,29 @@ impl ChildSet {
             self.mode == Mode::Enforce,
         );
         let d = words::decision(pid, &kid.leaf, kid.born, &offence, &self.cfg);
+        self.decided(pid, offence, woke, decision, d, false)
+    }
+
+    /// Carries out the planner's `decision` about `pid`, said with `d`; `for_instance`: ordered
+    /// at the instance's offence (`envelope`), whose words `d` already are.
+    fn decided(
+        &mut self,
+        pid: u32,
+        offence: Offence,
+        woke: Instant,
+        decision: ChildDecision,
+        d: words::Decision,
+        for_instance: bool,
+    ) -> Option<String> {
+        let r = self.cfg.restart;
         match decision {
             ChildDecision::Recycle => {
                 let kid = self.kids.get_mut(&pid)?;
-                info!(instance = %self.id, pid, reason = offence.reason.as_str(), "recycling child: {}", d.what);
+                if for_instance {
+                    info!(instance = %self.id, pid, reason = offence.reason.as_str(), "{}", d.what);
+                } else {
+                    info!(instance = %self.id, pid, reason = offence.reason.as_str(), "recycling child: {}", d.what);
+                }
                 let order = kid.order.take()?;
                 kid.waiting = None;
                 self.planner.forget(pid);

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::cgroupfs::{Group, MEMORY_CURRENT, MEMORY_EVENTS};
-use crate::children::{ChildEvent, ChildSet};
+use crate::children::{AtInstance, ChildEvent, ChildSet};
 use crate::deadline::sleep_until_opt;
 use crate::describe::describe;
 use crate::engine::{Offence, Tracker};
@@ -693,14 +693,17 @@ impl Instance {
                     let offence = self.tracker.on_pressure(woke, &t);
                     // memory.pressure is read at every event, so the next one measures from
                     // here; but a restart's own reading waits until its signal is out.
-                    let restarts = offence.is_some() && self.policy.mode == Mode::Enforce;
+                    // With children the offence may recycle a child instead (`envelope`).
+                    let restarts = offence.is_some()
+                        && self.policy.mode == Mode::Enforce
+                        && w.children.is_none();
                     let stall = if restarts { None } else { w.psi.as_mut().and_then(|p| p.measure(woke)) };
                     if offence.is_some() && self.pressure_from_page_cache(woke) {
                         continue;
                     }
                     if let Some(mut offence) = offence {
                         offence.stall = stall;
-                        if let Some(out) = self.offence(offence, woke) {
+                        if let Some(out) = self.offence(w, offence, woke) {
                             return out;
                         }
                     }
@@ -718,18 +721,22 @@ impl Instance {
                     if let Some(out) = self.on_boundary(w) {
                         return out;
                     }
-                    if let Some(out) = self.sample_memory() {
+                    if let Some(out) = self.sample_memory(w) {
                         return out;
                     }
                 }
                 _ = sleep_until_opt(memory_due) => {
-                    if let Some(out) = self.sample_memory() {
+                    if let Some(out) = self.sample_memory(w) {
                         return out;
                     }
                 }
                 status = w.main.wait() => return Outcome::Exited(status),
                 ev = next_child_event(&mut w.children) => match ev {
                     ChildEvent::Changed => self.publish_children(w),
+                    ChildEvent::Rearm => {
+                        self.rearm_boundary(w);
+                        self.publish_children(w);
+                    }
                     ChildEvent::Escalate(why) => {
                         self.publish_children(w);
                         return Outcome::Escalated(why, Instant::now());
@@ -751,7 +758,13 @@ impl Instance {
     }
 
     /// In enforce mode an offence ends the watch; in observe mode it is reported and ignored.
-    fn offence(&mut self, offence: Offence, woke: Instant) -> Option<Outcome> {
+    /// With `children:` the biggest child is recycled first (`at_children`).
+    fn offence(&mut self, w: &mut Worker, offence: Offence, woke: Instant) -> Option<Outcome> {
+        match self.at_children(w, &offence, woke) {
+            Some(AtInstance::Handled) => return None,
+            Some(AtInstance::Escalate(why)) => return Some(Outcome::Escalated(why, woke)),
+            Some(AtInstance::Restart) | None => {}
+        }
         if self.policy.mode == Mode::Enforce {
             return Some(Outcome::Offence(offence, woke));
         }
@@ -781,12 +794,12 @@ impl Instance {
         )
     }
 
-    fn sample_memory(&mut self) -> Option<Outcome> {
+    fn sample_memory(&mut self, w: &mut Worker) -> Option<Outcome> {
         let t = self.policy.triggers.memory?;
         let current = self.group.number(MEMORY_CURRENT).ok()?;
         let now = Instant::now();
         let offence = self.tracker.on_memory(now, current, &t)?;
-        self.offence(offence, now)
+        self.offence(w, offence, now)
     }
 
     /// Counts kernel OOM kills as they happen (the worker may survive one that hit a child).

@@ -52,6 +52,19 @@ pub(super) fn decision(
     }
 }
 
+/// A recycle ordered at the instance's offence (`envelope`): `what` is already in the
+/// instance's words; the numbers are the child's leaf's.
+pub(super) fn for_instance(leaf: &Group, reason: Reason, what: String) -> Decision {
+    let (current, peak, some_avg10) = leaf_numbers(leaf);
+    Decision {
+        what,
+        reason,
+        current,
+        peak,
+        some_avg10,
+    }
+}
+
 pub(super) fn event(
     id: &str,
     reason: Reason,

@@ -138,6 +138,145 @@ impl ChildPlanner {
     }
 }
 
+/// How many child recycles ordered at an instance's offence may end in a row with the instance
+/// still over its line before the whole instance is restarted. One such recycle is honest: the
+/// biggest child went, and the rest of the overage sits in the next child, which the next crossing
+/// recycles. Two in a row mean the memory is where recycling a child does not reach (the main
+/// process grew meanwhile, page cache reparented from removed leaves to the instance's group,
+/// replacements born big): the instance's restart is then the only way back.
+pub const ENVELOPE_MISSES: u32 = 2;
+
+/// What one child's leaf owns (`Reading::owned`: anon and shmem plus swap) at an instance's
+/// offence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub pid: u32,
+    pub owned: u64,
+}
+
+/// The answer to an instance's offence (its boundary, its pressure on the main leaf, its memory
+/// trigger) with `children:`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvelopeCall {
+    /// Recycle this child, the biggest, gracefully; the instance's sentinel is re-armed when the
+    /// recycle ends.
+    Recycle(Share),
+    /// Observe mode: this child would be recycled.
+    Report(Share),
+    /// A child is already recycling: its end frees memory; the instance looks again then.
+    Wait,
+    /// Restart the whole instance.
+    Restart(Whole),
+}
+
+/// Why the whole instance, not a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whole {
+    /// No child has a leaf: nothing smaller to recycle.
+    NoLeaves,
+    /// The main leaf owns at least as much as the biggest child: it is the one growing.
+    MainBiggest { main: u64, child: u64 },
+    /// [`ENVELOPE_MISSES`] child recycles in a row ended with the instance still over its line.
+    NotBroughtBack { misses: u32 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Await {
+    /// What the instance must own less than for a recycle to have brought it back.
+    line: u64,
+    /// The child recycled for the instance (None: it waits for another child's recycle).
+    ordered: Option<u32>,
+}
+
+/// One per running worker with `children:`: the instance's offences answered child first.
+#[derive(Debug, Default)]
+pub struct Envelope {
+    awaiting: Option<Await>,
+    misses: u32,
+}
+
+impl Envelope {
+    pub fn new() -> Envelope {
+        Envelope::default()
+    }
+
+    /// The instance crossed `line` (its boundary's sentinel, its memory trigger's `above`, its
+    /// memory.high for pressure); `main` is what the main leaf owns, `kids` the children with a
+    /// leaf that are not recycling, `recycling` how many are.
+    pub fn on_offence(
+        &mut self,
+        main: u64,
+        kids: &[Share],
+        recycling: u32,
+        line: u64,
+        enforce: bool,
+    ) -> EnvelopeCall {
+        if self.misses >= ENVELOPE_MISSES {
+            let misses = std::mem::take(&mut self.misses);
+            self.awaiting = None;
+            return EnvelopeCall::Restart(Whole::NotBroughtBack { misses });
+        }
+        // Before the main leaf is weighed: the child recycling may be the biggest of all (its
+        // memory.high lifted while it drains) and its replacement still small, so the main
+        // leaf would look the biggest for as long as the drain lasts.
+        if recycling > 0 && enforce {
+            return self.wait(line);
+        }
+        // The oldest (lowest pid) of equals: it has had the longest to leak.
+        let biggest = kids
+            .iter()
+            .copied()
+            .max_by(|a, b| a.owned.cmp(&b.owned).then(b.pid.cmp(&a.pid)));
+        let Some(biggest) = biggest else {
+            return EnvelopeCall::Restart(Whole::NoLeaves);
+        };
+        if main >= biggest.owned {
+            return EnvelopeCall::Restart(Whole::MainBiggest {
+                main,
+                child: biggest.owned,
+            });
+        }
+        if !enforce {
+            return EnvelopeCall::Report(biggest);
+        }
+        self.awaiting = Some(Await {
+            line,
+            ordered: Some(biggest.pid),
+        });
+        EnvelopeCall::Recycle(biggest)
+    }
+
+    fn wait(&mut self, line: u64) -> EnvelopeCall {
+        self.awaiting.get_or_insert(Await {
+            line,
+            ordered: None,
+        });
+        EnvelopeCall::Wait
+    }
+
+    /// A child's recycle ended (`pid`, any reason) with the instance owning `owned`. True: the
+    /// instance was waiting for it, and re-arms its sentinel. Only the recycle the instance
+    /// ordered counts toward [`ENVELOPE_MISSES`].
+    pub fn recycle_ended(&mut self, pid: u32, owned: u64) -> bool {
+        let Some(a) = self.awaiting.take() else {
+            return false;
+        };
+        if a.ordered == Some(pid) {
+            if owned >= a.line {
+                self.misses += 1;
+            } else {
+                self.misses = 0;
+            }
+        }
+        true
+    }
+
+    /// Recycles in a row that did not bring the instance back.
+    pub fn misses(&self) -> u32 {
+        self.misses
+    }
+}
+
 /// Where each process found in the main process's leaf belongs: `(pid, owner)` where `owner` is
 /// the direct child of `main` whose leaf it goes to (itself for a direct child, its ancestor for a
 /// grandchild that was forked before its parent was moved). Processes that do not descend from
@@ -307,6 +446,144 @@ mod tests {
             ChildDecision::Report
         );
         assert_eq!(p.recycling(), 0);
+    }
+
+    fn share(pid: u32, owned: u64) -> Share {
+        Share { pid, owned }
+    }
+
+    #[test]
+    fn the_instance_line_recycles_the_biggest_child_first() {
+        const M: u64 = 1 << 20;
+        // (main, children (pid, owned), recycling, enforce, expected)
+        type Row = (u64, &'static [(u32, u64)], u32, bool, EnvelopeCall);
+        let table: &[Row] = &[
+            // Two gunicorn workers leaking together, a 30M arbiter: the bigger worker goes.
+            (
+                30 * M,
+                &[(11, 48 * M), (12, 50 * M)],
+                0,
+                true,
+                EnvelopeCall::Recycle(share(12, 50 * M)),
+            ),
+            // Equals: the older (lower pid).
+            (
+                30 * M,
+                &[(12, 40 * M), (11, 40 * M)],
+                0,
+                true,
+                EnvelopeCall::Recycle(share(11, 40 * M)),
+            ),
+            // The main process is the one growing.
+            (
+                90 * M,
+                &[(11, 20 * M), (12, 20 * M)],
+                0,
+                true,
+                EnvelopeCall::Restart(Whole::MainBiggest {
+                    main: 90 * M,
+                    child: 20 * M,
+                }),
+            ),
+            (
+                20 * M,
+                &[(11, 20 * M)],
+                0,
+                true,
+                EnvelopeCall::Restart(Whole::MainBiggest {
+                    main: 20 * M,
+                    child: 20 * M,
+                }),
+            ),
+            // No child has a leaf.
+            (90 * M, &[], 0, true, EnvelopeCall::Restart(Whole::NoLeaves)),
+            (
+                90 * M,
+                &[],
+                0,
+                false,
+                EnvelopeCall::Restart(Whole::NoLeaves),
+            ),
+            // A child recycling already: its end frees memory, even where its replacement is
+            // still smaller than the main leaf.
+            (30 * M, &[(11, 48 * M)], 1, true, EnvelopeCall::Wait),
+            (30 * M, &[(13, 16 * M)], 1, true, EnvelopeCall::Wait),
+            (30 * M, &[], 1, true, EnvelopeCall::Wait),
+            // Observe mode reports the child it would recycle; the main-biggest restart is the
+            // instance's own would_restart.
+            (
+                30 * M,
+                &[(11, 48 * M), (12, 50 * M)],
+                0,
+                false,
+                EnvelopeCall::Report(share(12, 50 * M)),
+            ),
+            (
+                90 * M,
+                &[(11, 20 * M)],
+                0,
+                false,
+                EnvelopeCall::Restart(Whole::MainBiggest {
+                    main: 90 * M,
+                    child: 20 * M,
+                }),
+            ),
+        ];
+        for (i, &(main, kids, recycling, enforce, want)) in table.iter().enumerate() {
+            let kids: Vec<Share> = kids.iter().map(|&(p, o)| share(p, o)).collect();
+            let got = Envelope::new().on_offence(main, &kids, recycling, 126 * M, enforce);
+            assert_eq!(got, want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn recycles_that_do_not_bring_the_instance_back_restart_it() {
+        let line = 100;
+        let kids = [share(11, 60), share(12, 30)];
+        let mut e = Envelope::new();
+        assert_eq!(
+            e.on_offence(10, &kids, 0, line, true),
+            EnvelopeCall::Recycle(kids[0])
+        );
+        // Another child's recycle ending re-arms, but is not the instance's to count.
+        assert!(e.recycle_ended(12, 150));
+        assert_eq!(e.misses(), 0);
+        assert!(!e.recycle_ended(12, 150), "nothing awaited any more");
+        // Brought back under: the count stays at 0.
+        assert_eq!(
+            e.on_offence(10, &kids, 0, line, true),
+            EnvelopeCall::Recycle(kids[0])
+        );
+        assert!(e.recycle_ended(11, 70));
+        assert_eq!(e.misses(), 0);
+        // Twice still over.
+        for misses in 1..=ENVELOPE_MISSES {
+            assert_eq!(
+                e.on_offence(10, &kids, 0, line, true),
+                EnvelopeCall::Recycle(kids[0])
+            );
+            assert!(e.recycle_ended(11, 120));
+            assert_eq!(e.misses(), misses);
+        }
+        assert_eq!(
+            e.on_offence(10, &kids, 0, line, true),
+            EnvelopeCall::Restart(Whole::NotBroughtBack {
+                misses: ENVELOPE_MISSES
+            })
+        );
+        // The restarted instance starts over.
+        assert_eq!(
+            e.on_offence(10, &kids, 0, line, true),
+            EnvelopeCall::Recycle(kids[0])
+        );
+        // One that comes back under in between starts the count over.
+        assert!(e.recycle_ended(11, 120));
+        assert_eq!(
+            e.on_offence(10, &kids, 0, line, true),
+            EnvelopeCall::Recycle(kids[0])
+        );
+        assert!(e.recycle_ended(11, 99));
+        assert_eq!(e.misses(), 0);
     }
 
     #[test]

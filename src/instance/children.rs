@@ -1,12 +1,16 @@
 //! The instance's side of `children:`: adopting a worker with or without the leaves, and
 //! publishing its children for status.
 
+use std::time::Instant;
+
 use tracing::{info, warn};
 
 use super::{Instance, Worker};
-use crate::children::{ChildEvent, ChildSet};
+use crate::children::{AtInstance, ChildEvent, ChildSet};
+use crate::describe::describe;
+use crate::engine::Offence;
 use crate::shutdown::Proc;
-use crate::vocabulary::Reason;
+use crate::vocabulary::{Mode, Reason};
 
 impl Instance {
     /// Takes over a worker a previous daemon started: same group, same pid, triggers re-armed.
@@ -38,6 +42,47 @@ impl Instance {
             (false, None) => None,
         };
         Ok(self.watching(main, events_at_start, children))
+    }
+
+    /// The instance's `offence` with `children:`: its children are asked first (the biggest is
+    /// recycled, `crate::children::envelope`). None: no children, or an offence they cannot
+    /// answer. The line each offence crossed: the boundary's sentinel, the memory trigger's
+    /// `above`, and for pressure the configured memory.high (none: the instance restarts).
+    pub(super) fn at_children(
+        &mut self,
+        w: &mut Worker,
+        offence: &Offence,
+        woke: Instant,
+    ) -> Option<AtInstance> {
+        let set = w.children.as_mut()?;
+        let (line, owned) = match offence.reason {
+            Reason::Boundary => {
+                let f = offence.boundary?;
+                (f.sentinel, f.reading.owned())
+            }
+            Reason::Memory => (
+                self.policy.triggers.memory?.above,
+                offence.memory_current.unwrap_or(0),
+            ),
+            Reason::Pressure => (
+                self.policy.memory.high.bytes()?,
+                self.group.memory_reading().map_or(0, |r| r.owned()),
+            ),
+            _ => return None,
+        };
+        let said = describe(offence, &self.policy.triggers);
+        let answer = set.at_instance_offence(offence, line, owned, &said, woke);
+        if answer == AtInstance::Handled {
+            // The trigger counts anew: a sustained offence fires again only after its `for`.
+            match self.policy.mode {
+                Mode::Enforce => {
+                    self.tracker.started();
+                    self.lift_for_drain();
+                }
+                _ => self.tracker.reported(woke, super::OBSERVE_COOLDOWN),
+            }
+        }
+        Some(answer)
     }
 
     /// The children and the recycle count into the view.

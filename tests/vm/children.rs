@@ -128,13 +128,37 @@ pub(crate) fn procs_of(dir: &Path) -> Vec<u32> {
 /// A fresh children log, the `pf` policy with `args` and `restart`, the daemon started and `pf/0`
 /// running: the daemon, the main pid, and /proc/vmstat's OOM kills before.
 fn start(args: &[&str], restart: &str) -> Result<(Daemon, u32, u64)> {
+    start_policy(&policy(args, restart))
+}
+
+/// [`start`] with a whole `pf` policy's text.
+pub(crate) fn start_policy(yaml: &str) -> Result<(Daemon, u32, u64)> {
     make_ledger_dir()?;
     let _ = fs::remove_file(LOG);
-    write_policy(POLICY_DIR, "pf", &policy(args, restart))?;
+    write_policy(POLICY_DIR, "pf", yaml)?;
     let oom_before = vmstat_oom_kill()?;
     let mut daemon = Daemon::start(POLICY_DIR)?;
     let main = daemon.wait_running(&["pf/0"], Duration::from_secs(20))?["pf/0"];
     Ok((daemon, main, oom_before))
+}
+
+/// Waits until `pf/0` was restarted with `reason` and runs a main process other than `main`.
+pub(crate) fn wait_restarted(
+    daemon: &mut Daemon,
+    main: u32,
+    reason: Reason,
+    timeout: Duration,
+) -> Result<InstanceStatus> {
+    daemon.wait_status(
+        &format!("the instance restarted ({})", reason.as_str()),
+        timeout,
+        |r| {
+            pf(r).filter(|i| {
+                i.restarts_by_reason.get(&reason).is_some_and(|n| *n >= 1)
+                    && i.pids.first().is_some_and(|p| *p != main)
+            })
+        },
+    )
 }
 
 pub(crate) fn pf(report: &oomguard::protocol::StatusReport) -> Option<InstanceStatus> {
@@ -699,18 +723,7 @@ pub fn children_escalate() -> Result<()> {
         "the escalation does not say why: {}",
         ev.message
     );
-    let st = daemon.wait_status(
-        "the instance restarted for its child",
-        Duration::from_secs(30),
-        |r| {
-            pf(r).filter(|i| {
-                i.restarts_by_reason
-                    .get(&Reason::Child)
-                    .is_some_and(|n| *n >= 1)
-                    && i.pids.first().is_some_and(|p| *p != main)
-            })
-        },
-    )?;
+    let st = wait_restarted(&mut daemon, main, Reason::Child, Duration::from_secs(30))?;
     evidence("restarts_by_reason", format!("{:?}", st.restarts_by_reason));
     let restart = recent_events()?
         .into_iter()

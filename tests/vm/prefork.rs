@@ -32,6 +32,8 @@ pub struct Prefork {
     pub job_ms: u64,
     /// `--job-sleep`: a job sleeps instead of computing (idle children for the scale bench).
     pub job_sleep: bool,
+    /// `--main-leaks`: the main process leaks at `--leak-mb-per-s` (a master that grows).
+    pub main_leaks: bool,
 }
 
 fn monotonic_us() -> u64 {
@@ -51,10 +53,12 @@ pub fn run(o: &Prefork, log: &mut Ledger) -> ExitCode {
         o.children
     );
     let mut slots: Vec<Option<i32>> = vec![None; o.children];
+    let mut leak = Leak::new(if o.main_leaks { o.leak_mb_per_s } else { 0.0 }, usize::MAX);
     loop {
         if TERM_REQUESTED.load(Ordering::SeqCst) {
             return shut_down(main, &slots);
         }
+        leak.catch_up(|| TERM_REQUESTED.load(Ordering::SeqCst));
         for (slot, pid) in slots.iter_mut().enumerate() {
             if pid.is_none() {
                 *pid = Some(fork_child(slot, o, log));

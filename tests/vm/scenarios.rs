@@ -14,6 +14,7 @@ mod container;
 mod container_exec;
 mod container_readonly;
 mod container_refusals;
+mod envelope;
 mod faults;
 mod goodput;
 mod hardening_daemon;
@@ -485,6 +486,14 @@ const SCENARIOS: &[Scenario] = &[
         budget_s: 90,
         vm_mb: 512,
         run: children::children_escalate,
+    },
+    Scenario {
+        name: "children_envelope",
+        demo: false,
+        kernel_args: "",
+        budget_s: 240,
+        vm_mb: 512,
+        run: envelope::children_envelope,
     },
 ];
 

@@ -80,6 +80,7 @@ fn parse_args() -> Result<Options, String> {
         grandchild: false,
         job_ms: 100,
         job_sleep: false,
+        main_leaks: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -121,6 +122,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "--child-ignore-sigterm" => pf.ignore_sigterm = true,
             "--grandchild" => pf.grandchild = true,
+            "--main-leaks" => pf.main_leaks = true,
             "--flood-comm" => flood_comm(),
             "--children-log" => opts.children_log = Some(value("--children-log")?),
             "--orphan" => opts.orphan = true,

@@ -18,24 +18,20 @@ from bench import _order, _ratios, _table, parse_load
 from common import Fail, ensure, evidence, read, vmstat_oom_kill, wait_until
 from suite import _http_ok
 
-# The read-only (signals-only) mode is being built on another branch. Until it is, the read-only
-# row starts its container once and reports oomguard's refusal; set True to run it as a row.
-READ_ONLY_MODE = False
+# The read-only (signals-only) mode's row; False: the row starts its container once and reports
+# oomguard's refusal (for a build without the mode).
+READ_ONLY_MODE = True
 
 GUNICORN = ["gunicorn", "-w", "2", "-b", "127.0.0.1:8000", "--chdir", "/apps", "leakweb:app"]
 # --max-requests: each worker may keep (192M - about 30M for the arbiter, the interpreter's
 # shared pages and page cache - a margin) / 2 workers / 256 KB a request. 240 with a jitter of
 # 24 is at most 264 x 256 KB = 66M of leak a worker, two of them 132M + 30M under 192M.
 MAX_REQUESTS = ["--max-requests", "240", "--max-requests-jitter", "24"]
-# exec's defaults for 192M (instance high 134M / max 168M, children 67M / 84M) let the instance's
-# boundary fire first: both workers leak together, and two children near their line plus the
-# arbiter (about 30M: its heap, and each worker's copy of it) cross the instance's 126M sentinel
-# before either child is recycled, so the whole server restarts (measured: 2 restarts, 0
-# recycles, 625 refused in 40 s; with children at 64M and the default instance high, still 2).
-# So the instance's memory.high must hold both children at their max and the arbiter:
-# 2 x 64M + 30M under 160M.
-OOMGUARD = ["oomguard", "exec", "--children", "--memory-high", "160M", "--child-memory-max",
-            "64M", "--"]
+# exec's defaults for 192M: instance high 134M / max 168M, children 67M / 84M. Both workers leak
+# together, so the instance's boundary (its 126M sentinel) is crossed before either child's own;
+# it recycles the biggest child first, and restarts the whole server only when the arbiter owns
+# the most (docs/policy.md, "The envelope's boundary").
+OOMGUARD = ["oomguard", "exec", "--children", "--"]
 
 
 def rows():
@@ -85,10 +81,13 @@ def oomguard_counts(c):
 
 
 def decisions(c, most=12):
-    """The daemon's restart and recycle lines from the container's log (its stderr)."""
-    keys = ("restart (", "recycle", "escalat", "WARN", "ERROR")
+    """The daemon's restart and recycle lines from the container's log (its stderr): the first
+    `most`, and every whole-instance restart after them."""
+    keys = ("restart (", "recycle", "escalat", "WARN", "ERROR", "whole instance")
+    whole = ("restart (", "whole instance", "escalat")
     lines = [l for l in (read(c.log, "") or "").splitlines() if any(k in l for k in keys)]
-    return [l[:600] for l in lines[:most]]
+    late = [l for l in lines[most:] if any(k in l for k in whole)]
+    return [l[:600] for l in lines[:most] + late]
 
 
 def refused(name, c):
