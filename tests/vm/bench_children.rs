@@ -18,6 +18,8 @@ const CHILDREN: usize = 8;
 const LOG: &str = "/tmp/scale-children.log";
 /// The churn: one child killed this often (the main forks another at once).
 const KILL_EVERY: Duration = Duration::from_millis(500);
+/// The window without churn before it.
+const QUIET: Duration = Duration::from_secs(20);
 /// Status requests timed after the churn.
 const STATUS_REQUESTS: usize = 50;
 /// How long the daemon's CPU is counted against the forks made meanwhile.
@@ -49,6 +51,20 @@ pub fn bench_scale_children() -> Result<()> {
         children_row(instances)?;
     }
     Ok(())
+}
+
+/// utime and stime in clock ticks: user space against the kernel's work done for the daemon
+/// (cgroup mkdir/rmdir, moves, PSI triggers).
+fn user_system(pid: u32) -> Result<(u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").context("stat format")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok((f[11].parse()?, f[12].parse()?))
+}
+
+/// The 20 x 8 row alone (`bench_scale_children20`).
+pub fn bench_scale_children20() -> Result<()> {
+    children_row(20)
 }
 
 /// The 200 x 8 row alone (`bench_scale_children200`).
@@ -133,6 +149,19 @@ fn children_row(instances: u32) -> Result<()> {
     );
     let pid = daemon.pid();
     let mut victims = children_seen(&daemon.status()?).0.into_iter();
+    // The same window without churn first: what the daemon spends whatever the events (timers,
+    // rescans), so that the per-event figure below can be told from it.
+    let (quiet0, t_quiet) = (user_system(pid)?, Instant::now());
+    sleep(QUIET);
+    let quiet = user_system(pid)?;
+    let secs = t_quiet.elapsed().as_secs_f64();
+    println!(
+        "METRIC {name}.daemon_quiet_cpu_percent {:.2} (user {:.2} + system {:.2})",
+        (quiet.0 + quiet.1 - quiet0.0 - quiet0.1) as f64 / secs,
+        (quiet.0 - quiet0.0) as f64 / secs,
+        (quiet.1 - quiet0.1) as f64 / secs
+    );
+    let split0 = user_system(pid)?;
     let (cpu0, forks0, t0) = (cpu_ticks(pid)?, forks(), Instant::now());
     let mut killed = BTreeSet::new();
     while t0.elapsed() < WINDOW {
@@ -145,6 +174,12 @@ fn children_row(instances: u32) -> Result<()> {
     }
     let (cpu, churned) = (cpu_ticks(pid)? - cpu0, forks() - forks0);
     let secs = t0.elapsed().as_secs_f64();
+    let split = user_system(pid)?;
+    println!(
+        "METRIC {name}.daemon_churn_cpu_split user {:.2} % system {:.2} %",
+        (split.0 - split0.0) as f64 / secs,
+        (split.1 - split0.1) as f64 / secs
+    );
     println!("METRIC {name}.children_killed {}", killed.len());
     println!("METRIC {name}.forks_per_s {:.2}", churned as f64 / secs);
     // Ticks of 10 ms per second: percent of one CPU.

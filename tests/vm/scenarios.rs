@@ -406,6 +406,15 @@ const SCENARIOS: &[Scenario] = &[
         run: bench_children::bench_scale_children,
     },
     Scenario {
+        name: "bench_scale_children20",
+        demo: true,
+        kernel_args: "",
+        // The 20 x 8 row alone.
+        budget_s: 600,
+        vm_mb: 3072,
+        run: bench_children::bench_scale_children20,
+    },
+    Scenario {
         name: "bench_scale_children200",
         demo: true,
         kernel_args: "",
