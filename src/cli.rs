@@ -337,13 +337,14 @@ pub fn write_man_pages(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Threads for blocking cgroupfs work (`children::placing`) and the group-membership check.
-const BLOCKING_THREADS: usize = 4;
+/// Threads for blocking work: worker starts (`instance::launch`, `START_GATE` of them at once),
+/// a child's placement (`children::placing`, one at a time) and the group-membership check, so
+/// a placement never waits for a thread behind the starts.
+const BLOCKING_THREADS: usize = 6;
 
-/// One thread, polling for I/O after every task: starting an instance is synchronous work
-/// (mkdir, limits, fork), and with the default interval of 61 tasks a socket request waited
-/// behind ~60 of them per step (status timed out at 1,000 instances in the VM). Children's
-/// placements (one per instance at a time) run on the blocking pool: a few threads are enough
+/// One thread, polling for I/O after every task: with the default interval of 61 tasks a socket
+/// request waited behind ~60 of them per step (status timed out at 1,000 instances in the VM).
+/// Worker starts and children's placements run on the blocking pool: a few threads are enough
 /// to keep the kernel busy, and 512 (tokio's default) would cost an instance fleet's worth of
 /// stacks in a fork storm.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -20,11 +20,11 @@ use crate::events::{now_ms, EventLog};
 use crate::policy::{ChildrenPolicy, Policy};
 use crate::psi::PsiTrigger;
 use crate::shutdown::Proc;
-use crate::spawn::{self, Identity};
+use crate::spawn::Identity;
 use crate::units::fmt_dur;
 use crate::vocabulary::Mode;
 use crate::vocabulary::{Ending, InstanceState, Reason};
-use crate::watch::{FileWatch, PidFd};
+use crate::watch::FileWatch;
 use children::next_child_event;
 
 pub(crate) mod boundary;
@@ -32,6 +32,7 @@ mod children;
 mod deadtime;
 mod down;
 mod hooks;
+mod launch;
 mod overlap;
 mod ready;
 mod report;
@@ -189,10 +190,9 @@ pub struct Spec {
     pub observed: Arc<crate::observations::Recorder>,
 }
 
-/// Instances starting at once. Starting (mkdir, limits, fork and exec) is synchronous work on the
-/// daemon's one thread; 1,000 instances started together queued every socket request behind all
-/// of them (a status request timed out at 1,000 instances in the VM). The gate keeps the queue
-/// short, and a host is not hit by a thousand forks at once.
+/// Instances starting at once. A start (mkdir, limits, fork and exec) runs on tokio's blocking
+/// pool (`launch`); the gate keeps a host from being hit by a thousand forks at once, and the
+/// pool's threads free for children's placements.
 pub const START_GATE: usize = 4;
 
 impl Instance {
@@ -482,12 +482,12 @@ impl Instance {
         }
         let gate = self.start_gate.clone();
         let _permit = gate.acquire().await;
-        self.start()
+        self.start().await
     }
 
     /// Creates the group, sets and verifies the limits, spawns the worker inside it and arms the
     /// triggers.
-    fn start(&mut self) -> Result<Worker, String> {
+    async fn start(&mut self) -> Result<Worker, String> {
         self.take_in_sent();
         self.set_state(InstanceState::Starting, None);
         self.ensure_policy_group()?;
@@ -510,55 +510,33 @@ impl Instance {
                 self.group = self.home.clone();
             }
         }
-        self.start_here()
+        self.start_here().await
     }
 
-    /// Starts the worker in `self.group`: created, limits set and verified, then spawned.
-    fn start_here(&mut self) -> Result<Worker, String> {
+    /// Starts the worker in `self.group`: created, limits set and verified, then spawned, off
+    /// the runtime thread (`launch`).
+    async fn start_here(&mut self) -> Result<Worker, String> {
         // Whatever a reload brought until now, this worker starts with it.
         self.retune = false;
-        self.group.create().map_err(|e| e.to_string())?;
-        self.apply_limits()?;
-        // With `children:` the group holds leaves: the worker starts in `main`.
-        let place = match self.policy.children {
-            Some(_) => crate::children::prepare(&self.group)?,
-            None => {
-                crate::children::flatten(&self.group)?;
-                self.group.clone()
-            }
-        };
-        let events_at_start = self.group.memory_events().unwrap_or_default();
-        let mut child = spawn::spawn(
-            &self.policy.run,
-            self.identity.as_ref(),
-            Some(&place),
-            &self.id,
-        )
-        .map_err(|e| e.to_string())?;
-        // Not reaped yet, so the pid is still this child's: the pidfd cannot name another process.
-        let pid = child
-            .id()
-            .ok_or("the new worker ended before it could be watched")?;
-        let pidfd = match PidFd::open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                // Without a pidfd it could not be signalled safely: kill it (our unreaped child).
-                let _ = child.start_kill();
-                return Err(format!(
-                    "cannot open a pidfd for the new worker pid {pid}: {e}; killed it"
-                ));
-            }
-        };
+        let launched = launch::Launch {
+            id: self.id.clone(),
+            policy: self.policy.clone(),
+            identity: self.identity.clone(),
+            group: self.group.clone(),
+        }
+        .run()
+        .await?;
+        let pid = launched.pidfd.pid();
         info!(instance = %self.id, pid, "started {:?}", self.policy.run.command);
         self.observed.started(&self.id, pid, &self.group);
         self.flush_restart_event(Some(pid));
         self.after_hook(pid);
         let main = Proc {
-            pidfd,
-            child: Some(child),
+            pidfd: launched.pidfd,
+            child: Some(launched.child),
         };
         let children = self.policy.children;
-        Ok(self.watching(main, events_at_start, children))
+        Ok(self.watching(main, launched.events_at_start, children))
     }
 
     /// The policy's group may have been removed from under the daemon (an operator's rmdir, a

@@ -79,7 +79,7 @@ impl Instance {
         }
         self.take_in_sent();
         let old_group = std::mem::replace(&mut self.group, next);
-        let started = self.start_here();
+        let started = self.start_here().await;
         let next = std::mem::replace(&mut self.group, old_group);
         let replacement = match started {
             Ok(w) => w,

@@ -26,6 +26,7 @@ mod lifecycle;
 mod overlap;
 mod pressure_log;
 mod recommend;
+mod stacks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -402,7 +403,7 @@ const SCENARIOS: &[Scenario] = &[
         demo: true,
         kernel_args: "",
         // The instance rows (about 4 minutes), then 20 and 200 instances x 8 children.
-        budget_s: 1500,
+        budget_s: 2100,
         vm_mb: 3072,
         run: bench::bench_scale,
     },
@@ -411,9 +412,28 @@ const SCENARIOS: &[Scenario] = &[
         demo: true,
         kernel_args: "",
         // bench_scale's children rows alone: 20 and 200 instances x 8 children.
-        budget_s: 1200,
+        budget_s: 1800,
         vm_mb: 3072,
         run: bench_children::bench_scale_children,
+    },
+    Scenario {
+        name: "bench_scale_children20",
+        demo: true,
+        kernel_args: "",
+        // The 20 x 8 row alone.
+        budget_s: 600,
+        vm_mb: 3072,
+        run: bench_children::bench_scale_children20,
+    },
+    Scenario {
+        name: "bench_scale_children200",
+        demo: true,
+        kernel_args: "",
+        // The 200 x 8 row alone: the starts (about 5 minutes under TCG), the placements (up to
+        // 7 minutes), the churn, the status requests, the stop.
+        budget_s: 1500,
+        vm_mb: 3072,
+        run: bench_children::bench_scale_children200,
     },
     Scenario {
         name: "demo",
