@@ -579,7 +579,8 @@ fn instance_status(
             // server come and go faster than a script polls, so waiting for the next sample
             // showed no figures at all for them.
             let fresh;
-            let n = match samples.get(leaf.path()) {
+            // A sample without figures for it (taken as the leaf was made) is no sample either.
+            let n = match samples.get(leaf.path()).filter(|n| n.current.is_some()) {
                 Some(n) => Some(n),
                 None => {
                     fresh = crate::sampler::sample(&leaf);
