@@ -224,23 +224,34 @@ async fn a_daemon_restarted_mid_overlap_adopts_the_younger_and_drains_the_older(
     // The kernel's view of a group with workers in its leaves: what makes the daemon adopt.
     home.write(oomguard::cgroupfs::CGROUP_EVENTS, "populated 1\n")
         .unwrap();
-    let mut older = placed(&home.child("gen-b"));
+    let older = placed(&home.child("gen-b"));
     // /proc's start time counts clock ticks (10 ms): be clearly younger.
     std::thread::sleep(Duration::from_millis(50));
-    let mut younger = placed(&home.child("gen-a"));
+    let younger = placed(&home.child("gen-a"));
+    keeps_the_younger(&fleet, older, younger, "").await;
+}
+
+/// Starts policy `q` with overlap (and `extra`) over the two generations `older` and `younger`
+/// left in its group: the younger is adopted, the older drained.
+async fn keeps_the_younger(
+    fleet: &std::sync::Arc<oomguard::supervisor::Fleet>,
+    mut older: std::process::Child,
+    mut younger: std::process::Child,
+    extra: &str,
+) {
     let _guards = (Killer(older.id()), Killer(younger.id()));
     let p = policy(
         "q",
         r#"["/bin/sleep", "1000"]"#,
-        "restart:\n  grace: 5s\n  overlap: true\n",
+        &format!("restart:\n  grace: 5s\n  overlap: true\n{extra}"),
     );
     fleet.start_policy(p, &SavedState::new()).unwrap();
-    let st = wait_for(&fleet, "q/0", "one worker", |s| {
+    let st = wait_for(fleet, "q/0", "one worker", |s| {
         s.state == InstanceState::Running && s.draining_pid.is_none()
     })
     .await;
     // (pids may still list the older one: a fake cgroup.procs is not emptied by its exit.)
-    assert_eq!(st.pids[0], younger.id(), "the replacement is kept");
+    assert_eq!(st.pids[0], younger.id(), "the younger generation is kept");
     let status = tokio::task::spawn_blocking(move || older.wait()).await;
     assert!(status.unwrap().is_ok(), "the older generation was drained");
     assert!(alive(younger.id()));
@@ -269,25 +280,10 @@ async fn a_prefork_generation_is_adopted_from_its_main_leaf() {
             .unwrap();
         home.child(gen).write(CGROUP_PROCS, "").unwrap();
     }
-    let mut older = placed(&home.child("gen-b").child("main"));
+    let older = placed(&home.child("gen-b").child("main"));
     std::thread::sleep(Duration::from_millis(50));
-    let mut younger = placed(&home.child("gen-a").child("main"));
-    let _guards = (Killer(older.id()), Killer(younger.id()));
-    let p = policy(
-        "q",
-        r#"["/bin/sleep", "1000"]"#,
-        "restart:\n  grace: 5s\n  overlap: true\nchildren:\n  memory: {high: 32M, max: 64M}\n  triggers: {memory: {above: 40M}}\n",
-    );
-    fleet.start_policy(p, &SavedState::new()).unwrap();
-    let st = wait_for(&fleet, "q/0", "one worker", |s| {
-        s.state == InstanceState::Running && s.draining_pid.is_none()
-    })
-    .await;
-    assert_eq!(st.pids[0], younger.id(), "the younger main is kept");
-    let status = tokio::task::spawn_blocking(move || older.wait()).await;
-    assert!(status.unwrap().is_ok(), "the older generation was drained");
-    assert!(alive(younger.id()));
-    fleet.stop_all().await;
-    let _ = younger.kill();
-    let _ = younger.wait();
+    let younger = placed(&home.child("gen-a").child("main"));
+    let children =
+        "children:\n  memory: {high: 32M, max: 64M}\n  triggers: {memory: {above: 40M}}\n";
+    keeps_the_younger(&fleet, older, younger, children).await;
 }
