@@ -50,6 +50,16 @@ pub fn threshold(max: Option<u64>, reserve: u64) -> Option<u64> {
     max.map(|m| m.saturating_sub(reserve))
 }
 
+/// The last line, a quarter of the reserve under memory.max: reached while a recycle is in
+/// flight, that recycle's grace ends at once (SIGKILL), and reached in a cooldown, the cooldown
+/// ends. A draining child still holds its memory, and at a fast leak the others fill the
+/// reserve before it exits (bench_runc at ~96 MB/s: 1-10 container OOM kills a round, each a
+/// couple of seconds after a recycle began). On a host the child's own memory.max would kill it
+/// alone; here oomguard must, or the container's oom.group kill takes every worker.
+pub fn last_line(max: Option<u64>, reserve: u64) -> Option<u64> {
+    max.map(|m| m.saturating_sub(reserve / 4))
+}
+
 /// What one worker instance's processes hold, from /proc.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceSample {
@@ -117,6 +127,8 @@ pub struct Snapshot {
     pub candidates: Vec<Candidate>,
     /// A recycle is in flight: one action at a time.
     pub busy: bool,
+    /// [`last_line`]: None without a limit.
+    pub last_line: Option<u64>,
     /// Since the last recycle ended; None: never.
     pub since_last: Option<Duration>,
     /// The target of the last would-recycle report (observe mode) while usage stays above the
@@ -131,6 +143,8 @@ pub enum Decision {
     Calm,
     /// Above the line, but a recycle is in flight.
     Busy,
+    /// At the last line with a recycle in flight: end its grace now.
+    Hurry { usage: u64, line: u64 },
     /// Above the line, within the cooldown of the last recycle.
     Cooling { left: Duration },
     /// Above the line and nothing that could be recycled holds any anonymous memory.
@@ -152,10 +166,14 @@ pub fn decide(s: &Snapshot, threshold: Option<u64>, cooldown: Duration) -> Decis
     let Some(threshold) = threshold.filter(|&t| usage >= t) else {
         return Decision::Calm;
     };
+    let at_last = s.last_line.filter(|&l| usage >= l);
     if s.busy {
-        return Decision::Busy;
+        return match at_last {
+            Some(line) => Decision::Hurry { usage, line },
+            None => Decision::Busy,
+        };
     }
-    if let Some(since) = s.since_last.filter(|&d| d < cooldown) {
+    if let Some(since) = s.since_last.filter(|&d| d < cooldown && at_last.is_none()) {
         return Decision::Cooling {
             left: cooldown - since,
         };
@@ -245,6 +263,7 @@ mod tests {
             totals: totals(current, file),
             candidates: candidates(inst),
             busy: false,
+            last_line: last_line(Some(192 * M), 24 * M),
             since_last: None,
             reported: None,
         }
@@ -317,6 +336,37 @@ mod tests {
             }
         );
         s.since_last = Some(COOLDOWN);
+        assert!(matches!(
+            decide(&s, line(), COOLDOWN),
+            Decision::Recycle { .. }
+        ));
+    }
+
+    #[test]
+    fn at_the_last_line_a_grace_ends_and_a_cooldown_is_skipped() {
+        // 192M less a quarter of the 24M reserve.
+        assert_eq!(last_line(Some(192 * M), 24 * M), Some(186 * M));
+        assert_eq!(last_line(None, 24 * M), None);
+        let mut s = snap(186 * M, 0, &[pf(false)]);
+        s.busy = true;
+        assert_eq!(
+            decide(&s, line(), COOLDOWN),
+            Decision::Hurry {
+                usage: 186 * M,
+                line: 186 * M
+            }
+        );
+        // Under it, the recycle in flight keeps its grace.
+        s.totals = totals(185 * M, 0);
+        assert_eq!(decide(&s, line(), COOLDOWN), Decision::Busy);
+        // In a cooldown: under the last line it holds, at it the biggest is recycled now.
+        s.busy = false;
+        s.since_last = Some(Duration::from_millis(100));
+        assert!(matches!(
+            decide(&s, line(), COOLDOWN),
+            Decision::Cooling { .. }
+        ));
+        s.totals = totals(187 * M, 0);
         assert!(matches!(
             decide(&s, line(), COOLDOWN),
             Decision::Recycle { .. }

@@ -28,6 +28,7 @@ use crate::events::EventLog;
 use crate::policy::Policy;
 use crate::protocol::{ContainerInfo, EventRecord};
 use crate::server::{self, Access};
+use crate::units::human_bytes;
 use crate::vocabulary::Mode;
 use crate::vocabulary::{Ending, InstanceState, Reason};
 use crate::watch::PidFd;
@@ -48,6 +49,8 @@ struct Runner {
     busy: bool,
     /// Its event, pushed with the ending once it is done.
     pending: Option<EventRecord>,
+    /// Ends its grace at once (the container at its last line); taken when used.
+    hurry: Option<tokio::sync::oneshot::Sender<()>>,
     last_end: Option<Instant>,
     /// The container's oom_kill count last seen: a rise is said once.
     oom_kill: Option<u64>,
@@ -75,6 +78,7 @@ pub async fn run(c: Container, policies: Vec<Policy>, opts: &Options) -> anyhow:
         done_tx,
         busy: false,
         pending: None,
+        hurry: None,
         last_end: None,
         oom_kill: None,
         said_no_offender: false,
@@ -190,6 +194,7 @@ impl Runner {
             totals,
             candidates: signals::candidates(&samples),
             busy: self.busy,
+            last_line: signals::last_line(self.info.memory_max, self.info.reserve),
             since_last: self.last_end.map(|t| now - t),
             reported: self.reported.clone(),
         };
@@ -199,6 +204,7 @@ impl Runner {
                 self.reported = None;
             }
             Decision::Busy | Decision::Cooling { .. } | Decision::Reported => {}
+            Decision::Hurry { usage, line } => self.hurry(usage, line),
             Decision::NoOffender { usage, threshold } => {
                 if !std::mem::replace(&mut self.said_no_offender, true) {
                     warn!("container memory {usage} bytes reached {threshold} but no worker holds anonymous memory to recycle");
@@ -255,8 +261,9 @@ impl Runner {
                     .expect("a child unit comes from a children: policy")
                     .restart;
                 w.child_recycles += 1;
+                let hurry = self.hurry_channel();
                 tokio::spawn(async move {
-                    let ending = act::recycle_child(fd, restart.signal, restart.grace).await;
+                    let ending = act::recycle_child(fd, restart.signal, restart.grace, hurry).await;
                     let _ = tx.send(Done::Child { ending }).await;
                 });
             }
@@ -265,8 +272,9 @@ impl Runner {
                     return;
                 };
                 let (sig, grace) = (w.policy.restart.signal, w.policy.restart.grace);
+                let hurry = self.hurry_channel();
                 tokio::spawn(async move {
-                    let ending = act::stop_worker(child, fd, sig, grace).await;
+                    let ending = act::stop_worker(child, fd, sig, grace, hurry).await;
                     let _ = tx.send(Done::Worker { worker: i, ending }).await;
                 });
             }
@@ -276,10 +284,40 @@ impl Runner {
         self.pending = Some(ev);
     }
 
+    /// A fresh way to end the next action's grace early.
+    fn hurry_channel(&mut self) -> act::Hurry {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.hurry = Some(tx);
+        rx
+    }
+
+    /// The container reached its last line while a recycle drains: its grace ends now (once),
+    /// said in the log and in the recycle's event.
+    fn hurry(&mut self, usage: u64, line: u64) {
+        let Some(tx) = self.hurry.take() else { return };
+        let why = format!(
+            "container memory {} reached the last line {} (memory.max minus a quarter of the \
+             reserve) during the grace: SIGKILL now, before the kernel's OOM kill of the \
+             whole container",
+            human_bytes(usage),
+            human_bytes(line)
+        );
+        let id = self
+            .pending
+            .as_ref()
+            .map_or("container".into(), |e| e.instance.clone());
+        warn!(instance = %id, "{why}");
+        if let Some(ev) = &mut self.pending {
+            ev.message.push_str(&format!("; {why}"));
+        }
+        let _ = tx.send(());
+    }
+
     /// The recycle in flight ended: its event goes out with the ending; a restarted worker is
     /// started again at once.
     fn finished(&mut self, done: Done) {
         self.busy = false;
+        self.hurry = None;
         self.last_end = Some(Instant::now());
         let ending = match done {
             Done::Child { ending } => ending,
@@ -331,7 +369,9 @@ impl Runner {
             let Some((child, fd)) = taken else { continue };
             let (sig, grace) = (w.policy.restart.signal, w.policy.restart.grace.min(budget));
             let cut = w.policy.restart.grace > budget;
-            set.spawn(async move { (cut, act::stop_worker(child, fd, sig, grace).await) });
+            // Never hurried: the stop has its own budget.
+            let (_never, hurry) = tokio::sync::oneshot::channel();
+            set.spawn(async move { (cut, act::stop_worker(child, fd, sig, grace, hurry).await) });
         }
         let mut code = 0;
         while let Some(Ok((cut, ending))) = set.join_next().await {

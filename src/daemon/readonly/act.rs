@@ -16,14 +16,36 @@ fn signal_of(raw: i32) -> Signal {
     Signal::try_from(raw).unwrap_or(Signal::SIGTERM)
 }
 
+/// Ends a grace early when the daemon sends on it (the container at its last line); a sender
+/// that is dropped without sending leaves the grace alone.
+pub type Hurry = tokio::sync::oneshot::Receiver<()>;
+
+/// The grace: true when the process exited within it, false at its end or when hurried.
+async fn grace_wait(pidfd: &PidFd, grace: Duration, hurry: Hurry) -> bool {
+    let hurried = async {
+        if hurry.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        waited = tokio::time::timeout(grace, pidfd.exited()) => waited.is_ok(),
+        () = hurried => false,
+    }
+}
+
 /// A child's recycle: its signal (none: it is only waited for), the grace, then SIGKILL. Its
 /// parent, the worker's main process, reaps it and forks the replacement.
-pub async fn recycle_child(pidfd: PidFd, signal: Option<i32>, grace: Duration) -> Ending {
+pub async fn recycle_child(
+    pidfd: PidFd,
+    signal: Option<i32>,
+    grace: Duration,
+    hurry: Hurry,
+) -> Ending {
     let t0 = Instant::now();
     if let Some(s) = signal {
         let _ = pidfd.signal(signal_of(s));
     }
-    if tokio::time::timeout(grace, pidfd.exited()).await.is_ok() {
+    if grace_wait(&pidfd, grace, hurry).await {
         return Ending::Exited {
             code: None,
             signal: None,
@@ -49,12 +71,13 @@ pub async fn stop_worker(
     pidfd: PidFd,
     signal: i32,
     grace: Duration,
+    hurry: Hurry,
 ) -> Ending {
     let t0 = Instant::now();
     let pid = pidfd.pid();
     let mut tree = descendants(pid);
     let _ = pidfd.signal(signal_of(signal));
-    let exited = tokio::time::timeout(grace, pidfd.exited()).await.is_ok();
+    let exited = grace_wait(&pidfd, grace, hurry).await;
     if !exited {
         // Read while the main is alive: once it dies its children are the init's.
         tree.extend(descendants(pid));
