@@ -404,3 +404,59 @@ pub fn container_readonly_observe() -> Result<()> {
     ensure!(status.success(), "the daemon exited {status}");
     Ok(())
 }
+
+/// A leaking child that ignores its SIGTERM under a 60 s grace, in the read-only container: it
+/// goes on leaking through its grace, and before the last line (186M) existed that ended in the
+/// container's own OOM kill of every worker. Now its grace ends at the last line: SIGKILLed,
+/// said in the event, and the container's oom_kill stays 0.
+pub fn container_readonly_last_line() -> Result<()> {
+    make_ledger_dir()?;
+    make_container()?;
+    let _ = fs::remove_file(CHILDREN_LOG);
+    let exec: Vec<String> = [
+        OOMGUARD,
+        "exec",
+        "--socket",
+        SOCKET,
+        "--children",
+        "--grace",
+        "60s",
+        "--stop-timeout",
+        "3s",
+        "--",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain(worker())
+    // 8 MB/s (the last --leak-mb-per-s wins): the 6M from the last line to memory.max is
+    // three polls.
+    .chain(["--child-ignore-sigterm", "--leak-mb-per-s", "8"].map(String::from))
+    .collect();
+    let mut daemon = Daemon::start_command(in_ro_container(&exec))?;
+    let id = "testworker/0";
+    let main = daemon.wait_running(&[id], Duration::from_secs(30))?[id];
+    let ev = wait_until(
+        "a child recycle cut short at the last line",
+        Duration::from_secs(90),
+        || {
+            recent_events().ok()?.into_iter().find(|e| {
+                e.action == "child_recycle" && e.ending.is_some() && e.message.contains("last line")
+            })
+        },
+    )?;
+    evidence("child_recycle", &ev.message);
+    let after = ev.signal_to_exit_ms.context("no signal-to-exit figure")?;
+    ensure!(
+        after < 60_000,
+        "the child was killed after {after} ms, not before its 60 s grace"
+    );
+    let events = ctr_events()?;
+    evidence("container memory.events", format!("{events:?}"));
+    ensure!(
+        events.get("oom_kill") == Some(&0),
+        "the container's own OOM fired: {events:?}"
+    );
+    ensure!(pid_alive(main), "the main worker {main} did not stay");
+    // Its children ignore SIGTERM: the stop is cut at 3 s, not the grace's 60.
+    stop_cut_short(&mut daemon)
+}

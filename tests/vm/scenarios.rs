@@ -114,6 +114,14 @@ const SCENARIOS: &[Scenario] = &[
         run: container_readonly::container_readonly_observe,
     },
     Scenario {
+        name: "container_readonly_last_line",
+        demo: false,
+        kernel_args: "",
+        budget_s: 150,
+        vm_mb: 512,
+        run: container_readonly::container_readonly_last_line,
+    },
+    Scenario {
         name: "container_readonly_kill",
         demo: false,
         kernel_args: "",
