@@ -557,10 +557,7 @@ impl Instance {
     }
 
     fn apply_limits(&self) -> Result<(), String> {
-        let mem = self.policy.memory;
-        self.group
-            .set_limits(mem.high, mem.max, mem.swap_max)
-            .map_err(|e| e.to_string())
+        launch::set_limits(&self.group, &self.policy)
     }
 
     /// A running worker with its triggers armed and memory.events watched.

@@ -45,10 +45,7 @@ impl Launch {
     fn now(self) -> Result<Launched, String> {
         let group = &self.group;
         group.create().map_err(|e| e.to_string())?;
-        let mem = self.policy.memory;
-        group
-            .set_limits(mem.high, mem.max, mem.swap_max)
-            .map_err(|e| e.to_string())?;
+        set_limits(group, &self.policy)?;
         // With `children:` the group holds leaves: the worker starts in `main`.
         let place = match self.policy.children {
             Some(_) => crate::children::prepare(group)?,
@@ -84,4 +81,13 @@ impl Launch {
             }
         }
     }
+}
+
+/// The policy's memory.high, memory.max and memory.swap.max on `group`: at a start (here) and
+/// when a worker is adopted or a reload retunes it (`Instance::apply_limits`).
+pub(super) fn set_limits(group: &Group, policy: &Policy) -> Result<(), String> {
+    let mem = policy.memory;
+    group
+        .set_limits(mem.high, mem.max, mem.swap_max)
+        .map_err(|e| e.to_string())
 }
