@@ -47,13 +47,11 @@ mod words;
 
 pub use envelope::AtInstance;
 use layout::{child_leaves, sweep};
-pub use layout::{controllers_off, flatten, has_layout, prepare};
+pub use layout::{controllers_off, flatten, prepare};
 
 use kid::{KidNote, Order};
 use limits::{Shortfall, Unplaced};
 
-/// The main process's leaf.
-pub use crate::placement::MAIN_LEAF;
 /// Child leaves are named `child-<pid>`.
 pub const LEAF_PREFIX: &str = "child-";
 /// How often `main` is rescanned while fork events come (a safety net: an event the kernel did
@@ -152,7 +150,7 @@ impl ChildSet {
             cfg,
             mode,
             group: group.clone(),
-            main_leaf: group.child(MAIN_LEAF),
+            main_leaf: group.child(crate::placement::MAIN_LEAF),
             main_pid,
             kids: BTreeMap::new(),
             forks,

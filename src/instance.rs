@@ -625,7 +625,7 @@ impl Instance {
             return None;
         };
         let home = if with_children {
-            self.group.child(crate::children::MAIN_LEAF)
+            self.group.child(crate::placement::MAIN_LEAF)
         } else {
             self.group.clone()
         };

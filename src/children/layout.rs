@@ -3,8 +3,9 @@
 
 use tracing::debug;
 
-use super::{LEAF_PREFIX, MAIN_LEAF};
+use super::LEAF_PREFIX;
 use crate::cgroupfs::Group;
+use crate::placement::{has_children, MAIN_LEAF};
 
 /// Makes `group` an inner group for `children:`: controllers enabled for its leaves, the `main`
 /// leaf created, leaves of children that are gone removed. Returns the `main` leaf.
@@ -23,7 +24,7 @@ pub fn prepare(group: &Group) -> Result<Group, String> {
 /// itself (EBUSY: no processes in a group that enables controllers for its children). The group
 /// is empty when this runs (leftovers are stopped before a start).
 pub fn flatten(group: &Group) -> Result<(), String> {
-    if !has_layout(group) {
+    if !has_children(group) {
         return Ok(());
     }
     for (_, leaf) in child_leaves(group) {
@@ -49,12 +50,6 @@ pub fn controllers_off(group: &Group) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-/// Whether `group` has the `children:` layout (a `main` leaf): decides how a worker of a
-/// previous daemon is adopted.
-pub fn has_layout(group: &Group) -> bool {
-    crate::placement::has_children(group)
 }
 
 /// Removes the empty `child-*` leaves of children not `tracked`. A leaf that still holds
@@ -102,14 +97,14 @@ mod tests {
         g.child("child-77").create().unwrap();
         let main = prepare(&g).unwrap();
         assert_eq!(main, g.child(MAIN_LEAF));
-        assert!(has_layout(&g));
+        assert!(has_children(&g));
         assert!(!g.child("child-77").exists(), "the empty leaf was swept");
         assert_eq!(g.read(SUBTREE_CONTROL).unwrap(), "+memory +pids");
         g.child("child-78").create().unwrap();
         // What the kernel would show once the controllers are on.
         g.write(SUBTREE_CONTROL, "memory pids").unwrap();
         flatten(&g).unwrap();
-        assert!(!has_layout(&g) && !g.child("child-78").exists());
+        assert!(!has_children(&g) && !g.child("child-78").exists());
         assert_eq!(g.read(SUBTREE_CONTROL).unwrap(), "-memory -pids");
         flatten(&g).expect("a flat group stays as it is");
         let leaves: Vec<u32> = child_leaves(&g).into_iter().map(|(p, _)| p).collect();

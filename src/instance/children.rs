@@ -22,7 +22,7 @@ impl Instance {
         // leaf with `children:`).
         self.group =
             crate::placement::generation_of(&self.home, pid).unwrap_or_else(|| self.home.clone());
-        let layout = crate::children::has_layout(&self.group);
+        let layout = crate::placement::has_children(&self.group);
         let home = crate::placement::main_home(&self.group);
         let main = Proc::adopt(pid, &home)?;
         self.apply_limits()?;

@@ -20,7 +20,7 @@ use crate::shutdown::{self, Proc};
 use crate::units::Limit;
 use crate::vocabulary::{InstanceState, Reason};
 
-use crate::placement::{has_generations as has_layout, other_generation as other, GENERATIONS};
+use crate::placement::{has_generations, other_generation, GENERATIONS};
 
 /// Makes `home` (empty or already in the layout) an inner group for generations: controllers
 /// on, memory.max the envelope, memory.high lifted (each leaf carries the policy's own).
@@ -34,7 +34,7 @@ pub fn prepare(home: &Group, envelope: u64) -> Result<(), String> {
 /// Undoes [`prepare`] for a start without overlap (a reload removed it): the empty leaves are
 /// removed and the controllers disabled, as `children::flatten` does. `home` is empty here.
 pub fn flatten(home: &Group) -> Result<(), String> {
-    if !has_layout(home) {
+    if !has_generations(home) {
         return Ok(());
     }
     for name in GENERATIONS {
@@ -69,7 +69,7 @@ impl Instance {
         old: &Worker,
         reason: Reason,
     ) -> Result<Overlapped, String> {
-        let next = other(&self.home, &self.group);
+        let next = other_generation(&self.home, &self.group);
         if !shutdown::emptiness(&next).is_empty() {
             // A generation that could not be seen empty after its drain: never a second worker.
             return Err(format!(
@@ -129,7 +129,7 @@ impl Instance {
     /// After a restart with overlap: the old leaf removed, the replacement's leaf the
     /// instance's group, one pid in the view again.
     pub(super) fn overlap_done(&mut self, o: &Overlapped) {
-        let next = other(&self.home, &self.group);
+        let next = other_generation(&self.home, &self.group);
         let old = std::mem::replace(&mut self.group, next);
         if let Err(e) = old.remove() {
             warn!(instance = %self.id, group = %old.path().display(), "cannot remove the drained generation's group (the next start clears it): {e}");
@@ -146,7 +146,7 @@ impl Instance {
         if self.group == self.home {
             return;
         }
-        let old = other(&self.home, &self.group);
+        let old = other_generation(&self.home, &self.group);
         if !old.exists() {
             return;
         }
@@ -181,13 +181,13 @@ mod tests {
         let home = Group::new(dir.path().join("0"));
         home.create().unwrap();
         home.write(SUBTREE_CONTROL, "").unwrap();
-        assert!(!has_layout(&home));
+        assert!(!has_generations(&home));
         let a = home.child(GENERATIONS[0]);
         a.create().unwrap();
-        assert!(has_layout(&home));
+        assert!(has_generations(&home));
         home.write(SUBTREE_CONTROL, "memory pids").unwrap();
         flatten(&home).unwrap();
-        assert!(!has_layout(&home) && !a.exists());
+        assert!(!has_generations(&home) && !a.exists());
         assert_eq!(home.read(SUBTREE_CONTROL).unwrap(), "-memory -pids");
     }
 }
