@@ -219,16 +219,27 @@ async fn a_daemon_restarted_mid_overlap_adopts_the_younger_and_drains_the_older(
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let fleet = fleet(d, &["q"]);
+    let home = populated_home(d);
+    let (older, younger) = older_and_younger(&home.child("gen-b"), &home.child("gen-a"));
+    keeps_the_younger(&fleet, older, younger, "").await;
+}
+
+/// Policy `q`'s instance group as the kernel shows it with workers in its leaves (what makes
+/// the daemon adopt).
+fn populated_home(d: &std::path::Path) -> Group {
     let home = Group::new(d.join("oomguard/q/0"));
     home.write(SUBTREE_CONTROL, "memory pids").unwrap();
-    // The kernel's view of a group with workers in its leaves: what makes the daemon adopt.
     home.write(oomguard::cgroupfs::CGROUP_EVENTS, "populated 1\n")
         .unwrap();
-    let older = placed(&home.child("gen-b"));
-    // /proc's start time counts clock ticks (10 ms): be clearly younger.
+    home
+}
+
+/// A process in `older`, then one clearly younger in `younger` (/proc's start time counts clock
+/// ticks of 10 ms).
+fn older_and_younger(older: &Group, younger: &Group) -> (Child, Child) {
+    let first = placed(older);
     std::thread::sleep(Duration::from_millis(50));
-    let younger = placed(&home.child("gen-a"));
-    keeps_the_younger(&fleet, older, younger, "").await;
+    (first, placed(younger))
 }
 
 /// Starts policy `q` with overlap (and `extra`) over the two generations `older` and `younger`
@@ -269,10 +280,7 @@ async fn a_prefork_generation_is_adopted_from_its_main_leaf() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let fleet = fleet(d, &["q"]);
-    let home = Group::new(d.join("oomguard/q/0"));
-    home.write(SUBTREE_CONTROL, "memory pids").unwrap();
-    home.write(oomguard::cgroupfs::CGROUP_EVENTS, "populated 1\n")
-        .unwrap();
+    let home = populated_home(d);
     for gen in ["gen-a", "gen-b"] {
         home.child(gen).create().unwrap();
         home.child(gen)
@@ -280,9 +288,10 @@ async fn a_prefork_generation_is_adopted_from_its_main_leaf() {
             .unwrap();
         home.child(gen).write(CGROUP_PROCS, "").unwrap();
     }
-    let older = placed(&home.child("gen-b").child("main"));
-    std::thread::sleep(Duration::from_millis(50));
-    let younger = placed(&home.child("gen-a").child("main"));
+    let (older, younger) = older_and_younger(
+        &home.child("gen-b").child("main"),
+        &home.child("gen-a").child("main"),
+    );
     let children =
         "children:\n  memory: {high: 32M, max: 64M}\n  triggers: {memory: {above: 40M}}\n";
     keeps_the_younger(&fleet, older, younger, children).await;
